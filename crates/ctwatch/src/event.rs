@@ -1,0 +1,88 @@
+//! The derived events ctwatch emits, and their JSON form.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use crate::container::Container;
+
+/// Which derived event this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A container's root cgroup was created.
+    ContainerCreate,
+    /// A container's root cgroup was removed.
+    ContainerRemove,
+    /// A container that was already running when ctwatch started.
+    ExistingContainer,
+}
+
+impl EventKind {
+    /// The event's name as printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ContainerCreate => "container_create",
+            EventKind::ContainerRemove => "container_remove",
+            EventKind::ExistingContainer => "existing_container",
+        }
+    }
+}
+
+/// One derived event about one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerEvent {
+    /// When ctwatch observed it.
+    pub time: SystemTime,
+    /// What happened.
+    pub kind: EventKind,
+    /// The container's root cgroup ID (0 if the cgroup vanished before it could be read).
+    pub cgroup_id: u64,
+    /// The container, as known when the event was made.
+    pub container: Arc<Container>,
+}
+
+/// Formats a time as RFC 3339 with nanoseconds, in UTC.
+pub fn rfc3339_nanos(time: SystemTime) -> String {
+    DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// The `args` object: all creation arguments, or just runtime and ID for a removal.
+struct Args<'a>(&'a ContainerEvent);
+
+impl Serialize for Args<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = &self.0.container;
+        if self.0.kind == EventKind::ContainerRemove {
+            let mut map = serializer.serialize_map(Some(2))?;
+            map.serialize_entry("runtime", &c.runtime)?;
+            map.serialize_entry("container_id", &c.id)?;
+            return map.end();
+        }
+        let mut map = serializer.serialize_map(Some(10))?;
+        map.serialize_entry("runtime", &c.runtime)?;
+        map.serialize_entry("container_id", &c.id)?;
+        map.serialize_entry("ctime", &c.ctime_ns)?;
+        map.serialize_entry("container_image", &c.image)?;
+        map.serialize_entry("container_image_digest", &c.image_digest)?;
+        map.serialize_entry("container_name", &c.name)?;
+        map.serialize_entry("pod_name", &c.pod.name)?;
+        map.serialize_entry("pod_namespace", &c.pod.namespace)?;
+        map.serialize_entry("pod_uid", &c.pod.uid)?;
+        map.serialize_entry("pod_sandbox", &c.pod.sandbox)?;
+        map.end()
+    }
+}
+
+impl Serialize for ContainerEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("time", &rfc3339_nanos(self.time))?;
+        map.serialize_entry("event", self.kind.as_str())?;
+        map.serialize_entry("cgroup_id", &self.cgroup_id)?;
+        map.serialize_entry("args", &Args(self))?;
+        map.end()
+    }
+}

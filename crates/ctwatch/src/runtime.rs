@@ -1,0 +1,67 @@
+//! The container runtimes ctwatch can name.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// Which runtime created a container, as far as ctwatch can tell.
+///
+/// The names are the ones printed in events: `docker`, `containerd`, `crio`,
+/// `podman`, `garden`, `runc` (a container run by runc alone, with no daemon)
+/// and `unknown` (a container whose runtime the cgroup path does not say and no
+/// runtime state directory confirms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Runtime {
+    /// Docker Engine (moby), including GitHub Actions job containers.
+    Docker,
+    /// containerd, through its CRI plugin or `ctr`/nerdctl.
+    Containerd,
+    /// CRI-O.
+    Crio,
+    /// Podman (libpod).
+    Podman,
+    /// Garden (Cloud Foundry).
+    Garden,
+    /// runc used directly, with no daemon above it.
+    Runc,
+    /// A container whose runtime is not known yet.
+    Unknown,
+}
+
+impl Runtime {
+    /// Every runtime, in a stable order (used for tables and metrics).
+    pub const ALL: [Runtime; 7] = [
+        Runtime::Docker,
+        Runtime::Containerd,
+        Runtime::Crio,
+        Runtime::Podman,
+        Runtime::Garden,
+        Runtime::Runc,
+        Runtime::Unknown,
+    ];
+
+    /// The name printed in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::Crio => "crio",
+            Runtime::Podman => "podman",
+            Runtime::Garden => "garden",
+            Runtime::Runc => "runc",
+            Runtime::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Runtime {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}

@@ -1,0 +1,53 @@
+//! Kernel sources: where the tracker learns that cgroups come and go.
+//!
+//! Every source turns what it sees into [`CgroupEvent`]s in the order the
+//! kernel made them, and sends them in batches to the tracker.
+
+pub mod inotify;
+pub mod scan;
+
+use std::time::SystemTime;
+
+/// Whether a cgroup was created or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupChange {
+    /// `mkdir` on cgroupfs.
+    Mkdir,
+    /// `rmdir` on cgroupfs.
+    Rmdir,
+}
+
+/// How a source came to know of a cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Found by the scan at start: it existed before ctwatch.
+    Existing,
+    /// Seen as it happened (or found by a resync scan after a loss).
+    Live,
+}
+
+/// One cgroup created or removed in the watched hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupEvent {
+    /// Created or removed.
+    pub change: CgroupChange,
+    /// Found at start or seen live.
+    pub origin: Origin,
+    /// The full 64-bit cgroup ID; 0 when the directory vanished before it could be read.
+    pub cgroup_id: u64,
+    /// The path relative to the hierarchy root, starting with `/`.
+    pub path: String,
+    /// The directory's ctime in ns since the Unix epoch (0 if unknown).
+    pub ctime_ns: u64,
+    /// When the source observed it.
+    pub observed: SystemTime,
+}
+
+/// What a source sends the tracker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceMessage {
+    /// Cgroup changes, in kernel order.
+    Events(Vec<CgroupEvent>),
+    /// The scan at start is complete: every existing container has been sent.
+    ScanComplete,
+}
