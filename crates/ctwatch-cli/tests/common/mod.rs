@@ -1,0 +1,272 @@
+//! Helpers for the integration tests: run the real `ctwatch` binary, read its
+//! events, and make cgroup trees on the real cgroupfs.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `ctwatch` binary built for these tests.
+pub fn ctwatch_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ctwatch"))
+}
+
+/// Fails the test with a clear message unless it runs as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests talk to the real kernel and runtimes: run them as root (scripts/test.sh)"
+    );
+}
+
+/// The mount point of the hierarchy ctwatch watches by default on this host,
+/// read from `ctwatch`'s own choice (the v1 cpuset or the unified hierarchy).
+pub fn default_hierarchy() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let mut v1 = None;
+    let mut v2 = None;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.get(2) {
+            Some(&"cgroup2") => v2 = v2.or(Some(PathBuf::from(f[1]))),
+            Some(&"cgroup") if f[3].split(',').any(|o| o == "cpuset") => {
+                v1 = Some(PathBuf::from(f[1]))
+            }
+            _ => {}
+        }
+    }
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("cgroup"))
+    {
+        v1.or(v2).expect("a cgroup hierarchy")
+    } else {
+        v2.expect("cgroup2")
+    }
+}
+
+/// Every mounted cgroup hierarchy (v1 and v2).
+pub fn all_hierarchies() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            matches!(f.get(2), Some(&"cgroup") | Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .collect()
+}
+
+/// A unique name for this test's cgroups and containers.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "ctwatch-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh 64-hex container ID.
+pub fn hex_id(seed: &str) -> String {
+    use std::hash::Hasher;
+    let mut out = String::new();
+    let mut i = 0u64;
+    while out.len() < 64 {
+        #[allow(deprecated)] // SipHasher with fixed keys: the same seed gives the same ID
+        let mut h = std::hash::SipHasher::new();
+        h.write(seed.as_bytes());
+        h.write_u64(i);
+        out.push_str(&format!("{:016x}", h.finish()));
+        i += 1;
+    }
+    out.truncate(64);
+    out
+}
+
+/// A cgroup tree owned by one test, removed (deepest first) when dropped.
+pub struct CgroupTree {
+    /// Absolute paths created, in creation order.
+    pub created: Vec<PathBuf>,
+}
+
+impl CgroupTree {
+    /// An empty tree.
+    pub fn new() -> Self {
+        CgroupTree {
+            created: Vec::new(),
+        }
+    }
+
+    /// `mkdir -p` under `base`, recording each directory made.
+    pub fn mkdir_p(&mut self, base: &Path, rel: &str) -> PathBuf {
+        let mut dir = base.to_path_buf();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            if !dir.exists() {
+                fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                self.created.push(dir.clone());
+            }
+        }
+        dir
+    }
+
+    /// Removes one directory made earlier.
+    pub fn rmdir(&mut self, dir: &Path) {
+        fs::remove_dir(dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+        self.created.retain(|d| d != dir);
+    }
+
+    /// Removes everything, deepest first.
+    pub fn remove_all(&mut self) {
+        let mut dirs = std::mem::take(&mut self.created);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            let _ = fs::remove_dir(&d);
+        }
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        self.remove_all();
+    }
+}
+
+/// A running `ctwatch watch` whose JSON events are collected.
+pub struct Watch {
+    child: Child,
+    events: Receiver<Value>,
+    /// Every event received so far.
+    pub seen: Vec<Value>,
+}
+
+impl Watch {
+    /// Starts `ctwatch watch` with `args` and waits until its scan at start is done.
+    pub fn start(args: &[&str]) -> Watch {
+        let mut child = Command::new(ctwatch_bin())
+            .arg("watch")
+            .args(args)
+            .env("CTWATCH_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ctwatch watch");
+        let (tx, events) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let (ready_tx, ready) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[ctwatch] {line}");
+                if line.contains("scan at start complete") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        ready
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ctwatch watch did not finish its scan at start");
+        Watch {
+            child,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until `done` holds over the events seen, or panics after `timeout`.
+    pub fn wait_until(&mut self, timeout: Duration, what: &str, done: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self
+                .events
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(v) => self.seen.push(v),
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(e) => panic!(
+                    "timed out waiting for {what} ({e:?}); events seen: {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Collects whatever arrives within `quiet` more time.
+    pub fn drain_for(&mut self, quiet: Duration) {
+        let deadline = Instant::now() + quiet;
+        while let Ok(v) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(v);
+        }
+    }
+
+    /// The events seen about one container ID.
+    pub fn about(&self, container_id: &str) -> Vec<&Value> {
+        self.seen
+            .iter()
+            .filter(|e| e["args"]["container_id"] == container_id)
+            .collect()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Counts events by (event name, container id).
+pub fn counts(events: &[Value]) -> HashMap<(String, String), usize> {
+    let mut m = HashMap::new();
+    for e in events {
+        let key = (
+            e["event"].as_str().unwrap_or("").to_string(),
+            e["args"]["container_id"].as_str().unwrap_or("").to_string(),
+        );
+        *m.entry(key).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Runs a command and returns its output, panicking with stderr on failure.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = output(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs a command and returns its raw output.
+pub fn output(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
