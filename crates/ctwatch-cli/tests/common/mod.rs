@@ -262,6 +262,19 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Runs a command whose children may keep its stdio open (`runc run -d`),
+/// with all stdio on /dev/null; panics on failure.
+pub fn run_detached(cmd: &str, args: &[&str]) {
+    let status = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(status.success(), "{cmd} {args:?} failed: {status}");
+}
+
 /// Runs a command and returns its raw output.
 pub fn output(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd)
