@@ -124,7 +124,7 @@ fn ordinary_cgroups_are_not_containers() {
         // The runtimes' helpers are not containers.
         format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_US}.slice/crio-conmon-{ID}.scope"),
         format!("/machine.slice/libpod-conmon-{ID}.scope"),
-        format!("/libpod_parent/conmon"),
+        "/libpod_parent/conmon".to_string(),
         // A bare ID with nothing to confirm it.
         format!("/process_api/{ID}"),
         format!("/{ID}"),

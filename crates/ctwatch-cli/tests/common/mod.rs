@@ -173,9 +173,12 @@ impl Watch {
         });
         let (ready_tx, ready) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
+        let verbose = std::env::var_os("CTWATCH_TEST_VERBOSE").is_some();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[ctwatch] {line}");
+                if verbose {
+                    eprintln!("[ctwatch] {line}");
+                }
                 if line.contains("scan at start complete") {
                     let _ = ready_tx.send(());
                 }

@@ -1,0 +1,251 @@
+//! The store and tracker, driven with cgroup events: lookups by ID, prefix
+//! and cgroup ID, the grace period, and sub-cgroup churn.
+
+use std::thread::sleep;
+use std::time::{Duration, SystemTime};
+
+use ctwatch::sources::{CgroupChange, CgroupEvent, Origin};
+use ctwatch::state_dirs::PathOnly;
+use ctwatch::{ContainerState, EventKind, LookupError, SharedStore, Store, Tracker};
+
+const A: &str = "aaaa1c2d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
+const B: &str = "aaab1c2d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
+
+fn ev(change: CgroupChange, id: u64, path: &str, ctime: u64) -> CgroupEvent {
+    CgroupEvent {
+        change,
+        origin: Origin::Live,
+        cgroup_id: id,
+        path: path.into(),
+        ctime_ns: ctime,
+        observed: SystemTime::now(),
+    }
+}
+
+fn tracker(grace: Duration) -> (Tracker, SharedStore) {
+    let store = SharedStore::new(Store::new(grace));
+    (Tracker::new(store.clone(), Box::new(PathOnly)), store)
+}
+
+#[test]
+fn lookups_by_id_prefix_and_cgroup_id() {
+    let (mut t, store) = tracker(Duration::from_secs(5));
+    let mut out = Vec::new();
+    t.apply(
+        &[
+            ev(CgroupChange::Mkdir, 10, &format!("/docker/{A}"), 100),
+            ev(CgroupChange::Mkdir, 11, &format!("/docker/{A}/sub"), 200),
+            ev(CgroupChange::Mkdir, 20, &format!("/docker/{B}"), 300),
+        ],
+        &mut out,
+    );
+    assert_eq!(out.len(), 2, "sub-cgroups make no event");
+    let s = store.read();
+    assert_eq!(s.get(A).unwrap().cgroup_id, 10);
+    assert_eq!(s.get_by_prefix("aaaa").unwrap().id, A);
+    assert_eq!(s.get_by_prefix(B).unwrap().id, B);
+    assert_eq!(
+        s.get_by_prefix("aaa"),
+        Err(LookupError::Ambiguous {
+            prefix: "aaa".into(),
+            count: 2
+        })
+    );
+    assert_eq!(
+        s.get_by_prefix("ff"),
+        Err(LookupError::NotFound("ff".into()))
+    );
+    assert_eq!(
+        s.get_by_cgroup_id(11).unwrap().id,
+        A,
+        "a sub-cgroup resolves to its container"
+    );
+    let sub = s.cgroup(11).unwrap();
+    assert!(!sub.is_root);
+    assert!(s.cgroup(10).unwrap().is_root);
+    assert!(s.get_by_cgroup_id(99).is_none());
+    assert!(s.get_by_cgroup_id(0).is_none());
+}
+
+#[test]
+fn removed_containers_stay_readable_for_the_grace_period() {
+    let grace = Duration::from_millis(300);
+    let (mut t, store) = tracker(grace);
+    let mut out = Vec::new();
+    let root = format!("/docker/{A}");
+    t.apply(
+        &[
+            ev(CgroupChange::Mkdir, 10, &root, 100),
+            ev(CgroupChange::Mkdir, 11, &format!("{root}/sub"), 200),
+        ],
+        &mut out,
+    );
+    t.apply(
+        &[
+            ev(CgroupChange::Rmdir, 11, &format!("{root}/sub"), 0),
+            ev(CgroupChange::Rmdir, 10, &root, 0),
+        ],
+        &mut out,
+    );
+    assert_eq!(
+        out.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::ContainerCreate, EventKind::ContainerRemove]
+    );
+    {
+        let s = store.read();
+        let c = s.get(A).expect("still readable within grace");
+        assert_eq!(c.state, ContainerState::Removed);
+        assert_eq!(
+            s.get_by_cgroup_id(10).unwrap().id,
+            A,
+            "late lookup by cgroup ID resolves"
+        );
+        assert_eq!(
+            s.get_by_cgroup_id(11).unwrap().id,
+            A,
+            "and by a removed sub-cgroup's ID"
+        );
+    }
+    sleep(grace + Duration::from_millis(50));
+    assert_eq!(t.expire(), 1);
+    let s = store.read();
+    assert!(
+        s.get(A).is_none() && s.get_by_cgroup_id(10).is_none() && s.get_by_cgroup_id(11).is_none()
+    );
+    assert_eq!(s.cgroup_count(), 0);
+}
+
+#[test]
+fn sub_cgroup_churn_keeps_the_container_and_its_earliest_ctime() {
+    let (mut t, store) = tracker(Duration::from_millis(10));
+    let mut out = Vec::new();
+    let root = format!("/kubepods/burstable/pod0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/{A}");
+    t.apply(&[ev(CgroupChange::Mkdir, 10, &root, 100)], &mut out);
+    for i in 0..100u64 {
+        let sub = format!("{root}/s{}", i % 3);
+        t.apply(
+            &[ev(CgroupChange::Mkdir, 1000 + i, &sub, 500 + i)],
+            &mut out,
+        );
+        t.apply(&[ev(CgroupChange::Rmdir, 1000 + i, &sub, 0)], &mut out);
+    }
+    sleep(Duration::from_millis(20));
+    t.expire();
+    assert_eq!(out.len(), 1, "only the root's create");
+    let s = store.read();
+    let c = s.get(A).unwrap();
+    assert_eq!(
+        (c.ctime_ns, c.state, c.pod.uid.as_str()),
+        (
+            100,
+            ContainerState::Created,
+            "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+        )
+    );
+    assert_eq!(
+        s.cgroup_count(),
+        1,
+        "expired sub-cgroups are forgotten, the root is kept"
+    );
+}
+
+#[test]
+fn duplicates_are_dropped_and_reused_ids_pair_up() {
+    let (mut t, _store) = tracker(Duration::from_secs(5));
+    let mut out = Vec::new();
+    let root = format!("/docker/{A}");
+    let mkdir = ev(CgroupChange::Mkdir, 10, &root, 100);
+    t.apply(&[mkdir.clone(), mkdir.clone()], &mut out);
+    t.apply(
+        &[CgroupEvent {
+            origin: Origin::Existing,
+            ..mkdir
+        }],
+        &mut out,
+    );
+    t.apply(
+        &[
+            ev(CgroupChange::Rmdir, 10, &root, 0),
+            ev(CgroupChange::Rmdir, 10, &root, 0),
+        ],
+        &mut out,
+    );
+    // The same container ID again (runc run with a reused name), within grace.
+    t.apply(
+        &[
+            ev(CgroupChange::Mkdir, 30, &root, 900),
+            ev(CgroupChange::Rmdir, 30, &root, 0),
+        ],
+        &mut out,
+    );
+    let kinds: Vec<_> = out.iter().map(|e| (e.kind, e.cgroup_id)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::ContainerCreate, 10),
+            (EventKind::ContainerRemove, 10),
+            (EventKind::ContainerCreate, 30),
+            (EventKind::ContainerRemove, 30)
+        ]
+    );
+}
+
+#[test]
+fn a_missed_rmdir_is_inferred_from_a_new_directory_at_the_same_path() {
+    let (mut t, _store) = tracker(Duration::from_secs(5));
+    let mut out = Vec::new();
+    let root = format!("/docker/{A}");
+    t.apply(
+        &[
+            ev(CgroupChange::Mkdir, 10, &root, 100),
+            ev(CgroupChange::Mkdir, 11, &root, 200),
+        ],
+        &mut out,
+    );
+    let kinds: Vec<_> = out.iter().map(|e| (e.kind, e.cgroup_id)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::ContainerCreate, 10),
+            (EventKind::ContainerRemove, 10),
+            (EventKind::ContainerCreate, 11)
+        ]
+    );
+}
+
+#[test]
+fn a_sub_cgroup_whose_root_was_missed_still_announces_its_container() {
+    let (mut t, store) = tracker(Duration::from_secs(5));
+    let mut out = Vec::new();
+    t.apply(
+        &[ev(
+            CgroupChange::Mkdir,
+            11,
+            &format!("/docker/{A}/init"),
+            200,
+        )],
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].container.id, A);
+    assert!(!store.read().cgroup(11).unwrap().is_root);
+}
+
+#[test]
+fn a_cgroup_that_vanished_before_it_was_read_still_pairs() {
+    let (mut t, store) = tracker(Duration::from_secs(5));
+    let mut out = Vec::new();
+    let root = format!("/docker/{A}");
+    t.apply(
+        &[
+            ev(CgroupChange::Mkdir, 0, &root, 0),
+            ev(CgroupChange::Rmdir, 0, &root, 0),
+        ],
+        &mut out,
+    );
+    assert_eq!(
+        out.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::ContainerCreate, EventKind::ContainerRemove]
+    );
+    assert!(store.read().get_by_cgroup_id(0).is_none());
+}

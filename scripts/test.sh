@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs and starts what the
+# tests need (scripts/setup-host.sh, idempotent), checks formatting and
+# lints, then runs every test against the real kernel and real runtimes.
+# Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+scripts/setup-host.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo bench --no-run (benchmarks build)"
+cargo bench --workspace --no-run --quiet
+echo "== cargo test"
+cargo test --workspace
