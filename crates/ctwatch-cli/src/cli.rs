@@ -91,6 +91,45 @@ pub struct WatchArgs {
     /// Show full container IDs in the table.
     #[arg(long)]
     pub no_trunc: bool,
+
+    /// Where cgroup changes come from: `ebpf` (kernel tracepoints), `inotify`
+    /// (cgroupfs watches), or `auto` (eBPF when the kernel and privileges
+    /// allow it, else inotify; the log says which and why).
+    #[arg(long, value_enum, default_value_t = SourceKind::Auto)]
+    pub source: SourceKind,
+
+    /// eBPF ring buffer size in bytes (a power of two, at least 4096; K and M
+    /// suffixes allowed). Overflows are repaired by a rescan, and counted.
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_ring_size)]
+    pub ring_buffer_size: u32,
+
+    /// Directory on bpffs where the map of container cgroups is pinned for
+    /// other eBPF programs (see the README for its layout).
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/ctwatch")]
+    pub pin_path: PathBuf,
+
+    /// Do not keep the pinned map of container cgroups.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// Leave the map pinned when ctwatch exits (a restart reuses it).
+    #[arg(long)]
+    pub keep_pinned: bool,
+
+    /// How many cgroups the pinned map holds at most.
+    #[arg(long, value_name = "N", default_value_t = 65536)]
+    pub map_max_entries: u32,
+}
+
+/// Kernel sources `ctwatch watch` can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// eBPF when possible, else inotify.
+    Auto,
+    /// eBPF programs on the cgroup_mkdir/cgroup_rmdir tracepoints.
+    Ebpf,
+    /// inotify watches on cgroupfs.
+    Inotify,
 }
 
 /// Options of `ctwatch ls`.
@@ -111,6 +150,33 @@ pub struct LsArgs {
     /// Print only container IDs.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 4M, 262144)"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        other => return Err(format!("unknown size unit {other:?} (use K or M)")),
+    };
+    let bytes = n
+        .checked_mul(factor)
+        .filter(|b| *b <= 1 << 30)
+        .ok_or("at most 1G")?;
+    if bytes < 4096 || !bytes.is_power_of_two() {
+        return Err(format!(
+            "{bytes} bytes: must be a power of two of at least 4096"
+        ));
+    }
+    Ok(bytes as u32)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -70,14 +70,20 @@ fn cases(tag: &str) -> (Vec<Case>, Vec<String>) {
 
 #[test]
 fn every_layout_is_seen_created_and_removed_exactly_once() {
+    for source in SOURCES {
+        every_layout_with(source);
+    }
+}
+
+fn every_layout_with(source: &str) {
     require_root();
     let hierarchy = default_hierarchy();
-    let parent_name = unique("layouts");
+    let parent_name = unique(&format!("layouts-{source}"));
     let mut tree = CgroupTree::new();
     let parent = tree.mkdir_p(&hierarchy, &parent_name);
     let (positives, negatives) = cases(&parent_name);
 
-    let mut watch = Watch::start(&["--cgroup-root", parent.to_str().unwrap()]);
+    let mut watch = Watch::start_with(source, &["--cgroup-root", parent.to_str().unwrap()]);
     for case in &positives {
         let dir = tree.mkdir_p(&parent, &case.rel);
         // A sub-cgroup made inside the container belongs to it: no event of its own.
@@ -166,13 +172,19 @@ fn every_layout_is_seen_created_and_removed_exactly_once() {
 
 #[test]
 fn cgroup_ids_are_the_directories_inode_numbers() {
+    for source in SOURCES {
+        cgroup_ids_with(source);
+    }
+}
+
+fn cgroup_ids_with(source: &str) {
     require_root();
     use std::os::unix::fs::MetadataExt;
     let hierarchy = default_hierarchy();
-    let parent_name = unique("ids");
+    let parent_name = unique(&format!("ids-{source}"));
     let mut tree = CgroupTree::new();
     let parent = tree.mkdir_p(&hierarchy, &parent_name);
-    let mut watch = Watch::start(&["--cgroup-root", parent.to_str().unwrap()]);
+    let mut watch = Watch::start_with(source, &["--cgroup-root", parent.to_str().unwrap()]);
     let id = hex_id(&parent_name);
     let dir = tree.mkdir_p(&parent, &format!("docker/{id}"));
     let meta = std::fs::metadata(&dir).unwrap();
@@ -184,13 +196,19 @@ fn cgroup_ids_are_the_directories_inode_numbers() {
 
 #[test]
 fn hybrid_hosts_report_each_container_once_across_hierarchies() {
+    for source in SOURCES {
+        hybrid_with(source);
+    }
+}
+
+fn hybrid_with(source: &str) {
     require_root();
     let hierarchies = all_hierarchies();
-    let parent_name = unique("mirror");
+    let parent_name = unique(&format!("mirror-{source}"));
     let id = hex_id(&parent_name);
     let mut tree = CgroupTree::new();
     // Whatever ctwatch picks by default, follow the whole host.
-    let mut watch = Watch::start(&[]);
+    let mut watch = Watch::start_with(source, &[]);
     // Do what runc does on a hybrid host: the same cgroup in every hierarchy.
     for h in &hierarchies {
         tree.mkdir_p(h, &format!("{parent_name}/docker/{id}"));
@@ -266,14 +284,20 @@ fn existing_containers_are_reported_at_start_and_listed() {
 
 #[test]
 fn a_tree_made_at_once_is_seen_whole() {
+    for source in SOURCES {
+        tree_at_once_with(source);
+    }
+}
+
+fn tree_at_once_with(source: &str) {
     // mkdir -p of a deep path races the watcher: directories made before their
     // parent's watch exists must be found by the listing that follows it.
     require_root();
     let hierarchy = default_hierarchy();
-    let parent_name = unique("race");
+    let parent_name = unique(&format!("race-{source}"));
     let mut tree = CgroupTree::new();
     let parent = tree.mkdir_p(&hierarchy, &parent_name);
-    let mut watch = Watch::start(&["--cgroup-root", parent.to_str().unwrap()]);
+    let mut watch = Watch::start_with(source, &["--cgroup-root", parent.to_str().unwrap()]);
     let ids: Vec<String> = (0..50)
         .map(|i| hex_id(&format!("{parent_name}-{i}")))
         .collect();

@@ -42,6 +42,8 @@ pub struct ContainerEvent {
     pub cgroup_id: u64,
     /// The container, as known when the event was made.
     pub container: Arc<Container>,
+    /// When the kernel made the cgroup change, if the source knows (eBPF).
+    pub kernel_time: Option<SystemTime>,
 }
 
 /// Formats a time as RFC 3339 with nanoseconds, in UTC.
@@ -78,8 +80,11 @@ impl Serialize for Args<'_> {
 
 impl Serialize for ContainerEvent {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(4))?;
+        let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("time", &rfc3339_nanos(self.time))?;
+        if let Some(kernel_time) = self.kernel_time {
+            map.serialize_entry("kernel_time", &rfc3339_nanos(kernel_time))?;
+        }
         map.serialize_entry("event", self.kind.as_str())?;
         map.serialize_entry("cgroup_id", &self.cgroup_id)?;
         map.serialize_entry("args", &Args(self))?;

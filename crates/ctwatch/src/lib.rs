@@ -32,4 +32,5 @@ pub use container::{Container, ContainerState, PodInfo};
 pub use event::{ContainerEvent, EventKind};
 pub use runtime::Runtime;
 pub use store::{LookupError, Store};
+pub use tracker::CgroupObserver;
 pub use tracker::{SharedStore, Tracker};

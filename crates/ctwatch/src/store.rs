@@ -47,6 +47,29 @@ pub struct CgroupMembership {
     pub is_root: bool,
 }
 
+/// A cgroup that [`Store::remove_cgroup`] marked removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedCgroup {
+    /// What it belonged to.
+    pub membership: CgroupMembership,
+    /// Its ID (0 if it was never read).
+    pub cgroup_id: u64,
+}
+
+impl Store {
+    /// The live container cgroups, as (path, cgroup ID or 0, membership).
+    pub fn live_cgroups(&self) -> impl Iterator<Item = (&str, u64, &CgroupMembership)> {
+        self.live_paths.iter().filter_map(|(path, key)| {
+            let entry = self.cgroups.get(key)?;
+            Some((
+                &**path,
+                if *key >= UNREAD_ID_BASE { 0 } else { *key },
+                &entry.membership,
+            ))
+        })
+    }
+}
+
 #[derive(Debug)]
 struct CgroupEntry {
     membership: CgroupMembership,
@@ -257,42 +280,48 @@ impl Store {
         Some(entry.container.clone())
     }
 
-    /// Marks the live cgroup at `path` removed. Returns its membership and,
+    /// Marks the live cgroup at `path` removed. Returns what it was and,
     /// when it was a container's root, the container (now marked removed).
     pub fn remove_cgroup(
         &mut self,
         path: &str,
         now: Instant,
-    ) -> Option<(CgroupMembership, Option<Arc<Container>>)> {
+    ) -> Option<(RemovedCgroup, Option<Arc<Container>>)> {
         let key = self.live_paths.remove(path)?;
         let entry = self.cgroups.get_mut(&key)?;
         entry.removed = true;
         let membership = entry.membership.clone();
         self.expiring
             .push_back((now + self.grace, Expiring::Cgroup(key)));
-        if !membership.is_root {
-            return Some((membership, None));
+        let cgroup_id = if key >= UNREAD_ID_BASE { 0 } else { key };
+        let removed = RemovedCgroup {
+            membership,
+            cgroup_id,
+        };
+        if !removed.membership.is_root {
+            return Some((removed, None));
         }
-        let Some(entry) = self.containers.get_mut(&membership.container_id) else {
-            return Some((membership, None));
+        let Some(entry) = self.containers.get_mut(&removed.membership.container_id) else {
+            return Some((removed, None));
         };
         if entry.container.cgroup_path.as_str() != path
             || entry.container.state == ContainerState::Removed
         {
-            return Some((membership, None));
+            return Some((removed, None));
         }
-        let mut removed = (*entry.container).clone();
-        removed.state = ContainerState::Removed;
-        entry.container = Arc::new(removed);
+        let mut container = (*entry.container).clone();
+        container.state = ContainerState::Removed;
+        entry.container = Arc::new(container);
+        let id = removed.membership.container_id.clone();
         self.expiring.push_back((
             now + self.grace,
             Expiring::Container {
-                id: membership.container_id.clone(),
+                id,
                 incarnation: entry.incarnation,
             },
         ));
         let container = entry.container.clone();
-        Some((membership, Some(container)))
+        Some((removed, Some(container)))
     }
 
     /// Forgets what was removed more than the grace period before `now`.

@@ -6,8 +6,9 @@
 //! make no event. Duplicate reports of the same cgroup are dropped, so each
 //! container is announced exactly once however its cgroup was learned.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tracing::debug;
 
@@ -38,16 +39,42 @@ impl SharedStore {
     }
 }
 
+/// Learns of every container cgroup the tracker records or forgets (roots
+/// and sub-cgroups), for example to keep a BPF map of container cgroups.
+pub trait CgroupObserver: Send {
+    /// `cgroup_id` (0 if unread) at `path` now belongs to `container`.
+    fn cgroup_added(&mut self, cgroup_id: u64, path: &str, container: &Container, is_root: bool);
+    /// `cgroup_id` at `path` is gone.
+    fn cgroup_removed(&mut self, cgroup_id: u64, path: &str);
+}
+
 /// Turns [`CgroupEvent`]s into [`ContainerEvent`]s.
 pub struct Tracker {
     store: SharedStore,
     state_dirs: Box<dyn StateDirs>,
+    observers: Vec<Box<dyn CgroupObserver>>,
 }
 
 impl Tracker {
     /// A tracker over `store`, confirming ambiguous names with `state_dirs`.
     pub fn new(store: SharedStore, state_dirs: Box<dyn StateDirs>) -> Self {
-        Tracker { store, state_dirs }
+        Tracker {
+            store,
+            state_dirs,
+            observers: Vec::new(),
+        }
+    }
+
+    /// Adds an observer of container cgroups; it is first told of those already known.
+    pub fn add_observer(&mut self, mut observer: Box<dyn CgroupObserver>) {
+        let store = self.store.read();
+        for (path, cgroup_id, m) in store.live_cgroups() {
+            if let Some(c) = store.get(&m.container_id) {
+                observer.cgroup_added(cgroup_id, path, c, m.is_root);
+            }
+        }
+        drop(store);
+        self.observers.push(observer);
     }
 
     /// The store this tracker keeps.
@@ -58,23 +85,85 @@ impl Tracker {
     /// Applies a batch of cgroup changes, appending the resulting events to `out`.
     pub fn apply(&mut self, events: &[CgroupEvent], out: &mut Vec<ContainerEvent>) {
         let now = Instant::now();
-        let mut store = self.store.write();
+        let store = self.store.clone();
+        let mut store = store.write();
         store.expire(now);
+        let mut ctx = Ctx {
+            store: &mut store,
+            observers: &mut self.observers,
+            state_dirs: self.state_dirs.as_ref(),
+            out,
+        };
         for event in events {
             match event.change {
-                CgroupChange::Mkdir => self.on_mkdir(&mut store, event, out),
-                CgroupChange::Rmdir => on_rmdir(&mut store, event, now, out),
+                CgroupChange::Mkdir => ctx.on_mkdir(event),
+                CgroupChange::Rmdir => ctx.on_rmdir(event, now),
             }
         }
+    }
+
+    /// After a source lost events: `present` is every cgroup there is now (as
+    /// `Mkdir`s). Containers whose cgroups are gone are removed, new ones are
+    /// created, and nothing known and still present is reported again.
+    pub fn reconcile(&mut self, present: &[CgroupEvent], out: &mut Vec<ContainerEvent>) {
+        let now = Instant::now();
+        let by_path: HashMap<&str, u64> = present
+            .iter()
+            .map(|e| (e.path.as_str(), e.cgroup_id))
+            .collect();
+        let gone: Vec<CgroupEvent> = {
+            let store = self.store.read();
+            let mut gone: Vec<(String, u64)> = store
+                .live_cgroups()
+                .filter(|(path, id, _)| {
+                    by_path
+                        .get(path)
+                        .is_none_or(|now_id| *id != 0 && now_id != id)
+                })
+                .map(|(path, id, _)| (path.to_string(), id))
+                .collect();
+            // Deepest first, as the kernel removes them.
+            gone.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| b.0.cmp(&a.0)));
+            gone.into_iter()
+                .map(|(path, cgroup_id)| CgroupEvent {
+                    change: CgroupChange::Rmdir,
+                    origin: Origin::Live,
+                    cgroup_id,
+                    path,
+                    ctime_ns: 0,
+                    observed: SystemTime::now(),
+                    kernel_time: None,
+                })
+                .collect()
+        };
+        if !gone.is_empty() {
+            debug!(
+                count = gone.len(),
+                "resync: cgroups gone while events were lost"
+            );
+        }
+        self.apply(&gone, out);
+        let _ = now;
+        self.apply(present, out);
     }
 
     /// Forgets removed containers whose grace period is over.
     pub fn expire(&mut self) -> usize {
         self.store.write().expire(Instant::now())
     }
+}
 
-    fn on_mkdir(&self, store: &mut Store, event: &CgroupEvent, out: &mut Vec<ContainerEvent>) {
-        if let Some((_, known_id)) = store.cgroup_at(&event.path) {
+/// One batch's working state.
+struct Ctx<'a> {
+    store: &'a mut Store,
+    observers: &'a mut Vec<Box<dyn CgroupObserver>>,
+    state_dirs: &'a dyn StateDirs,
+    out: &'a mut Vec<ContainerEvent>,
+}
+
+impl Ctx<'_> {
+    fn on_mkdir(&mut self, event: &CgroupEvent) {
+        if let Some((_, known_id)) = self.store.cgroup_at(&event.path) {
             if known_id == event.cgroup_id {
                 return; // reported twice
             }
@@ -84,106 +173,116 @@ impl Tracker {
                 cgroup_id: known_id,
                 ..event.clone()
             };
-            on_rmdir(store, &stale, Instant::now(), out);
+            self.on_rmdir(&stale, Instant::now());
         }
-        if store
+        if self
+            .store
             .cgroup(event.cgroup_id)
             .is_some_and(|m| *m.path == *event.path)
         {
             return;
         }
-        match classify(&event.path, self.state_dirs.as_ref()) {
-            Some(c) if c.is_root => add_root(store, event, c, out),
+        match classify(&event.path, self.state_dirs) {
+            Some(c) if c.is_root => self.add_root(event, c),
             Some(c) => {
-                if store
+                if self
+                    .store
                     .get(&c.container_id)
                     .is_none_or(|k| k.state == ContainerState::Removed)
                 {
                     // Its root was never reported (lost, or outside the watched tree):
                     // announce the container from what the sub-cgroup's path says.
-                    let root = root_event_for(event, &c);
-                    add_root(
-                        store,
+                    let root = CgroupEvent {
+                        cgroup_id: 0,
+                        path: c.root_path.clone(),
+                        ctime_ns: 0,
+                        ..event.clone()
+                    };
+                    self.add_root(
                         &root,
                         Classification {
                             is_root: true,
                             ..c.clone()
                         },
-                        out,
                     );
                 }
-                store.insert_cgroup(event.cgroup_id, &event.path, &c.container_id, false);
+                self.add_sub(event, &c.container_id);
             }
             None => {
-                if let Some(container) = store.container_above(&event.path) {
+                if let Some(container) = self.store.container_above(&event.path) {
                     let id = container.id.clone();
-                    store.insert_cgroup(event.cgroup_id, &event.path, &id, false);
+                    self.add_sub(event, &id);
                 }
             }
         }
     }
-}
 
-fn add_root(
-    store: &mut Store,
-    event: &CgroupEvent,
-    c: Classification,
-    out: &mut Vec<ContainerEvent>,
-) {
-    if let Some(existing) = store.get(&c.container_id) {
-        if existing.state != ContainerState::Removed {
-            // Same container seen at a second root path: keep the first, record this one.
-            debug!(id = %c.container_id, path = %event.path, "second root cgroup for a live container");
-            let id = existing.id.clone();
-            store.insert_cgroup(event.cgroup_id, &event.path, &id, false);
-            return;
+    fn add_sub(&mut self, event: &CgroupEvent, container_id: &str) {
+        self.store
+            .insert_cgroup(event.cgroup_id, &event.path, container_id, false);
+        if let Some(c) = self.store.get(container_id) {
+            for o in self.observers.iter_mut() {
+                o.cgroup_added(event.cgroup_id, &event.path, c, false);
+            }
         }
     }
-    let (kind, state) = match event.origin {
-        Origin::Existing => (EventKind::ExistingContainer, ContainerState::Existing),
-        Origin::Live => (EventKind::ContainerCreate, ContainerState::Created),
-    };
-    let container = store.insert_container(Container {
-        id: c.container_id,
-        runtime: c.runtime,
-        cgroup_id: event.cgroup_id,
-        cgroup_path: event.path.clone(),
-        ctime_ns: event.ctime_ns,
-        image: String::new(),
-        image_digest: String::new(),
-        name: String::new(),
-        pod: PodInfo {
-            uid: c.pod_uid.unwrap_or_default(),
-            ..PodInfo::default()
-        },
-        state,
-    });
-    out.push(ContainerEvent {
-        time: event.observed,
-        kind,
-        cgroup_id: event.cgroup_id,
-        container,
-    });
-}
 
-fn root_event_for(sub: &CgroupEvent, c: &Classification) -> CgroupEvent {
-    let mount_relative = c.root_path.clone();
-    CgroupEvent {
-        cgroup_id: 0,
-        path: mount_relative,
-        ctime_ns: 0,
-        ..sub.clone()
+    fn add_root(&mut self, event: &CgroupEvent, c: Classification) {
+        if let Some(existing) = self.store.get(&c.container_id) {
+            if existing.state != ContainerState::Removed {
+                // Same container seen at a second root path: keep the first, record this one.
+                debug!(id = %c.container_id, path = %event.path, "second root cgroup for a live container");
+                let id = existing.id.clone();
+                self.add_sub(event, &id);
+                return;
+            }
+        }
+        let (kind, state) = match event.origin {
+            Origin::Existing => (EventKind::ExistingContainer, ContainerState::Existing),
+            Origin::Live => (EventKind::ContainerCreate, ContainerState::Created),
+        };
+        let container = self.store.insert_container(Container {
+            id: c.container_id,
+            runtime: c.runtime,
+            cgroup_id: event.cgroup_id,
+            cgroup_path: event.path.clone(),
+            ctime_ns: event.ctime_ns,
+            image: String::new(),
+            image_digest: String::new(),
+            name: String::new(),
+            pod: PodInfo {
+                uid: c.pod_uid.unwrap_or_default(),
+                ..PodInfo::default()
+            },
+            state,
+        });
+        for o in self.observers.iter_mut() {
+            o.cgroup_added(event.cgroup_id, &event.path, &container, true);
+        }
+        self.out.push(ContainerEvent {
+            time: event.observed,
+            kind,
+            cgroup_id: event.cgroup_id,
+            container,
+            kernel_time: event.kernel_time,
+        });
     }
-}
 
-fn on_rmdir(store: &mut Store, event: &CgroupEvent, now: Instant, out: &mut Vec<ContainerEvent>) {
-    let Some((_, Some(container))) = store.remove_cgroup(&event.path, now) else {
-        return;
-    };
-    out.push(ContainerEvent {
-        time: event.observed,
-        kind: EventKind::ContainerRemove,
-        cgroup_id: container.cgroup_id,
-        container,
-    });
+    fn on_rmdir(&mut self, event: &CgroupEvent, now: Instant) {
+        let Some((removed, container)) = self.store.remove_cgroup(&event.path, now) else {
+            return;
+        };
+        for o in self.observers.iter_mut() {
+            o.cgroup_removed(removed.cgroup_id, &event.path);
+        }
+        if let Some(container) = container {
+            self.out.push(ContainerEvent {
+                time: event.observed,
+                kind: EventKind::ContainerRemove,
+                cgroup_id: container.cgroup_id,
+                container,
+                kernel_time: event.kernel_time,
+            });
+        }
+    }
 }

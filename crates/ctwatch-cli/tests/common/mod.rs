@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -141,20 +142,35 @@ impl Drop for CgroupTree {
     }
 }
 
+/// The kernel sources every core test runs with.
+pub const SOURCES: [&str; 2] = ["ebpf", "inotify"];
+
 /// A running `ctwatch watch` whose JSON events are collected.
 pub struct Watch {
     child: Child,
     events: Receiver<Value>,
     /// Every event received so far.
     pub seen: Vec<Value>,
+    /// Every line ctwatch logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Watch {
-    /// Starts `ctwatch watch` with `args` and waits until its scan at start is done.
+    /// Starts `ctwatch watch` with `args` (default source) and waits for its scan at start.
     pub fn start(args: &[&str]) -> Watch {
+        Watch::start_with("auto", args)
+    }
+
+    /// Starts `ctwatch watch --source <source>` with `args`. The pinned map is
+    /// off unless `args` names a `--pin-path` (tests run in parallel).
+    pub fn start_with(source: &str, args: &[&str]) -> Watch {
+        let mut all = vec!["watch", "--source", source];
+        if !args.contains(&"--pin-path") {
+            all.push("--no-pin");
+        }
+        all.extend_from_slice(args);
         let mut child = Command::new(ctwatch_bin())
-            .arg("watch")
-            .args(args)
+            .args(&all)
             .env("CTWATCH_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -174,23 +190,50 @@ impl Watch {
         let (ready_tx, ready) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let verbose = std::env::var_os("CTWATCH_TEST_VERBOSE").is_some();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log_writer = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if verbose {
                     eprintln!("[ctwatch] {line}");
                 }
+                log_writer.lock().unwrap().push(line.clone());
                 if line.contains("scan at start complete") {
                     let _ = ready_tx.send(());
                 }
             }
         });
-        ready
-            .recv_timeout(Duration::from_secs(30))
-            .expect("ctwatch watch did not finish its scan at start");
+        if ready.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "ctwatch watch {all:?} did not finish its scan at start; log: {:#?}",
+                log.lock().unwrap()
+            );
+        }
         Watch {
             child,
             events,
             seen: Vec::new(),
+            log,
+        }
+    }
+
+    /// True when some logged line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    /// Stops ctwatch with SIGINT and waits for it to exit; returns its exit status.
+    pub fn interrupt(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ctwatch did not exit on SIGINT");
+            thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -206,6 +206,7 @@ impl InotifySource {
                 path: rel,
                 ctime_ns: info.ctime_ns,
                 observed,
+                kernel_time: None,
             });
         }
         if vanished && dir != self.start {
@@ -221,6 +222,7 @@ impl InotifySource {
                         path: rel,
                         ctime_ns: 0,
                         observed,
+                        kernel_time: None,
                     });
                 }
             }
@@ -248,6 +250,7 @@ impl InotifySource {
             path: rel.to_string(),
             ctime_ns: 0,
             observed: SystemTime::now(),
+            kernel_time: None,
         });
     }
 

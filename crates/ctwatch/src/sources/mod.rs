@@ -41,6 +41,8 @@ pub struct CgroupEvent {
     pub ctime_ns: u64,
     /// When the source observed it.
     pub observed: SystemTime,
+    /// When the kernel made the change, if the source knows (eBPF does).
+    pub kernel_time: Option<SystemTime>,
 }
 
 /// What a source sends the tracker.
@@ -50,4 +52,10 @@ pub enum SourceMessage {
     Events(Vec<CgroupEvent>),
     /// The scan at start is complete: every existing container has been sent.
     ScanComplete,
+    /// Events were lost: this is every cgroup present now (as `Mkdir`s).
+    /// The tracker reconciles its store against it.
+    Resync(Vec<CgroupEvent>),
+    /// Changes in a mirror hierarchy (the unified one on a hybrid host): not
+    /// tracked, but their IDs are what `bpf_get_current_cgroup_id()` returns.
+    Mirror(Vec<CgroupEvent>),
 }

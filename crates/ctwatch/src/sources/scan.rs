@@ -68,6 +68,7 @@ pub fn scan(mount_point: &Path, start: &Path, origin: Origin) -> Vec<CgroupEvent
                 path: dir.rel.to_string(),
                 ctime_ns: dir.info.ctime_ns,
                 observed,
+                kernel_time: None,
             });
         }
     });

@@ -1,0 +1,18 @@
+//! ctwatch's eBPF source: programs on the `cgroup_mkdir`/`cgroup_rmdir`
+//! tracepoints (C, compiled with clang, committed as objects and rebuilt by
+//! `scripts/build-ebpf.sh`), their loader (aya), and the pinned map of
+//! container cgroups that other eBPF programs can read.
+//!
+//! - [`source`]: the kernel source the tracker reads, with loss repair.
+//! - [`pinned_map`]: `/sys/fs/bpf/ctwatch/ctwatch_containers`.
+//! - [`abi`]: the record and map layouts shared with the C programs.
+//! - [`loader`]: what the kernel must allow, and why it refused.
+
+pub mod abi;
+pub mod loader;
+pub mod pinned_map;
+pub mod source;
+
+pub use loader::{preflight, EbpfUnavailable};
+pub use pinned_map::ContainersMap;
+pub use source::{EbpfConfig, EbpfSource, EbpfStats};
