@@ -39,9 +39,15 @@ fn assert_created_then_removed(watch: &mut Watch, id: &str, runtime: &str, remov
 
 #[test]
 fn docker_run() {
+    for source in SOURCES {
+        docker_run_with(source);
+    }
+}
+
+fn docker_run_with(source: &str) {
     require_root();
-    let mut watch = Watch::start(&["--no-existing"]);
-    let name = unique("docker");
+    let mut watch = Watch::start_with(source, &["--no-existing"]);
+    let name = unique(&format!("docker-{source}"));
     let id = run(
         DOCKER,
         &["run", "-d", "--name", &name, IMAGE, "sleep", "60"],
@@ -155,9 +161,15 @@ fn runc_bundle(name: &str) -> PathBuf {
 
 #[test]
 fn bare_runc_run() {
+    for source in SOURCES {
+        bare_runc_run_with(source);
+    }
+}
+
+fn bare_runc_run_with(source: &str) {
     require_root();
-    let mut watch = Watch::start(&["--no-existing"]);
-    let id = unique("runc");
+    let mut watch = Watch::start_with(source, &["--no-existing"]);
+    let id = unique(&format!("runc-{source}"));
     let bundle = runc_bundle(&id);
     run_detached(
         "runc",
