@@ -29,7 +29,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let sources: Vec<String> = std::env::var("CHURN_SOURCES")
-        .unwrap_or_else(|_| "inotify".to_string())
+        .unwrap_or_else(|_| "ebpf,inotify".to_string())
         .split(',')
         .map(str::to_string)
         .collect();
@@ -98,16 +98,17 @@ fn churn(parent: &Path, ids: &[String], mut on_mkdir: impl FnMut(usize)) -> Dura
 }
 
 fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
-    let mut args = vec![
-        "watch".to_string(),
-        "--cgroup-root".into(),
-        parent.display().to_string(),
+    let root = parent.display().to_string();
+    let args = [
+        "watch",
+        "--no-pin",
+        "--source",
+        source,
+        "--cgroup-root",
+        &root,
     ];
-    if source != "inotify" || has_source_flag() {
-        args.extend(["--source".into(), source.into()]);
-    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_ctwatch"))
-        .args(&args)
+        .args(args)
         .env("CTWATCH_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -181,14 +182,6 @@ fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
         cpu,
         latencies_us,
     }
-}
-
-fn has_source_flag() -> bool {
-    Command::new(env!("CARGO_BIN_EXE_ctwatch"))
-        .args(["watch", "--help"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--source"))
-        .unwrap_or(false)
 }
 
 /// User + system CPU time of a process (all threads), from /proc/<pid>/stat.

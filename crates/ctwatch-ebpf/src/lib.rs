@@ -4,7 +4,7 @@
 //! container cgroups that other eBPF programs can read.
 //!
 //! - [`source`]: the kernel source the tracker reads, with loss repair.
-//! - [`pinned_map`]: `/sys/fs/bpf/ctwatch/ctwatch_containers`.
+//! - [`pinned_map`]: the map pinned at `/sys/fs/bpf/ctwatch/ctwatch_containers`.
 //! - [`abi`]: the record and map layouts shared with the C programs.
 //! - [`loader`]: what the kernel must allow, and why it refused.
 

@@ -67,9 +67,7 @@ impl ContainersMap {
             .ancestors()
             .find(|p| p.exists())
             .unwrap_or(Path::new("/"));
-        let magic = nix::sys::statfs::statfs(bpffs)
-            .map(|s| s.filesystem_type().0 as i64)
-            .unwrap_or(0);
+        let magic = ctwatch::cgroupfs::filesystem_magic(bpffs).unwrap_or(0);
         if magic != BPF_FS_MAGIC {
             return Err(EbpfUnavailable::Refused(format!(
                 "{} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)",

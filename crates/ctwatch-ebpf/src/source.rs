@@ -7,7 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,6 +47,11 @@ impl Default for EbpfConfig {
         }
     }
 }
+
+/// A drained batch this large means churn: back off before the next poll.
+const BUSY_BATCH: usize = 16;
+/// How long to back off under churn (the ring buffer holds ~30k records).
+const BUSY_BACKOFF: Duration = Duration::from_micros(500);
 
 /// The default ring buffer: 4 MiB, about 30k typical records.
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
@@ -162,12 +167,13 @@ impl EbpfSource {
                 }
                 if record.hierarchy_id == self.config.tracked_hierarchy {
                     if is_under(&record.path, &prefix) {
-                        tracked.push(self.to_event(&record, mount_point));
+                        tracked.push(self.to_event(&record));
                     }
                 } else if Some(record.hierarchy_id) == self.config.mirror_hierarchy {
-                    mirror.push(self.to_event(&record, Path::new("")));
+                    mirror.push(self.to_event(&record));
                 }
             }
+            let busy = tracked.len() + mirror.len() >= BUSY_BATCH;
             if !tracked.is_empty() && tx.send(SourceMessage::Events(tracked)).is_err() {
                 return Ok(());
             }
@@ -186,6 +192,11 @@ impl EbpfSource {
                     return Ok(());
                 }
             }
+            if busy {
+                // Under churn, let records gather: fewer wakeups per event, a
+                // little latency only while busy.
+                std::thread::sleep(BUSY_BACKOFF);
+            }
         }
         Ok(())
     }
@@ -197,19 +208,18 @@ impl EbpfSource {
             .unwrap_or(0)
     }
 
-    fn to_event(&self, r: &CgroupRecord, mount_point: &Path) -> CgroupEvent {
+    /// A record as a cgroup event. The ctime is the kernel's time of the
+    /// mkdir: a kernfs directory's own ctime is when its inode was first
+    /// looked up, which can be much later (and a stat here would contend with
+    /// the mkdirs for kernfs's lock).
+    fn to_event(&self, r: &CgroupRecord) -> CgroupEvent {
         let kernel_time = wall_time(r.ktime_ns, self.wall_offset_ns);
         let ctime_ns = match r.change {
+            CgroupChange::Mkdir => kernel_time
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
             CgroupChange::Rmdir => 0,
-            CgroupChange::Mkdir if mount_point.as_os_str().is_empty() => 0,
-            CgroupChange::Mkdir => cgroupfs::cgroup_dir_info(&join(mount_point, &r.path))
-                .map(|i| i.ctime_ns)
-                .unwrap_or_else(|_| {
-                    kernel_time
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_nanos() as u64)
-                        .unwrap_or(0)
-                }),
         };
         CgroupEvent {
             change: r.change,
@@ -249,10 +259,6 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
 
 fn is_under(path: &str, prefix: &str) -> bool {
     prefix == "/" || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
-}
-
-fn join(mount_point: &Path, rel: &str) -> PathBuf {
-    mount_point.join(rel.trim_start_matches('/'))
 }
 
 fn wall_offset_ns() -> i128 {

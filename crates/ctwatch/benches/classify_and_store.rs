@@ -49,6 +49,7 @@ fn filled_store(n: u64) -> SharedStore {
                 path,
                 ctime_ns: 1,
                 observed: SystemTime::now(),
+                kernel_time: None,
             };
             [
                 mk(1000 + 2 * i, root.clone()),
@@ -107,6 +108,7 @@ fn bench_tracker(c: &mut Criterion) {
                 path: path.to_string(),
                 ctime_ns: 1,
                 observed: SystemTime::UNIX_EPOCH,
+                kernel_time: None,
             };
             tracker.apply(
                 &[

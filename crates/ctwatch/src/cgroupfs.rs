@@ -212,12 +212,10 @@ pub fn check_cgroup_dir(dir: &Path) -> Result<CgroupVersion, CgroupFsError> {
         Ok(m) if !m.is_dir() => return Err(CgroupFsError::NotCgroupFs(dir.to_path_buf())),
         Ok(_) => {}
     }
-    let stat = nix::sys::statfs::statfs(dir).map_err(|e| CgroupFsError::Unreadable {
+    let magic = filesystem_magic(dir).map_err(|source| CgroupFsError::Unreadable {
         path: dir.to_path_buf(),
-        source: e.into(),
+        source,
     })?;
-    #[allow(clippy::unnecessary_cast)] // the field's type differs between libcs
-    let magic = stat.filesystem_type().0 as i64;
     fs::read_dir(dir).map_err(|source| CgroupFsError::Unreadable {
         path: dir.to_path_buf(),
         source,
@@ -227,6 +225,14 @@ pub fn check_cgroup_dir(dir: &Path) -> Result<CgroupVersion, CgroupFsError> {
         CGROUP2_SUPER_MAGIC => Ok(CgroupVersion::V2),
         _ => Err(CgroupFsError::NotCgroupFs(dir.to_path_buf())),
     }
+}
+
+/// The magic number of the filesystem `path` is on (`statfs`'s `f_type`).
+pub fn filesystem_magic(path: &Path) -> std::io::Result<i64> {
+    let stat = nix::sys::statfs::statfs(path)?;
+    #[allow(clippy::unnecessary_cast)] // the field's type differs between libcs
+    let magic = stat.filesystem_type().0 as i64;
+    Ok(magic)
 }
 
 /// The identity of the cgroup directory at `dir`.

@@ -19,6 +19,7 @@ fn ev(change: CgroupChange, id: u64, path: &str, ctime: u64) -> CgroupEvent {
         path: path.into(),
         ctime_ns: ctime,
         observed: SystemTime::now(),
+        kernel_time: None,
     }
 }
 

@@ -12,7 +12,7 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use ctwatch::cgroupfs::{self, CgroupVersion};
 use ctwatch::sources::inotify::InotifySource;
 use ctwatch::sources::SourceMessage;
-use ctwatch::{EventKind, SharedStore, Store, Tracker};
+use ctwatch::{ContainerEvent, EventKind, SharedStore, Store, Tracker};
 use ctwatch_ebpf::{ContainersMap, EbpfConfig, EbpfSource};
 use tracing::{info, warn};
 
@@ -53,36 +53,42 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         args.no_trunc,
     );
     let mut events = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        match rx.recv_timeout(Duration::from_millis(250)) {
-            Ok(SourceMessage::Events(batch)) => tracker.apply(&batch, &mut events),
-            Ok(SourceMessage::Resync(present)) => tracker.reconcile(&present, &mut events),
-            Ok(SourceMessage::Mirror(batch)) => {
-                if let Some(map) = &containers_map {
-                    map.apply_mirror(&batch);
-                }
-            }
-            Ok(SourceMessage::ScanComplete) => {
-                if let Some(map) = &containers_map {
-                    map.prune_stale();
-                }
-                info!(containers = store.read().len(), "scan at start complete");
-            }
+    'running: while !stop.load(Ordering::Relaxed) {
+        let mut message = match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => {
                 tracker.expire();
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        for event in events.drain(..) {
-            if args.no_existing && event.kind == EventKind::ExistingContainer {
                 continue;
             }
-            if let Err(e) = writer.write(&event) {
-                stop.store(true, Ordering::Relaxed);
-                return closed_output(e);
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        // Take everything already queued, then write and flush once.
+        loop {
+            match message {
+                SourceMessage::Events(batch) => tracker.apply(&batch, &mut events),
+                SourceMessage::Resync(present) => tracker.reconcile(&present, &mut events),
+                SourceMessage::Mirror(batch) => {
+                    if let Some(map) = &containers_map {
+                        map.apply_mirror(&batch);
+                    }
+                }
+                SourceMessage::ScanComplete => {
+                    if let Some(map) = &containers_map {
+                        map.prune_stale();
+                    }
+                    info!(containers = store.read().len(), "scan at start complete");
+                }
+            }
+            match rx.try_recv() {
+                Ok(next) => message = next,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    write_all(&mut writer, &mut events, args.no_existing).or_else(closed_output)?;
+                    break 'running;
+                }
             }
         }
-        if let Err(e) = writer.flush() {
+        if let Err(e) = write_all(&mut writer, &mut events, args.no_existing) {
             stop.store(true, Ordering::Relaxed);
             return closed_output(e);
         }
@@ -177,6 +183,21 @@ fn spawn_source(
             Source::Inotify(s) => s.run(tx, stop),
         })
         .context("cannot start the source thread")
+}
+
+/// Writes and flushes the events made so far.
+fn write_all(
+    writer: &mut EventWriter<impl io::Write>,
+    events: &mut Vec<ContainerEvent>,
+    no_existing: bool,
+) -> io::Result<()> {
+    for event in events.drain(..) {
+        if no_existing && event.kind == EventKind::ExistingContainer {
+            continue;
+        }
+        writer.write(&event)?;
+    }
+    writer.flush()
 }
 
 /// A closed pipe (`ctwatch watch | head`) ends the command quietly.
