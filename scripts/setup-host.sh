@@ -29,6 +29,11 @@ if [ -d /sys/kernel/tracing ] && [ ! -e /sys/kernel/tracing/events ]; then
   mount -t tracefs nodev /sys/kernel/tracing || log "could not mount tracefs"
 fi
 
+# bpffs for the pinned map of container cgroups.
+if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+  mount -t bpf bpf /sys/fs/bpf || log "could not mount bpffs (the pinned map will be unavailable)"
+fi
+
 wait_for_socket() { # path, seconds
   local i
   for ((i = 0; i < $2 * 10; i++)); do [ -S "$1" ] && return 0; sleep 0.1; done

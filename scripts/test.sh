@@ -9,6 +9,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/setup-host.sh
 
+echo "== eBPF objects are current with their C sources"
+scripts/build-ebpf.sh --check
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -486,3 +486,66 @@ fn without_bpf_capabilities_auto_falls_back_to_inotify_and_ebpf_says_why() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn another_tools_ebpf_program_tells_container_processes_apart_with_the_map() {
+    // The example consumer (crates/ctwatch-ebpf/src/bpf/count_container_execs.bpf.c)
+    // looks up bpf_get_current_cgroup_id() in the pinned map on every exec.
+    use aya::maps::HashMap as BpfHashMap;
+    use aya::programs::BtfTracePoint;
+    require_root();
+    let name = unique("consumer");
+    let pin_dir = Path::new("/sys/fs/bpf").join(&name);
+    let mut watch = Watch::start_with(
+        "ebpf",
+        &["--no-existing", "--pin-path", pin_dir.to_str().unwrap()],
+    );
+    let cid = run(
+        "/usr/bin/docker",
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "local/busybox:1",
+            "sleep",
+            "60",
+        ],
+    );
+    watch.wait_until(WAIT, "create", |seen| {
+        seen.iter()
+            .any(|e| e["args"]["container_id"] == cid.as_str())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+
+    let btf = aya::Btf::from_sys_fs().unwrap();
+    let mut ebpf = aya::EbpfLoader::new()
+        .btf(Some(&btf))
+        .map_pin_path(&pin_dir)
+        .load(aya::include_bytes_aligned!(
+            "../../ctwatch-ebpf/bpf/count_container_execs.bpf.o"
+        ))
+        .unwrap();
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut("count_container_execs")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    program.load("sched_process_exec", &btf).unwrap();
+    program.attach().unwrap();
+    for _ in 0..3 {
+        run("/usr/bin/docker", &["exec", &name, "true"]);
+    }
+    let counts: BpfHashMap<_, u64, u64> =
+        BpfHashMap::try_from(ebpf.map("execs_by_container").unwrap()).unwrap();
+    let by_handle: HashMap<u64, u64> = counts.iter().map(|e| e.unwrap()).collect();
+    drop(ebpf);
+    run("/usr/bin/docker", &["rm", "-f", &name]);
+    assert_eq!(
+        by_handle.get(&fnv1a(&cid)),
+        Some(&3),
+        "3 execs in {cid}: {by_handle:?}"
+    );
+    assert!(watch.interrupt().success());
+    let _ = fs::remove_dir(&pin_dir);
+}
