@@ -209,6 +209,58 @@ fn allow_tasks(hierarchy: &Path, dir: &Path) {
     }
 }
 
+/// Dumps the pinned map until `done` holds (2 s at most); the last dump.
+fn map_when(pin: &Path, done: impl Fn(&HashMap<u64, Value>) -> bool) -> HashMap<u64, Value> {
+    let mut map = dump_map(pin);
+    for _ in 0..100 {
+        if done(&map) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        map = dump_map(pin);
+    }
+    map
+}
+
+/// A docker container started while a `ctwatch watch` with its own pinned map runs.
+struct DockerWithMap {
+    watch: Watch,
+    name: String,
+    cid: String,
+    pin_dir: std::path::PathBuf,
+}
+
+fn docker_with_map(tag: &str) -> DockerWithMap {
+    let name = unique(tag);
+    let pin_dir = Path::new("/sys/fs/bpf").join(&name);
+    let mut watch = Watch::start_with(
+        "ebpf",
+        &["--no-existing", "--pin-path", pin_dir.to_str().unwrap()],
+    );
+    let cid = run(
+        "/usr/bin/docker",
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "local/busybox:1",
+            "sleep",
+            "60",
+        ],
+    );
+    watch.wait_until(WAIT, "create", |seen| {
+        seen.iter()
+            .any(|e| e["args"]["container_id"] == cid.as_str())
+    });
+    DockerWithMap {
+        watch,
+        name,
+        cid,
+        pin_dir,
+    }
+}
+
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -242,14 +294,7 @@ fn the_pinned_map_holds_container_cgroups_while_they_live() {
         fs::metadata(&sub).unwrap().ino(),
     );
     watch.wait_until(WAIT, "create", |seen| !seen.is_empty());
-    let mut map = HashMap::new();
-    for _ in 0..100 {
-        map = dump_map(&pin);
-        if map.contains_key(&sub_id) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let map = map_when(&pin, |m| m.contains_key(&sub_id));
     let root_v = map.get(&root_id).expect("root cgroup in the map");
     let sub_v = map.get(&sub_id).expect("sub-cgroup in the map");
     assert_eq!(root_v["handle"].as_u64(), Some(fnv1a(&id)));
@@ -279,13 +324,9 @@ fn the_pinned_map_holds_container_cgroups_while_they_live() {
 
     tree.remove_all();
     watch.wait_until(WAIT, "remove", |seen| seen.len() == 2);
-    for _ in 0..100 {
-        if dump_map(&pin).is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let left = dump_map(&pin);
+    let left = map_when(&pin, |m| {
+        !m.contains_key(&root_id) && !m.contains_key(&sub_id)
+    });
     assert!(
         !left.contains_key(&root_id) && !left.contains_key(&sub_id),
         "removed from the map: {left:?}"
@@ -359,29 +400,13 @@ fn containers_of_real_runtimes_are_in_the_map_under_their_unified_ids() {
     }) else {
         return; // no unified hierarchy mounted: nothing to check
     };
-    let name = unique("unified");
-    let pin_dir = Path::new("/sys/fs/bpf").join(&name);
+    let DockerWithMap {
+        mut watch,
+        name,
+        cid,
+        pin_dir,
+    } = docker_with_map("unified");
     let pin = pin_dir.join("ctwatch_containers");
-    let mut watch = Watch::start_with(
-        "ebpf",
-        &["--no-existing", "--pin-path", pin_dir.to_str().unwrap()],
-    );
-    let cid = run(
-        "/usr/bin/docker",
-        &[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "local/busybox:1",
-            "sleep",
-            "60",
-        ],
-    );
-    watch.wait_until(WAIT, "create", |seen| {
-        seen.iter()
-            .any(|e| e["args"]["container_id"] == cid.as_str())
-    });
     let pid = run(
         "/usr/bin/docker",
         &["inspect", "-f", "{{.State.Pid}}", &cid],
@@ -394,23 +419,19 @@ fn containers_of_real_runtimes_are_in_the_map_under_their_unified_ids() {
     let unified_id = fs::metadata(unified.join(v2_path.trim_start_matches('/')))
         .unwrap()
         .ino();
-    let mut found = None;
-    for _ in 0..100 {
-        found = dump_map(&pin).get(&unified_id).cloned();
-        if found.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let value = found.unwrap_or_else(|| panic!("unified cgroup {unified_id} of {cid} in the map"));
+    let map = map_when(&pin, |m| m.contains_key(&unified_id));
+    let value = map
+        .get(&unified_id)
+        .unwrap_or_else(|| panic!("unified cgroup {unified_id} of {cid} in the map"));
     assert_eq!(value["handle"].as_u64(), Some(fnv1a(&cid)));
     run("/usr/bin/docker", &["rm", "-f", &name]);
     watch.wait_until(WAIT, "remove", |seen| {
-        seen.iter().any(|e| e["event"] == "container_remove")
+        seen.iter()
+            .any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == cid.as_str())
     });
-    std::thread::sleep(Duration::from_millis(200));
+    let left = map_when(&pin, |m| !m.contains_key(&unified_id));
     assert!(
-        !dump_map(&pin).contains_key(&unified_id),
+        !left.contains_key(&unified_id),
         "gone from the map after the container"
     );
     assert!(watch.interrupt().success());
@@ -494,28 +515,12 @@ fn another_tools_ebpf_program_tells_container_processes_apart_with_the_map() {
     use aya::maps::HashMap as BpfHashMap;
     use aya::programs::BtfTracePoint;
     require_root();
-    let name = unique("consumer");
-    let pin_dir = Path::new("/sys/fs/bpf").join(&name);
-    let mut watch = Watch::start_with(
-        "ebpf",
-        &["--no-existing", "--pin-path", pin_dir.to_str().unwrap()],
-    );
-    let cid = run(
-        "/usr/bin/docker",
-        &[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "local/busybox:1",
-            "sleep",
-            "60",
-        ],
-    );
-    watch.wait_until(WAIT, "create", |seen| {
-        seen.iter()
-            .any(|e| e["args"]["container_id"] == cid.as_str())
-    });
+    let DockerWithMap {
+        watch,
+        name,
+        cid,
+        pin_dir,
+    } = docker_with_map("consumer");
     std::thread::sleep(Duration::from_millis(200));
 
     let btf = aya::Btf::from_sys_fs().unwrap();
