@@ -48,10 +48,13 @@ impl Default for EbpfConfig {
     }
 }
 
-/// A drained batch this large means churn: back off before the next poll.
-const BUSY_BATCH: usize = 16;
-/// How long to back off under churn (the ring buffer holds ~30k records).
-const BUSY_BACKOFF: Duration = Duration::from_micros(500);
+/// The kernel wakes the reader at most once per this interval; records in
+/// between are collected by polling on [`BUSY_POLL`] while events flow.
+const WAKEUP_INTERVAL: Duration = Duration::from_micros(250);
+/// Poll timeout while events flow: bounds the extra latency under churn.
+const BUSY_POLL: Duration = Duration::from_micros(500);
+/// Poll timeout when quiet (the kernel wakes the reader for the next record).
+const IDLE_POLL: Duration = Duration::from_millis(200);
 
 /// The default ring buffer: 4 MiB, about 30k typical records.
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
@@ -86,12 +89,14 @@ impl EbpfSource {
         preflight()?;
         let tracked = config.tracked_hierarchy as i32;
         let mirror = config.mirror_hierarchy.map_or(-1, |h| h as i32);
+        let wakeup_interval_ns = WAKEUP_INTERVAL.as_nanos() as u64;
         let btf = kernel_btf()?;
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
             .set_global("tracked_hierarchy", &tracked, true)
             .set_global("mirror_hierarchy", &mirror, true)
+            .set_global("wakeup_interval_ns", &wakeup_interval_ns, true)
             .set_max_entries("events", config.ring_buffer_bytes);
         let mut ebpf = load_and_attach(
             &mut loader,
@@ -142,8 +147,12 @@ impl EbpfSource {
         }
         let mut dropped_seen = self.read_dropped();
         let mut warned_truncated = false;
+        let mut flowing = false;
         while !stop.load(Ordering::Relaxed) {
-            wait_readable(self.ring.as_fd_borrowed(), Duration::from_millis(200))?;
+            wait_readable(
+                self.ring.as_fd_borrowed(),
+                if flowing { BUSY_POLL } else { IDLE_POLL },
+            )?;
             let mut records = Vec::new();
             while let Some(item) = self.ring.next() {
                 match parse_record(&item) {
@@ -154,6 +163,7 @@ impl EbpfSource {
                     }
                 }
             }
+            let records_empty = records.is_empty();
             let mut tracked = Vec::new();
             let mut mirror = Vec::new();
             for record in records {
@@ -173,7 +183,7 @@ impl EbpfSource {
                     mirror.push(self.to_event(&record));
                 }
             }
-            let busy = tracked.len() + mirror.len() >= BUSY_BATCH;
+            flowing = !records_empty;
             if !tracked.is_empty() && tx.send(SourceMessage::Events(tracked)).is_err() {
                 return Ok(());
             }
@@ -191,11 +201,6 @@ impl EbpfSource {
                 if tx.send(SourceMessage::Resync(present)).is_err() {
                     return Ok(());
                 }
-            }
-            if busy {
-                // Under churn, let records gather: fewer wakeups per event, a
-                // little latency only while busy.
-                std::thread::sleep(BUSY_BACKOFF);
             }
         }
         Ok(())

@@ -106,7 +106,6 @@ impl Tracker {
     /// `Mkdir`s). Containers whose cgroups are gone are removed, new ones are
     /// created, and nothing known and still present is reported again.
     pub fn reconcile(&mut self, present: &[CgroupEvent], out: &mut Vec<ContainerEvent>) {
-        let now = Instant::now();
         let by_path: HashMap<&str, u64> = present
             .iter()
             .map(|e| (e.path.as_str(), e.cgroup_id))
@@ -143,7 +142,6 @@ impl Tracker {
             );
         }
         self.apply(&gone, out);
-        let _ = now;
         self.apply(present, out);
     }
 

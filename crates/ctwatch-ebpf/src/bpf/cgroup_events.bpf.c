@@ -45,6 +45,18 @@ const volatile __s32 tracked_hierarchy = -1;
  * hybrid hosts, so bpf_get_current_cgroup_id() finds containers); -1: none. */
 const volatile __s32 mirror_hierarchy = -1;
 
+/* Wake the reader at most once per this many ns; records in between are
+ * picked up by its short poll while events flow (set by the loader). */
+const volatile __u64 wakeup_interval_ns = 250000;
+
+/* When the reader was last woken. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_wakeup SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 * 1024 * 1024); /* resized by the loader */
@@ -130,7 +142,16 @@ static __always_inline int report(struct cgroup *cgrp, __u32 change)
 		len = CTWATCH_PATH_BUF;
 	rec->path_len = len;
 
-	if (bpf_ringbuf_output(&events, rec, CTWATCH_RECORD_HEADER + len, 0) != 0) {
+	/* Waking the reader costs the cgroup's creator a few µs: under churn,
+	 * wake it at most once per interval. The first record after a quiet
+	 * spell always wakes it, so an idle ctwatch sees it at once. */
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	__u64 *last = bpf_map_lookup_elem(&last_wakeup, &zero);
+	if (last && rec->ktime_ns - *last >= wakeup_interval_ns) {
+		*last = rec->ktime_ns;
+		flags = BPF_RB_FORCE_WAKEUP;
+	}
+	if (bpf_ringbuf_output(&events, rec, CTWATCH_RECORD_HEADER + len, flags) != 0) {
 		__u64 *count = bpf_map_lookup_elem(&dropped, &zero);
 		if (count)
 			__sync_fetch_and_add(count, 1);
