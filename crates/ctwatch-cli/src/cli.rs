@@ -59,6 +59,31 @@ pub struct CgroupArgs {
     pub state_root: PathBuf,
 }
 
+/// How containers are enriched from their runtimes.
+#[derive(Debug, Clone, Args)]
+pub struct EnrichArgs {
+    /// Do not ask the runtimes: events carry only what the cgroup says.
+    #[arg(long)]
+    pub no_enrich: bool,
+
+    /// How long a container_create waits for the runtimes' answer before it
+    /// goes out with what is known (`"enriched": false`).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub enrich_deadline: Duration,
+
+    /// Requests in flight to one runtime daemon at most.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub enrich_concurrency: usize,
+
+    /// Docker API socket (repeatable). Default: /var/run/docker.sock.
+    #[arg(long, value_name = "PATH")]
+    pub docker_socket: Vec<PathBuf>,
+
+    /// Podman API socket (repeatable). Default: /run/podman/podman.sock.
+    #[arg(long, value_name = "PATH")]
+    pub podman_socket: Vec<PathBuf>,
+}
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -74,6 +99,10 @@ pub struct WatchArgs {
     /// Where to look for cgroups.
     #[command(flatten)]
     pub cgroups: CgroupArgs,
+
+    /// Runtime enrichment.
+    #[command(flatten)]
+    pub enrich: EnrichArgs,
 
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Json)]
@@ -138,6 +167,10 @@ pub struct LsArgs {
     /// Where to look for cgroups.
     #[command(flatten)]
     pub cgroups: CgroupArgs,
+
+    /// Runtime enrichment.
+    #[command(flatten)]
+    pub enrich: EnrichArgs,
 
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]

@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use ctwatch::cgroupfs::{self, CgroupFsError, Hierarchy};
 use ctwatch::state_dirs::HostStateDirs;
 
-use crate::cli::CgroupArgs;
+use ctwatch_enrich::{EnrichConfig, EnrichResult, Enrichment};
+
+use crate::cli::{CgroupArgs, EnrichArgs};
 
 /// The cgroup tree ctwatch will scan and watch.
 #[derive(Debug, Clone)]
@@ -56,4 +58,30 @@ pub fn watched_tree(args: &CgroupArgs) -> Result<WatchedTree> {
 /// The runtimes' state directories under `--state-root`.
 pub fn state_dirs(args: &CgroupArgs) -> HostStateDirs {
     HostStateDirs::under(&args.state_root)
+}
+
+/// Starts runtime enrichment as the flags say (`None` with `--no-enrich`).
+pub fn start_enrichment(
+    args: &EnrichArgs,
+    cgroups: &CgroupArgs,
+    results: crossbeam_channel::Sender<EnrichResult>,
+) -> Result<Option<Enrichment>> {
+    if args.no_enrich {
+        return Ok(None);
+    }
+    let mut config = EnrichConfig {
+        deadline: args.enrich_deadline,
+        concurrency_per_daemon: args.enrich_concurrency,
+        state_dirs: state_dirs(cgroups),
+        ..EnrichConfig::default()
+    };
+    if !args.docker_socket.is_empty() {
+        config.docker_sockets = args.docker_socket.clone();
+    }
+    if !args.podman_socket.is_empty() {
+        config.podman_sockets = args.podman_socket.clone();
+    }
+    Ok(Some(
+        Enrichment::start(config, results).context("cannot start the enrichment threads")?,
+    ))
 }

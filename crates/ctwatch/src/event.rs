@@ -44,6 +44,9 @@ pub struct ContainerEvent {
     pub container: Arc<Container>,
     /// When the kernel made the cgroup change, if the source knows (eBPF).
     pub kernel_time: Option<SystemTime>,
+    /// Whether runtime enrichment finished before the event went out
+    /// (`None` when enrichment is off, or for removals).
+    pub enriched: Option<bool>,
 }
 
 /// Formats a time as RFC 3339 with nanoseconds, in UTC.
@@ -87,6 +90,9 @@ impl Serialize for ContainerEvent {
         }
         map.serialize_entry("event", self.kind.as_str())?;
         map.serialize_entry("cgroup_id", &self.cgroup_id)?;
+        if let Some(enriched) = self.enriched {
+            map.serialize_entry("enriched", &enriched)?;
+        }
         map.serialize_entry("args", &Args(self))?;
         map.end()
     }

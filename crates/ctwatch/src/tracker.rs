@@ -145,6 +145,21 @@ impl Tracker {
         self.apply(present, out);
     }
 
+    /// Changes what is known about container `id` (its incarnation whose root
+    /// cgroup is `cgroup_id`), for example after enrichment. Returns the new record.
+    pub fn update_container(
+        &mut self,
+        id: &str,
+        cgroup_id: u64,
+        update: impl FnOnce(&mut Container),
+    ) -> Option<Arc<Container>> {
+        let mut store = self.store.write();
+        let current = store.get(id).filter(|c| c.cgroup_id == cgroup_id)?;
+        let mut container = (**current).clone();
+        update(&mut container);
+        store.update_container(container)
+    }
+
     /// Forgets removed containers whose grace period is over.
     pub fn expire(&mut self) -> usize {
         self.store.write().expire(Instant::now())
@@ -263,6 +278,7 @@ impl Ctx<'_> {
             cgroup_id: event.cgroup_id,
             container,
             kernel_time: event.kernel_time,
+            enriched: None,
         });
     }
 
@@ -280,6 +296,7 @@ impl Ctx<'_> {
                 cgroup_id: container.cgroup_id,
                 container,
                 kernel_time: event.kernel_time,
+                enriched: None,
             });
         }
     }

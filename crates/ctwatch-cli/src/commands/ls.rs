@@ -1,6 +1,8 @@
-//! `ctwatch ls`: the containers on this host now, from one scan.
+//! `ctwatch ls`: the containers on this host now, from one scan, enriched
+//! from their runtimes (within the deadline).
 
 use std::io::{self, Write};
+use std::time::Instant;
 
 use anyhow::Result;
 use ctwatch::sources::{scan, Origin};
@@ -16,8 +18,28 @@ pub fn run(args: &LsArgs) -> Result<()> {
     let tree = host::watched_tree(&args.cgroups)?;
     let store = SharedStore::new(Store::default());
     let mut tracker = Tracker::new(store.clone(), Box::new(host::state_dirs(&args.cgroups)));
-    let events = scan::scan(&tree.hierarchy.mount_point, &tree.start, Origin::Existing);
-    tracker.apply(&events, &mut Vec::new());
+    let mut found = Vec::new();
+    tracker.apply(
+        &scan::scan(&tree.hierarchy.mount_point, &tree.start, Origin::Existing),
+        &mut found,
+    );
+
+    let (results_tx, results) = crossbeam_channel::unbounded();
+    if let Some(enrichment) = host::start_enrichment(&args.enrich, &args.cgroups, results_tx)? {
+        for event in &found {
+            enrichment.submit(&event.container);
+        }
+        let deadline = Instant::now() + args.enrich.enrich_deadline;
+        for _ in 0..found.len() {
+            let Ok(result) = results.recv_deadline(deadline) else {
+                break;
+            };
+            tracker.update_container(&result.container_id, result.cgroup_id, |c| {
+                result.metadata.apply_to(c)
+            });
+        }
+    }
+
     let store = store.read();
     let mut containers: Vec<_> = store.live().map(|c| c.as_ref()).collect();
     containers.sort_by_key(|c| std::cmp::Reverse(c.ctime_ns));

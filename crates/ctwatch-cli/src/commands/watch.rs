@@ -5,20 +5,24 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
 use ctwatch::cgroupfs::{self, CgroupVersion};
 use ctwatch::sources::inotify::InotifySource;
 use ctwatch::sources::SourceMessage;
 use ctwatch::{ContainerEvent, EventKind, SharedStore, Store, Tracker};
 use ctwatch_ebpf::{ContainersMap, EbpfConfig, EbpfSource};
+use ctwatch_enrich::{Enrichment, Gate};
 use tracing::{info, warn};
 
 use crate::cli::{SourceKind, WatchArgs};
 use crate::host::{self, WatchedTree};
 use crate::output::EventWriter;
+
+/// How long the loop waits when nothing is due (expiry of removed containers).
+const IDLE_TICK: Duration = Duration::from_millis(250);
 
 /// The kernel source picked for this run.
 enum Source {
@@ -46,6 +50,9 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let source_thread = spawn_source(source, &tree, tx, stop.clone())?;
+    let (enriched_tx, enriched_rx) = crossbeam_channel::unbounded();
+    let enrichment = host::start_enrichment(&args.enrich, &args.cgroups, enriched_tx)?;
+    let mut gate = Gate::new(args.enrich.enrich_deadline);
 
     let mut writer = EventWriter::new(
         io::BufWriter::new(io::stdout().lock()),
@@ -53,42 +60,47 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         args.no_trunc,
     );
     let mut events = Vec::new();
-    'running: while !stop.load(Ordering::Relaxed) {
-        let mut message = match rx.recv_timeout(Duration::from_millis(250)) {
-            Ok(message) => message,
-            Err(RecvTimeoutError::Timeout) => {
+    let mut ready = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wait = gate.next_due().map_or(IDLE_TICK, |due| {
+            due.saturating_duration_since(now).min(IDLE_TICK)
+        });
+        crossbeam_channel::select! {
+            recv(rx) -> message => {
+                let Ok(message) = message else { break };
+                // Take everything already queued, then write and flush once.
+                let mut source_done = false;
+                let mut next = Some(message);
+                while let Some(message) = next {
+                    apply_message(message, &mut tracker, containers_map.as_ref(), &store, &mut events);
+                    next = match rx.try_recv() {
+                        Ok(message) => Some(message),
+                        Err(crossbeam_channel::TryRecvError::Empty) => None,
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                            source_done = true;
+                            None
+                        }
+                    };
+                }
+                pass_through_gate(&mut events, &mut gate, enrichment.as_ref(), &mut ready);
+                if source_done {
+                    write_ready(&mut writer, &mut ready, args.no_existing).or_else(closed_output)?;
+                    break;
+                }
+            },
+            recv(enriched_rx) -> result => {
+                if let Ok(result) = result {
+                    let updated = tracker.update_container(&result.container_id, result.cgroup_id, |c| result.metadata.apply_to(c));
+                    gate.resolve(&result.container_id, result.cgroup_id, updated, result.complete, &mut ready);
+                }
+            },
+            default(wait) => {
                 tracker.expire();
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        // Take everything already queued, then write and flush once.
-        loop {
-            match message {
-                SourceMessage::Events(batch) => tracker.apply(&batch, &mut events),
-                SourceMessage::Resync(present) => tracker.reconcile(&present, &mut events),
-                SourceMessage::Mirror(batch) => {
-                    if let Some(map) = &containers_map {
-                        map.apply_mirror(&batch);
-                    }
-                }
-                SourceMessage::ScanComplete => {
-                    if let Some(map) = &containers_map {
-                        map.prune_stale();
-                    }
-                    info!(containers = store.read().len(), "scan at start complete");
-                }
-            }
-            match rx.try_recv() {
-                Ok(next) => message = next,
-                Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    write_all(&mut writer, &mut events, args.no_existing).or_else(closed_output)?;
-                    break 'running;
-                }
-            }
+            },
         }
-        if let Err(e) = write_all(&mut writer, &mut events, args.no_existing) {
+        gate.expire(Instant::now(), &mut ready);
+        if let Err(e) = write_ready(&mut writer, &mut ready, args.no_existing) {
             stop.store(true, Ordering::Relaxed);
             return closed_output(e);
         }
@@ -99,6 +111,31 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e).context("the cgroup source failed"),
         Err(_) => Err(anyhow!("the cgroup source thread panicked")),
+    }
+}
+
+/// Applies one message from the source to the tracker (and the pinned map).
+fn apply_message(
+    message: SourceMessage,
+    tracker: &mut Tracker,
+    containers_map: Option<&ContainersMap>,
+    store: &SharedStore,
+    events: &mut Vec<ContainerEvent>,
+) {
+    match message {
+        SourceMessage::Events(batch) => tracker.apply(&batch, events),
+        SourceMessage::Resync(present) => tracker.reconcile(&present, events),
+        SourceMessage::Mirror(batch) => {
+            if let Some(map) = containers_map {
+                map.apply_mirror(&batch);
+            }
+        }
+        SourceMessage::ScanComplete => {
+            if let Some(map) = containers_map {
+                map.prune_stale();
+            }
+            info!(containers = store.read().len(), "scan at start complete");
+        }
     }
 }
 
@@ -185,12 +222,36 @@ fn spawn_source(
         .context("cannot start the source thread")
 }
 
-/// Writes and flushes the events made so far.
-fn write_all(
+/// With enrichment on, creates wait in the gate (and their enrichment is
+/// asked for); everything else, and all events without enrichment, is ready.
+fn pass_through_gate(
+    events: &mut Vec<ContainerEvent>,
+    gate: &mut Gate,
+    enrichment: Option<&Enrichment>,
+    ready: &mut Vec<ContainerEvent>,
+) {
+    let Some(enrichment) = enrichment else {
+        ready.append(events);
+        return;
+    };
+    let now = Instant::now();
+    for event in events.drain(..) {
+        let container = event.container.clone();
+        if gate.push(event, now, ready) {
+            enrichment.submit(&container);
+        }
+    }
+}
+
+/// Writes and flushes the events ready to go out.
+fn write_ready(
     writer: &mut EventWriter<impl io::Write>,
     events: &mut Vec<ContainerEvent>,
     no_existing: bool,
 ) -> io::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
     for event in events.drain(..) {
         if no_existing && event.kind == EventKind::ExistingContainer {
             continue;

@@ -1,0 +1,38 @@
+//! ctwatch's enrichers: what each container is (name, image and digest,
+//! Kubernetes pod), asked of the runtimes off the event path.
+//!
+//! - [`engine`]: asks the runtimes, with a concurrency limit per daemon and a deadline.
+//! - [`gate`]: holds each `container_create` until its answer or the deadline.
+//! - [`docker_api`]: Docker, and Podman through its Docker-compatible API (bollard).
+//! - [`oci_state`]: daemon-free, from runc's state and the OCI bundle's annotations.
+//! - [`metadata`]: the fields learned, and how untrusted values are made safe.
+
+pub mod docker_api;
+pub mod engine;
+pub mod gate;
+pub mod metadata;
+pub mod oci_state;
+
+use std::path::PathBuf;
+
+use ctwatch::Runtime;
+use thiserror::Error;
+
+pub use engine::{EnrichConfig, EnrichResult, Enrichment};
+pub use gate::Gate;
+pub use metadata::Metadata;
+
+/// Why a runtime could not be asked.
+#[derive(Debug, Error)]
+pub enum EnrichError {
+    /// The daemon does not answer (not running, socket missing, refused).
+    #[error("{runtime} at {}: {reason}", socket.display())]
+    Unavailable {
+        /// Which runtime.
+        runtime: Runtime,
+        /// Its socket.
+        socket: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}

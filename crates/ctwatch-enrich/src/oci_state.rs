@@ -1,0 +1,209 @@
+//! Daemon-free enrichment: runc's `state.json` names the bundle, whose
+//! `config.json` carries the annotations CRI runtimes put there (pod name,
+//! namespace and UID, container name, image). Works when no daemon answers.
+//!
+//! Both files are read with a size cap and parsed leniently (only the fields
+//! used), so a huge or malformed file costs little and breaks nothing.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ctwatch::state_dirs::HostStateDirs;
+use ctwatch::Runtime;
+use serde::Deserialize;
+
+use crate::metadata::Metadata;
+
+/// The largest state.json or config.json read.
+pub const MAX_FILE: u64 = 4 << 20;
+/// How often to look for a state.json that runc has not written yet.
+const STATE_POLL: Duration = Duration::from_millis(20);
+
+#[derive(Deserialize)]
+struct State {
+    config: StateConfig,
+}
+
+#[derive(Deserialize)]
+struct StateConfig {
+    #[serde(default)]
+    labels: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Spec {
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+/// Reads runtime state directories for what a container's OCI bundle says.
+#[derive(Debug, Clone)]
+pub struct OciState {
+    dirs: HostStateDirs,
+}
+
+impl OciState {
+    /// Reads the state directories `dirs`.
+    pub fn new(dirs: HostStateDirs) -> Self {
+        OciState { dirs }
+    }
+
+    /// What the bundle of container `id` says, if its state can be found.
+    /// `namespace` is the containerd namespace when the cgroup path tells it.
+    ///
+    /// runc makes the state directory before the container's cgroups but
+    /// writes `state.json` only after them, so when the directory exists and
+    /// the file does not yet, this waits for it until `wait` has passed.
+    pub fn lookup(
+        &self,
+        runtime: Runtime,
+        id: &str,
+        namespace: Option<&str>,
+        wait: Duration,
+    ) -> Option<Metadata> {
+        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+            return None;
+        }
+        let candidates = self.state_files(runtime, id, namespace);
+        let give_up = Instant::now() + wait;
+        let state = loop {
+            if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+                break found;
+            }
+            let pending = candidates
+                .iter()
+                .any(|p| p.parent().is_some_and(Path::is_dir));
+            if !pending || Instant::now() >= give_up {
+                return None;
+            }
+            std::thread::sleep(STATE_POLL);
+        };
+        let state: State = read_json(state)?;
+        let bundle = state
+            .config
+            .labels
+            .iter()
+            .find_map(|l| l.strip_prefix("bundle="))?;
+        let spec: Spec = read_json(&Path::new(bundle).join("config.json"))?;
+        let mut metadata = Metadata::default();
+        metadata.add_annotations(&spec.annotations);
+        Some(metadata)
+    }
+
+    fn state_files(&self, runtime: Runtime, id: &str, namespace: Option<&str>) -> Vec<PathBuf> {
+        let containerd = || -> Vec<PathBuf> {
+            let mut namespaces: Vec<String> = namespace.map(str::to_string).into_iter().collect();
+            if let Ok(entries) = std::fs::read_dir(&self.dirs.containerd) {
+                namespaces.extend(
+                    entries
+                        .flatten()
+                        .filter_map(|e| e.file_name().into_string().ok()),
+                );
+            }
+            namespaces
+                .iter()
+                .map(|ns| self.dirs.containerd.join(ns).join(id).join("state.json"))
+                .collect()
+        };
+        let docker = || vec![self.dirs.docker.join(id).join("state.json")];
+        let runc = || vec![self.dirs.runc.join(id).join("state.json")];
+        match runtime {
+            Runtime::Docker => docker(),
+            Runtime::Containerd => containerd(),
+            Runtime::Podman | Runtime::Crio | Runtime::Runc => runc(),
+            Runtime::Garden => Vec::new(),
+            Runtime::Unknown => [containerd(), runc(), docker()].concat(),
+        }
+    }
+}
+
+/// Reads at most [`MAX_FILE`] bytes of JSON; invalid UTF-8 is replaced, not fatal.
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .ok()?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if bytes.len() as u64 > MAX_FILE {
+        tracing::debug!(path = %path.display(), "file larger than {MAX_FILE} bytes: not read");
+        return None;
+    }
+    serde_json::from_str(&String::from_utf8_lossy(&bytes)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn bundle_with(root: &Path, id: &str, config: &[u8]) -> OciState {
+        let dirs = HostStateDirs::under(root);
+        let bundle = root.join("bundles").join(id);
+        fs::create_dir_all(&bundle).unwrap();
+        fs::write(bundle.join("config.json"), config).unwrap();
+        let state_dir = dirs.containerd.join("k8s.io").join(id);
+        fs::create_dir_all(&state_dir).unwrap();
+        let state = serde_json::json!({"config": {"labels": [format!("bundle={}", bundle.display())]}, "id": id});
+        fs::write(state_dir.join("state.json"), state.to_string()).unwrap();
+        OciState::new(dirs)
+    }
+
+    #[test]
+    fn reads_cri_annotations_through_the_bundle() {
+        let root = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({"ociVersion": "1.0.2", "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.container-name": "app",
+            "io.kubernetes.cri.sandbox-name": "web-0",
+            "io.kubernetes.cri.sandbox-namespace": "prod",
+            "io.kubernetes.cri.sandbox-uid": "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0",
+            "io.kubernetes.cri.image-name": "docker.io/library/nginx:1"}});
+        let oci = bundle_with(root.path(), "c1", config.to_string().as_bytes());
+        let m = oci
+            .lookup(Runtime::Containerd, "c1", None, Duration::ZERO)
+            .unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.pod_name.as_str(), m.pod_sandbox),
+            ("app", "web-0", Some(false))
+        );
+        assert_eq!(m.image, "docker.io/library/nginx:1");
+        assert_eq!(
+            oci.lookup(Runtime::Unknown, "c1", None, Duration::ZERO)
+                .unwrap()
+                .pod_namespace,
+            "prod"
+        );
+    }
+
+    #[test]
+    fn malformed_huge_or_hostile_files_are_skipped() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(bundle_with(root.path(), "bad", b"{not json")
+            .lookup(Runtime::Containerd, "bad", None, Duration::ZERO)
+            .is_none());
+        let huge = vec![b' '; (MAX_FILE + 10) as usize];
+        assert!(bundle_with(root.path(), "huge", &huge)
+            .lookup(Runtime::Containerd, "huge", None, Duration::ZERO)
+            .is_none());
+        let hostile = serde_json::json!({"annotations": {"io.kubernetes.cri.container-name": "x\u{1b}[2J\ny".repeat(1000)}});
+        let m = bundle_with(root.path(), "hostile", hostile.to_string().as_bytes())
+            .lookup(Runtime::Containerd, "hostile", None, Duration::ZERO)
+            .unwrap();
+        assert!(
+            m.name.chars().count() <= crate::metadata::MAX_NAME
+                && !m.name.contains('\n')
+                && !m.name.contains('\u{1b}')
+        );
+        let oci = OciState::new(HostStateDirs::under(root.path()));
+        assert!(oci
+            .lookup(Runtime::Containerd, "../../etc", None, Duration::ZERO)
+            .is_none());
+        assert!(oci
+            .lookup(Runtime::Containerd, "missing", None, Duration::ZERO)
+            .is_none());
+    }
+}
