@@ -16,6 +16,7 @@ for src in src/bpf/*.bpf.c; do
   out=$(mktemp)
   "$CLANG" -O2 -g -target bpf -D__TARGET_ARCH_"$target_arch" \
     -I/usr/include/"$arch"-linux-gnu -Isrc/bpf -Wall -Werror \
+    -fdebug-prefix-map="$PWD"=. -ffile-prefix-map="$PWD"=. \
     -c "$src" -o "$out"
   # Keep the object reproducible: drop the DWARF that names build paths, keep BTF.
   llvm-strip -g "$out" 2>/dev/null || llvm-strip-14 -g "$out"
