@@ -82,6 +82,16 @@ pub struct EnrichArgs {
     /// Podman API socket (repeatable). Default: /run/podman/podman.sock.
     #[arg(long, value_name = "PATH")]
     pub podman_socket: Vec<PathBuf>,
+
+    /// containerd API socket (repeatable). Default: those present of
+    /// /run/containerd/containerd.sock, k3s's and microk8s's.
+    #[arg(long, value_name = "PATH")]
+    pub containerd_socket: Vec<PathBuf>,
+
+    /// CRI socket (repeatable; a path with "crio" in it is CRI-O). Default:
+    /// those present of containerd's, /run/crio/crio.sock, k3s's, microk8s's.
+    #[arg(long, value_name = "PATH")]
+    pub cri_socket: Vec<PathBuf>,
 }
 
 /// Output formats.

@@ -81,6 +81,12 @@ pub fn start_enrichment(
     if !args.podman_socket.is_empty() {
         config.podman_sockets = args.podman_socket.clone();
     }
+    if !args.containerd_socket.is_empty() {
+        config.containerd_sockets = args.containerd_socket.clone();
+    }
+    if !args.cri_socket.is_empty() {
+        config.cri_sockets = args.cri_socket.clone();
+    }
     Ok(Some(
         Enrichment::start(config, results).context("cannot start the enrichment threads")?,
     ))

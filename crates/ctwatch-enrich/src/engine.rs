@@ -12,12 +12,28 @@ use ctwatch::{Container, Runtime};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+use crate::containerd_api::ContainerdApi;
+use crate::cri_api::CriApi;
 use crate::docker_api::DockerApi;
 use crate::metadata::Metadata;
 use crate::oci_state::OciState;
+use crate::EnrichError;
 
 /// Where Docker's API usually answers.
 pub const DEFAULT_DOCKER_SOCKETS: &[&str] = &["/var/run/docker.sock"];
+/// Where containerd usually answers (plain, k3s, microk8s); its CRI plugin answers there too.
+pub const DEFAULT_CONTAINERD_SOCKETS: &[&str] = &[
+    "/run/containerd/containerd.sock",
+    "/run/k3s/containerd/containerd.sock",
+    "/var/snap/microk8s/common/run/containerd.sock",
+];
+/// Where CRI services usually answer: containerd's (above) and CRI-O's.
+pub const DEFAULT_CRI_SOCKETS: &[&str] = &[
+    "/run/containerd/containerd.sock",
+    "/run/crio/crio.sock",
+    "/run/k3s/containerd/containerd.sock",
+    "/var/snap/microk8s/common/run/containerd.sock",
+];
 /// Where Podman's API service usually answers (root, then the rootless default).
 pub const DEFAULT_PODMAN_SOCKETS: &[&str] = &["/run/podman/podman.sock"];
 
@@ -32,6 +48,10 @@ pub struct EnrichConfig {
     pub docker_sockets: Vec<PathBuf>,
     /// Podman API sockets.
     pub podman_sockets: Vec<PathBuf>,
+    /// containerd API sockets.
+    pub containerd_sockets: Vec<PathBuf>,
+    /// CRI sockets.
+    pub cri_sockets: Vec<PathBuf>,
     /// The runtimes' state directories (daemon-free enrichment).
     pub state_dirs: HostStateDirs,
 }
@@ -43,6 +63,8 @@ impl Default for EnrichConfig {
             concurrency_per_daemon: 8,
             docker_sockets: DEFAULT_DOCKER_SOCKETS.iter().map(PathBuf::from).collect(),
             podman_sockets: DEFAULT_PODMAN_SOCKETS.iter().map(PathBuf::from).collect(),
+            containerd_sockets: existing(DEFAULT_CONTAINERD_SOCKETS),
+            cri_sockets: existing(DEFAULT_CRI_SOCKETS),
             state_dirs: HostStateDirs::default(),
         }
     }
@@ -62,8 +84,45 @@ pub struct EnrichResult {
     pub complete: bool,
 }
 
+/// One runtime API ctwatch can ask.
+enum Api {
+    Containerd(ContainerdApi),
+    Cri(CriApi),
+    Docker(DockerApi),
+}
+
+impl Api {
+    fn runtime(&self) -> Runtime {
+        match self {
+            Api::Containerd(_) => Runtime::Containerd,
+            Api::Cri(a) => a.runtime(),
+            Api::Docker(a) => a.runtime(),
+        }
+    }
+
+    fn socket(&self) -> &Path {
+        match self {
+            Api::Containerd(a) => a.socket(),
+            Api::Cri(a) => a.socket(),
+            Api::Docker(a) => a.socket(),
+        }
+    }
+
+    async fn lookup(
+        &self,
+        id: &str,
+        namespace: Option<&str>,
+    ) -> Result<Option<Metadata>, EnrichError> {
+        match self {
+            Api::Containerd(a) => a.lookup(id, namespace).await,
+            Api::Cri(a) => a.lookup(id).await,
+            Api::Docker(a) => a.lookup(id).await,
+        }
+    }
+}
+
 struct Daemon {
-    api: DockerApi,
+    api: Api,
     permits: Semaphore,
 }
 
@@ -89,26 +148,43 @@ impl Enrichment {
             .thread_name("enrich")
             .enable_all()
             .build()?;
-        let mut daemons = Vec::new();
-        let sockets = config
+        // Asked in this order; later answers win field by field (CRI's names
+        // and pod data over containerd's labels).
+        let mut apis: Vec<Api> = Vec::new();
+        let mut add = |api: Api| {
+            let duplicate = apis.iter().any(|a| {
+                same_socket(a.socket(), api.socket())
+                    && std::mem::discriminant(a) == std::mem::discriminant(&api)
+            });
+            if !duplicate {
+                debug!(runtime = %api.runtime(), socket = %api.socket().display(), present = api.socket().exists(), "enrichment from the runtime API");
+                apis.push(api);
+            }
+        };
+        config
+            .containerd_sockets
+            .iter()
+            .for_each(|s| add(Api::Containerd(ContainerdApi::new(s))));
+        config
+            .cri_sockets
+            .iter()
+            .for_each(|s| add(Api::Cri(CriApi::new(cri_runtime(s), s))));
+        config
             .docker_sockets
             .iter()
-            .map(|s| (Runtime::Docker, s))
-            .chain(config.podman_sockets.iter().map(|s| (Runtime::Podman, s)));
-        for (kind, socket) in sockets {
-            if daemons
-                .iter()
-                .any(|d: &Daemon| same_socket(d.api.socket(), socket))
-            {
-                continue;
-            }
-            let present = socket.exists();
-            debug!(runtime = %kind, socket = %socket.display(), present, "enrichment from the runtime API");
-            daemons.push(Daemon {
-                api: DockerApi::new(kind, socket),
-                permits: Semaphore::new(config.concurrency_per_daemon.max(1)),
-            });
-        }
+            .for_each(|s| add(Api::Docker(DockerApi::new(Runtime::Docker, s))));
+        config
+            .podman_sockets
+            .iter()
+            .for_each(|s| add(Api::Docker(DockerApi::new(Runtime::Podman, s))));
+        let permits = config.concurrency_per_daemon.max(1);
+        let daemons = apis
+            .into_iter()
+            .map(|api| Daemon {
+                api,
+                permits: Semaphore::new(permits),
+            })
+            .collect();
         let shared = Arc::new(Shared {
             daemons,
             oci: OciState::new(config.state_dirs),
@@ -139,12 +215,9 @@ async fn enrich_one(
     namespace: Option<String>,
 ) -> EnrichResult {
     let from_bundle = {
-        let (oci, id, wait) = (
-            shared.oci.clone(),
-            id.clone(),
-            shared.request_deadline.mul_f32(0.9),
-        );
-        tokio::task::spawn_blocking(move || oci.lookup(runtime, &id, namespace.as_deref(), wait))
+        let (oci, id, ns) = (shared.oci.clone(), id.clone(), namespace.clone());
+        let wait = shared.request_deadline.mul_f32(0.9);
+        tokio::task::spawn_blocking(move || oci.lookup(runtime, &id, ns.as_deref(), wait))
             .await
             .ok()
             .flatten()
@@ -159,12 +232,13 @@ async fn enrich_one(
         let Ok(_permit) = daemon.permits.acquire().await else {
             continue;
         };
-        match tokio::time::timeout(shared.request_deadline, daemon.api.lookup(&id)).await {
-            Ok(Ok(Some(found))) => {
-                metadata.merge(found);
-                complete = true;
-                break;
-            }
+        match tokio::time::timeout(
+            shared.request_deadline,
+            daemon.api.lookup(&id, namespace.as_deref()),
+        )
+        .await
+        {
+            Ok(Ok(Some(found))) => metadata.merge(found),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 debug!(%id, "enrichment failed: {e}");
@@ -189,6 +263,24 @@ fn containerd_namespace(cgroup_path: &str, id: &str) -> Option<String> {
     let parent = cgroup_path.strip_suffix(id)?.trim_end_matches('/');
     let ns = parent.rsplit('/').next()?;
     (!ns.is_empty()).then(|| ns.to_string())
+}
+
+/// The runtime behind a CRI socket, from its path.
+fn cri_runtime(socket: &Path) -> Runtime {
+    if socket.to_string_lossy().contains("crio") {
+        Runtime::Crio
+    } else {
+        Runtime::Containerd
+    }
+}
+
+/// The paths in `candidates` that exist now.
+fn existing(candidates: &[&str]) -> Vec<PathBuf> {
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect()
 }
 
 fn same_socket(a: &Path, b: &Path) -> bool {

@@ -3,13 +3,18 @@
 //!
 //! - [`engine`]: asks the runtimes, with a concurrency limit per daemon and a deadline.
 //! - [`gate`]: holds each `container_create` until its answer or the deadline.
+//! - [`containerd_api`]: containerd (every namespace, image store digests).
+//! - [`cri_api`]: CRI (containerd's CRI plugin, CRI-O): names and pod data.
 //! - [`docker_api`]: Docker, and Podman through its Docker-compatible API (bollard).
 //! - [`oci_state`]: daemon-free, from runc's state and the OCI bundle's annotations.
 //! - [`metadata`]: the fields learned, and how untrusted values are made safe.
 
+pub mod containerd_api;
+pub mod cri_api;
 pub mod docker_api;
 pub mod engine;
 pub mod gate;
+pub mod grpc;
 pub mod metadata;
 pub mod oci_state;
 
