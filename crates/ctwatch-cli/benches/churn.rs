@@ -20,30 +20,19 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` and `cargo test --benches` probe this
     }
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the churn bench makes real cgroups: run it as root"
-    );
-    let n: usize = std::env::var("CHURN_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    assert!(nix::unistd::geteuid().is_root(), "the churn bench makes real cgroups: run it as root");
+    let n: usize = std::env::var("CHURN_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let sources: Vec<String> = std::env::var("CHURN_SOURCES")
         .unwrap_or_else(|_| "ebpf,inotify".to_string())
         .split(',')
         .map(str::to_string)
         .collect();
     let hierarchy = default_hierarchy();
-    println!(
-        "churn bench: {n} container cgroups (mkdir + rmdir each) in {}",
-        hierarchy.display()
-    );
+    println!("churn bench: {n} container cgroups (mkdir + rmdir each) in {}", hierarchy.display());
 
     let parent = hierarchy.join(format!("ctwatch-churn-{}", std::process::id()));
     fs::create_dir_all(parent.join("docker")).unwrap();
-    let ids: Vec<String> = (0..n)
-        .map(|i| format!("{:064x}", 0x00c0_ffee_0000_0000_u64 + i as u64))
-        .collect();
+    let ids: Vec<String> = (0..n).map(|i| format!("{:064x}", 0x00c0_ffee_0000_0000_u64 + i as u64)).collect();
 
     let raw = churn(&parent, &ids, |_| {});
     println!(
@@ -99,14 +88,7 @@ fn churn(parent: &Path, ids: &[String], mut on_mkdir: impl FnMut(usize)) -> Dura
 
 fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
     let root = parent.display().to_string();
-    let args = [
-        "watch",
-        "--no-pin",
-        "--source",
-        source,
-        "--cgroup-root",
-        &root,
-    ];
+    let args = ["watch", "--no-pin", "--source", source, "--cgroup-root", &root];
     let mut child = Command::new(env!("CARGO_BIN_EXE_ctwatch"))
         .args(args)
         .env("CTWATCH_LOG", "warn")
@@ -121,12 +103,8 @@ fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let now = SystemTime::now();
             let create = line.contains("\"container_create\"");
-            let id = line
-                .split("\"container_id\":\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("")
-                .to_string();
+            let id =
+                line.split("\"container_id\":\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("").to_string();
             if tx.send((id, create, now)).is_err() {
                 break;
             }
@@ -135,9 +113,7 @@ fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
     // Let it finish its scan at start: a probe cgroup must come back as an event.
     let probe = parent.join("docker").join(format!("{:064x}", 0xbeefu64));
     fs::create_dir(&probe).unwrap();
-    let _ = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("ctwatch did not start");
+    let _ = rx.recv_timeout(Duration::from_secs(10)).expect("ctwatch did not start");
     fs::remove_dir(&probe).unwrap();
     let _ = rx.recv_timeout(Duration::from_secs(10));
     let cpu_before = process_cpu(pid);
@@ -145,11 +121,7 @@ fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
     let mut mkdir_at = vec![SystemTime::UNIX_EPOCH; ids.len()];
     let start = Instant::now();
     let churn_time = churn(parent, ids, |i| mkdir_at[i] = SystemTime::now());
-    let index: HashMap<&str, usize> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     let mut events = 0;
     let mut last = start;
     let mut latencies_us = Vec::with_capacity(ids.len());
@@ -160,12 +132,7 @@ fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
                     events += 1;
                     last = Instant::now();
                     if create {
-                        latencies_us.push(
-                            at.duration_since(mkdir_at[i])
-                                .unwrap_or_default()
-                                .as_secs_f64()
-                                * 1e6,
-                        );
+                        latencies_us.push(at.duration_since(mkdir_at[i]).unwrap_or_default().as_secs_f64() * 1e6);
                     }
                 }
             }
@@ -175,23 +142,14 @@ fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
     let cpu = process_cpu(pid).saturating_sub(cpu_before);
     let _ = child.kill();
     let _ = child.wait();
-    Run {
-        churn: churn_time,
-        until_last_event: last - start,
-        events,
-        cpu,
-        latencies_us,
-    }
+    Run { churn: churn_time, until_last_event: last - start, events, cpu, latencies_us }
 }
 
 /// User + system CPU time of a process (all threads), from /proc/<pid>/stat.
 fn process_cpu(pid: u32) -> Duration {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<u64> = after_comm
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let fields: Vec<u64> = after_comm.split_whitespace().filter_map(|f| f.parse().ok()).collect();
     // Fields after the comm: state is not numeric, so utime/stime are at 11/12 here.
     let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;

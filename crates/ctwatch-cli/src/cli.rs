@@ -13,12 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// containers live in (Docker, containerd, CRI-O, Podman, Kubernetes pods,
 /// Garden, runc), and reports each container exactly once. Run as root.
 #[derive(Debug, Parser)]
-#[command(
-    name = "ctwatch",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "ctwatch", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     /// Log level for messages on stderr (error, warn, info, debug, trace),
     /// or a tracing filter such as `ctwatch=debug`.
@@ -201,23 +196,16 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
         Some((i, _)) => t.split_at(i),
         None => (t, ""),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 4M, 262144)"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (examples: 4M, 262144)"))?;
     let factor = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         other => return Err(format!("unknown size unit {other:?} (use K or M)")),
     };
-    let bytes = n
-        .checked_mul(factor)
-        .filter(|b| *b <= 1 << 30)
-        .ok_or("at most 1G")?;
+    let bytes = n.checked_mul(factor).filter(|b| *b <= 1 << 30).ok_or("at most 1G")?;
     if bytes < 4096 || !bytes.is_power_of_two() {
-        return Err(format!(
-            "{bytes} bytes: must be a power of two of at least 4096"
-        ));
+        return Err(format!("{bytes} bytes: must be a power of two of at least 4096"));
     }
     Ok(bytes as u32)
 }

@@ -34,23 +34,16 @@ pub fn watched_tree(args: &CgroupArgs) -> Result<WatchedTree> {
     match &args.cgroup_root {
         Some(dir) => {
             cgroupfs::check_cgroup_dir(dir)?;
-            let start = dir
-                .canonicalize()
-                .with_context(|| format!("cannot resolve {}", dir.display()))?;
+            let start = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
             let hierarchy = cgroupfs::hierarchy_containing(&hierarchies, &start)
                 .cloned()
                 .ok_or_else(|| CgroupFsError::NotCgroupFs(dir.clone()))?;
             Ok(WatchedTree { hierarchy, start })
         }
         None => {
-            let hierarchy = cgroupfs::default_hierarchy(&hierarchies)
-                .cloned()
-                .ok_or(CgroupFsError::NoneMounted)?;
+            let hierarchy = cgroupfs::default_hierarchy(&hierarchies).cloned().ok_or(CgroupFsError::NoneMounted)?;
             cgroupfs::check_cgroup_dir(&hierarchy.mount_point)?;
-            Ok(WatchedTree {
-                start: hierarchy.mount_point.clone(),
-                hierarchy,
-            })
+            Ok(WatchedTree { start: hierarchy.mount_point.clone(), hierarchy })
         }
     }
 }
@@ -87,7 +80,5 @@ pub fn start_enrichment(
     if !args.cri_socket.is_empty() {
         config.cri_sockets = args.cri_socket.clone();
     }
-    Ok(Some(
-        Enrichment::start(config, results).context("cannot start the enrichment threads")?,
-    ))
+    Ok(Some(Enrichment::start(config, results).context("cannot start the enrichment threads")?))
 }

@@ -26,10 +26,7 @@ fn main() -> ExitCode {
     let filter = match EnvFilter::try_new(&cli.log_level) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!(
-                "ctwatch: invalid --log-level {:?}: {e} (try info or debug)",
-                cli.log_level
-            );
+            eprintln!("ctwatch: invalid --log-level {:?}: {e} (try info or debug)", cli.log_level);
             return ExitCode::from(2);
         }
     };
@@ -56,24 +53,14 @@ fn main() -> ExitCode {
 /// A clap error on one line: what is wrong, and where to read more.
 fn usage_error(e: &clap::Error) -> ExitCode {
     let rendered = e.to_string();
-    let first = rendered
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments");
+    let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
     let first = first.trim_start_matches("error: ");
-    let tip = rendered
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("tip: "))
-        .map(|t| format!("; {t}"))
-        .unwrap_or_default();
+    let tip =
+        rendered.lines().find_map(|l| l.trim().strip_prefix("tip: ")).map(|t| format!("; {t}")).unwrap_or_default();
     eprintln!("ctwatch: {first}{tip} (see 'ctwatch --help')");
     ExitCode::from(2)
 }
 
 fn one_line(s: &str) -> String {
-    s.split('\n')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    s.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }

@@ -23,12 +23,7 @@ pub struct EventWriter<W: Write> {
 impl<W: Write> EventWriter<W> {
     /// A writer of `format` to `out`.
     pub fn new(out: W, format: Format, no_trunc: bool) -> Self {
-        EventWriter {
-            out,
-            format,
-            no_trunc,
-            header_done: false,
-        }
+        EventWriter { out, format, no_trunc, header_done: false }
     }
 
     /// Writes one event.
@@ -188,10 +183,7 @@ fn pod_label(c: &Container) -> String {
 
 /// A table cell: control characters replaced, cut to `width` characters.
 pub fn cell(value: &str, width: usize) -> String {
-    let clean: String = value
-        .chars()
-        .map(|ch| if ch.is_control() { '?' } else { ch })
-        .collect();
+    let clean: String = value.chars().map(|ch| if ch.is_control() { '?' } else { ch }).collect();
     if clean.chars().count() <= width {
         return clean;
     }

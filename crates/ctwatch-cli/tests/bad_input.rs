@@ -9,40 +9,17 @@ fn assert_clean_failure(args: &[&str], as_nobody: bool, expect: &str) {
     let out = if as_nobody {
         output(
             "setpriv",
-            &[
-                &[
-                    "--reuid=65534",
-                    "--regid=65534",
-                    "--clear-groups",
-                    bin.to_str().unwrap(),
-                ],
-                args,
-            ]
-            .concat(),
+            &[&["--reuid=65534", "--regid=65534", "--clear-groups", bin.to_str().unwrap()], args].concat(),
         )
     } else {
         output(bin.to_str().unwrap(), args)
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{args:?}: exit code 2, stderr: {stderr}"
-    );
-    assert_eq!(
-        stderr.trim_end().lines().count(),
-        1,
-        "{args:?}: one line, got: {stderr}"
-    );
+    assert_eq!(out.status.code(), Some(2), "{args:?}: exit code 2, stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line, got: {stderr}");
     assert!(stderr.starts_with("ctwatch: "), "{stderr}");
-    assert!(
-        stderr.contains(expect),
-        "{args:?}: {stderr:?} should mention {expect:?}"
-    );
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-        "{stderr}"
-    );
+    assert!(stderr.contains(expect), "{args:?}: {stderr:?} should mention {expect:?}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing on stdout");
 }
 
@@ -67,16 +44,8 @@ fn no_cgroupfs_there() {
         false,
         "no cgroup filesystem at /nonexistent/cgroup",
     );
-    assert_clean_failure(
-        &["ls", "--cgroup-root", "/tmp"],
-        false,
-        "not a cgroup filesystem",
-    );
-    assert_clean_failure(
-        &["ls", "--cgroup-root", "/etc/hostname"],
-        false,
-        "not a cgroup filesystem",
-    );
+    assert_clean_failure(&["ls", "--cgroup-root", "/tmp"], false, "not a cgroup filesystem");
+    assert_clean_failure(&["ls", "--cgroup-root", "/etc/hostname"], false, "not a cgroup filesystem");
 }
 
 #[test]

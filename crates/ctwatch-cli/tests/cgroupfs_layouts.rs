@@ -21,12 +21,7 @@ struct Case {
 fn cases(tag: &str) -> (Vec<Case>, Vec<String>) {
     let id = |n: &str| hex_id(&format!("{tag}-{n}"));
     let pod_us = POD.replace('-', "_");
-    let c = |rel: String, runtime, id: String, pod_uid| Case {
-        rel,
-        runtime,
-        id,
-        pod_uid,
-    };
+    let c = |rel: String, runtime, id: String, pod_uid| Case { rel, runtime, id, pod_uid };
     let docker = id("docker");
     let dind_outer = id("dind-outer");
     let dind_inner = id("dind-inner");
@@ -61,7 +56,10 @@ fn cases(tag: &str) -> (Vec<Case>, Vec<String>) {
         "user.slice/user-1000.slice/session-3.scope".to_string(),
         "system.slice/ssh.service".into(),
         "system.slice/snap.lxd.daemon.service".into(),
-        format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod_us}.slice/crio-conmon-{}.scope", id("conmon")),
+        format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod_us}.slice/crio-conmon-{}.scope",
+            id("conmon")
+        ),
         format!("machine.slice/libpod-conmon-{}.scope", id("conmon2")),
         format!("process_api/{}", id("not-a-container")),
     ];
@@ -94,17 +92,13 @@ fn every_layout_with(source: &str) {
     }
     watch.wait_until(Duration::from_secs(10), "every create", |seen| {
         positives.iter().all(|c| {
-            seen.iter().any(|e| {
-                e["event"] == "container_create" && e["args"]["container_id"] == c.id.as_str()
-            })
+            seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == c.id.as_str())
         })
     });
     tree.remove_all();
     watch.wait_until(Duration::from_secs(10), "every remove", |seen| {
         positives.iter().all(|c| {
-            seen.iter().any(|e| {
-                e["event"] == "container_remove" && e["args"]["container_id"] == c.id.as_str()
-            })
+            seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == c.id.as_str())
         })
     });
     watch.drain_for(Duration::from_millis(500));
@@ -112,54 +106,18 @@ fn every_layout_with(source: &str) {
     let counts = counts(&watch.seen);
     for case in &positives {
         for kind in ["container_create", "container_remove"] {
-            assert_eq!(
-                counts.get(&(kind.to_string(), case.id.clone())),
-                Some(&1),
-                "{kind} of {}",
-                case.rel
-            );
+            assert_eq!(counts.get(&(kind.to_string(), case.id.clone())), Some(&1), "{kind} of {}", case.rel);
         }
-        let create = watch
-            .about(&case.id)
-            .into_iter()
-            .find(|e| e["event"] == "container_create")
-            .unwrap();
-        assert_eq!(
-            create["args"]["runtime"], case.runtime,
-            "runtime of {}",
-            case.rel
-        );
-        assert_eq!(
-            create["args"]["pod_uid"], case.pod_uid,
-            "pod uid of {}",
-            case.rel
-        );
-        assert!(
-            create["cgroup_id"].as_u64().unwrap() > 1,
-            "cgroup id of {}",
-            case.rel
-        );
-        assert!(
-            create["args"]["ctime"].as_u64().unwrap() > 1_600_000_000_000_000_000,
-            "ctime of {}",
-            case.rel
-        );
+        let create = watch.about(&case.id).into_iter().find(|e| e["event"] == "container_create").unwrap();
+        assert_eq!(create["args"]["runtime"], case.runtime, "runtime of {}", case.rel);
+        assert_eq!(create["args"]["pod_uid"], case.pod_uid, "pod uid of {}", case.rel);
+        assert!(create["cgroup_id"].as_u64().unwrap() > 1, "cgroup id of {}", case.rel);
+        assert!(create["args"]["ctime"].as_u64().unwrap() > 1_600_000_000_000_000_000, "ctime of {}", case.rel);
         assert_eq!(create["args"]["pod_sandbox"], false);
-        let remove = watch
-            .about(&case.id)
-            .into_iter()
-            .find(|e| e["event"] == "container_remove")
-            .unwrap();
-        assert_eq!(
-            remove["args"].as_object().unwrap().len(),
-            2,
-            "remove args: runtime and container_id only"
-        );
+        let remove = watch.about(&case.id).into_iter().find(|e| e["event"] == "container_remove").unwrap();
+        assert_eq!(remove["args"].as_object().unwrap().len(), 2, "remove args: runtime and container_id only");
         assert_eq!(remove["args"]["runtime"], case.runtime);
-        assert_eq!(
-            remove["cgroup_id"], create["cgroup_id"],
-            "remove names the same cgroup"
-        );
+        assert_eq!(remove["cgroup_id"], create["cgroup_id"], "remove names the same cgroup");
     }
     let expected = positives.len() * 2;
     assert_eq!(
@@ -186,12 +144,7 @@ fn cgroup_ids_with(source: &str) {
     let parent = tree.mkdir_p(&hierarchy, &parent_name);
     let mut watch = Watch::start_with(source, &["--cgroup-root", parent.to_str().unwrap()]);
     let id = hex_id(&parent_name);
-    let now_ns = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    };
+    let now_ns = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let before = now_ns();
     let dir = tree.mkdir_p(&parent, &format!("docker/{id}"));
     let after = now_ns();
@@ -201,20 +154,14 @@ fn cgroup_ids_with(source: &str) {
     let ctime = watch.seen[0]["args"]["ctime"].as_u64().unwrap();
     if source == "ebpf" {
         // The kernel's own time of the mkdir.
-        assert!(
-            before <= ctime && ctime <= after,
-            "{source}: ctime {ctime} within the mkdir [{before}, {after}]"
-        );
+        assert!(before <= ctime && ctime <= after, "{source}: ctime {ctime} within the mkdir [{before}, {after}]");
     } else {
         // inotify reads the directory's ctime: the time its inode was first
         // looked up, which ctwatch does right after the mkdir.
         let dir_ctime = meta.ctime() as u64 * 1_000_000_000 + meta.ctime_nsec() as u64;
         assert_eq!(ctime, dir_ctime, "{source}: the directory's ctime");
         // Inode times are coarse (a scheduler tick): allow 50 ms.
-        assert!(
-            before <= ctime + 50_000_000,
-            "{source}: ctime {ctime} not long before the mkdir at {before}"
-        );
+        assert!(before <= ctime + 50_000_000, "{source}: ctime {ctime} not long before the mkdir at {before}");
     }
 }
 
@@ -238,22 +185,15 @@ fn hybrid_with(source: &str) {
         tree.mkdir_p(h, &format!("{parent_name}/docker/{id}"));
     }
     watch.wait_until(Duration::from_secs(10), "create", |seen| {
-        seen.iter()
-            .any(|e| e["args"]["container_id"] == id.as_str())
+        seen.iter().any(|e| e["args"]["container_id"] == id.as_str())
     });
     tree.remove_all();
     watch.wait_until(Duration::from_secs(10), "remove", |seen| {
-        seen.iter()
-            .any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == id.as_str())
+        seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == id.as_str())
     });
     watch.drain_for(Duration::from_millis(500));
     let events: Vec<&Value> = watch.about(&id);
-    assert_eq!(
-        events.len(),
-        2,
-        "one create and one remove across {} hierarchies: {events:#?}",
-        hierarchies.len()
-    );
+    assert_eq!(events.len(), 2, "one create and one remove across {} hierarchies: {events:#?}", hierarchies.len());
 }
 
 #[test]
@@ -266,29 +206,15 @@ fn existing_containers_are_reported_at_start_and_listed() {
     let parent = tree.mkdir_p(&hierarchy, &parent_name);
     tree.mkdir_p(&parent, &format!("docker/{id}/sub"));
 
-    let out = run(
-        ctwatch_bin().to_str().unwrap(),
-        &[
-            "ls",
-            "--cgroup-root",
-            parent.to_str().unwrap(),
-            "--format",
-            "json",
-        ],
-    );
-    let listed: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let out =
+        run(ctwatch_bin().to_str().unwrap(), &["ls", "--cgroup-root", parent.to_str().unwrap(), "--format", "json"]);
+    let listed: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(listed.len(), 1, "{out}");
     assert_eq!(listed[0]["container_id"], id.as_str());
     assert_eq!(listed[0]["runtime"], "docker");
     assert_eq!(listed[0]["state"], "existing");
 
-    let table = run(
-        ctwatch_bin().to_str().unwrap(),
-        &["ls", "--cgroup-root", parent.to_str().unwrap()],
-    );
+    let table = run(ctwatch_bin().to_str().unwrap(), &["ls", "--cgroup-root", parent.to_str().unwrap()]);
     assert!(table.starts_with("CONTAINER ID"), "{table}");
     assert!(table.contains(&id[..12]) && !table.contains(&id), "{table}");
 
@@ -296,11 +222,7 @@ fn existing_containers_are_reported_at_start_and_listed() {
     watch.wait_until(Duration::from_secs(5), "existing", |seen| !seen.is_empty());
     assert_eq!(watch.seen[0]["event"], "existing_container");
     assert_eq!(watch.seen[0]["args"]["container_id"], id.as_str());
-    assert_eq!(
-        watch.seen[0]["args"].as_object().unwrap().len(),
-        10,
-        "same arguments as container_create"
-    );
+    assert_eq!(watch.seen[0]["args"].as_object().unwrap().len(), 10, "same arguments as container_create");
     tree.remove_all();
     watch.wait_until(Duration::from_secs(5), "remove", |seen| seen.len() == 2);
     assert_eq!(watch.seen[1]["event"], "container_remove");
@@ -322,30 +244,18 @@ fn tree_at_once_with(source: &str) {
     let mut tree = CgroupTree::new();
     let parent = tree.mkdir_p(&hierarchy, &parent_name);
     let mut watch = Watch::start_with(source, &["--cgroup-root", parent.to_str().unwrap()]);
-    let ids: Vec<String> = (0..50)
-        .map(|i| hex_id(&format!("{parent_name}-{i}")))
-        .collect();
+    let ids: Vec<String> = (0..50).map(|i| hex_id(&format!("{parent_name}-{i}"))).collect();
     for (i, id) in ids.iter().enumerate() {
         tree.mkdir_p(&parent, &format!("a{i}/b/c/docker/{id}/x/y"));
     }
-    watch.wait_until(Duration::from_secs(10), "50 creates", |seen| {
-        seen.len() >= ids.len()
-    });
+    watch.wait_until(Duration::from_secs(10), "50 creates", |seen| seen.len() >= ids.len());
     tree.remove_all();
-    watch.wait_until(Duration::from_secs(10), "50 removes", |seen| {
-        seen.len() >= 2 * ids.len()
-    });
+    watch.wait_until(Duration::from_secs(10), "50 removes", |seen| seen.len() >= 2 * ids.len());
     watch.drain_for(Duration::from_millis(300));
     let counts = counts(&watch.seen);
     for id in &ids {
-        assert_eq!(
-            counts.get(&("container_create".into(), id.clone())),
-            Some(&1)
-        );
-        assert_eq!(
-            counts.get(&("container_remove".into(), id.clone())),
-            Some(&1)
-        );
+        assert_eq!(counts.get(&("container_create".into(), id.clone())), Some(&1));
+        assert_eq!(counts.get(&("container_remove".into(), id.clone())), Some(&1));
     }
     assert_eq!(watch.seen.len(), 2 * ids.len());
 }
@@ -360,13 +270,7 @@ fn table_format_prints_aligned_columns() {
     let parent = tree.mkdir_p(&hierarchy, &parent_name);
     tree.mkdir_p(&parent, &format!("docker/{id}"));
     let mut child = std::process::Command::new(ctwatch_bin())
-        .args([
-            "watch",
-            "--format",
-            "table",
-            "--cgroup-root",
-            parent.to_str().unwrap(),
-        ])
+        .args(["watch", "--format", "table", "--cgroup-root", parent.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -377,17 +281,7 @@ fn table_format_prints_aligned_columns() {
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 2, "{text}");
-    assert!(
-        lines[0].starts_with("TIME") && lines[0].contains("CONTAINER ID"),
-        "{text}"
-    );
-    assert!(
-        lines[1].contains("existing_container") && lines[1].contains(&id[..12]),
-        "{text}"
-    );
-    assert_eq!(
-        lines[0].find("EVENT"),
-        lines[1].find("existing_container"),
-        "columns align:\n{text}"
-    );
+    assert!(lines[0].starts_with("TIME") && lines[0].contains("CONTAINER ID"), "{text}");
+    assert!(lines[1].contains("existing_container") && lines[1].contains(&id[..12]), "{text}");
+    assert_eq!(lines[0].find("EVENT"), lines[1].find("existing_container"), "columns align:\n{text}");
 }

@@ -11,9 +11,9 @@ use common::*;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    LinuxContainerConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    LinuxContainerConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -32,14 +32,7 @@ async fn run_pod(cri: &mut RuntimeServiceClient<Channel>, tag: &str) -> Pod {
     let name = unique(tag);
     let namespace = "ctwatch-test".to_string();
     let h = hex_id(&name);
-    let uid = format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    );
+    let uid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
     let sandbox_config = PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.clone(),
@@ -61,10 +54,7 @@ async fn run_pod(cri: &mut RuntimeServiceClient<Channel>, tag: &str) -> Pod {
         ..PodSandboxConfig::default()
     };
     let sandbox_id = cri
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: String::new(),
-        })
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: String::new() })
         .await
         .expect("RunPodSandbox")
         .into_inner()
@@ -81,14 +71,8 @@ async fn run_pod(cri: &mut RuntimeServiceClient<Channel>, tag: &str) -> Pod {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: container.to_string(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: "docker.io/local/busybox:1".into(),
-                ..ImageSpec::default()
-            }),
+            metadata: Some(ContainerMetadata { name: container.to_string(), attempt: 0 }),
+            image: Some(ImageSpec { image: "docker.io/local/busybox:1".into(), ..ImageSpec::default() }),
             command: vec!["sleep".into(), "60".into()],
             labels,
             linux: Some(LinuxContainerConfig::default()),
@@ -104,36 +88,18 @@ async fn run_pod(cri: &mut RuntimeServiceClient<Channel>, tag: &str) -> Pod {
             .expect("CreateContainer")
             .into_inner()
             .container_id;
-        cri.start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
+        cri.start_container(StartContainerRequest { container_id: id.clone() }).await.expect("StartContainer");
         containers.push((container.to_string(), id));
     }
-    Pod {
-        sandbox_id,
-        containers,
-        name,
-        namespace,
-        uid,
-    }
+    Pod { sandbox_id, containers, name, namespace, uid }
 }
 
 #[test]
 fn a_pods_sandbox_and_containers_carry_their_pod_data() {
     require_root();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut cri = rt.block_on(async {
-        RuntimeServiceClient::new(
-            containerd_client::connect(SOCKET)
-                .await
-                .expect("CRI socket"),
-        )
-    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut cri =
+        rt.block_on(async { RuntimeServiceClient::new(containerd_client::connect(SOCKET).await.expect("CRI socket")) });
     let mut watch = Watch::start(&["--no-existing"]);
     let pod = rt.block_on(run_pod(&mut cri, "pod"));
 
@@ -141,17 +107,11 @@ fn a_pods_sandbox_and_containers_carry_their_pod_data() {
     ids.extend(pod.containers.iter().map(|(_, id)| id.as_str()));
     for id in &ids {
         watch.wait_until(WAIT, "pod create", |seen| {
-            seen.iter()
-                .any(|e| e["event"] == "container_create" && e["args"]["container_id"] == *id)
+            seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == *id)
         });
     }
     let args_of = |id: &str| {
-        watch
-            .seen
-            .iter()
-            .find(|e| e["event"] == "container_create" && e["args"]["container_id"] == id)
-            .unwrap()
-            .clone()
+        watch.seen.iter().find(|e| e["event"] == "container_create" && e["args"]["container_id"] == id).unwrap().clone()
     };
 
     let sandbox = args_of(&pod.sandbox_id);
@@ -160,24 +120,13 @@ fn a_pods_sandbox_and_containers_carry_their_pod_data() {
     assert_eq!(a["runtime"], "containerd");
     assert_eq!(a["pod_sandbox"], true);
     assert_eq!(
-        (
-            a["pod_name"].as_str(),
-            a["pod_namespace"].as_str(),
-            a["pod_uid"].as_str()
-        ),
-        (
-            Some(pod.name.as_str()),
-            Some(pod.namespace.as_str()),
-            Some(pod.uid.as_str())
-        )
+        (a["pod_name"].as_str(), a["pod_namespace"].as_str(), a["pod_uid"].as_str()),
+        (Some(pod.name.as_str()), Some(pod.namespace.as_str()), Some(pod.uid.as_str()))
     );
 
     for (name, id) in &pod.containers {
         let status = rt
-            .block_on(cri.container_status(ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            }))
+            .block_on(cri.container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false }))
             .unwrap()
             .into_inner()
             .status
@@ -190,41 +139,20 @@ fn a_pods_sandbox_and_containers_carry_their_pod_data() {
         assert_eq!(a["container_name"], name.as_str());
         assert_eq!(a["container_name"], status.metadata.unwrap().name.as_str());
         assert_eq!(
-            (
-                a["pod_name"].as_str(),
-                a["pod_namespace"].as_str(),
-                a["pod_uid"].as_str()
-            ),
-            (
-                Some(pod.name.as_str()),
-                Some(pod.namespace.as_str()),
-                Some(pod.uid.as_str())
-            )
+            (a["pod_name"].as_str(), a["pod_namespace"].as_str(), a["pod_uid"].as_str()),
+            (Some(pod.name.as_str()), Some(pod.namespace.as_str()), Some(pod.uid.as_str()))
         );
         assert_eq!(a["container_image"], "docker.io/local/busybox:1");
-        assert_eq!(
-            a["container_image_digest"],
-            status.image_ref.as_str(),
-            "the digest CRI reports"
-        );
+        assert_eq!(a["container_image_digest"], status.image_ref.as_str(), "the digest CRI reports");
     }
 
     rt.block_on(async {
-        cri.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.sandbox_id.clone(),
-        })
-        .await
-        .unwrap();
-        cri.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.sandbox_id.clone(),
-        })
-        .await
-        .unwrap();
+        cri.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.sandbox_id.clone() }).await.unwrap();
+        cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.sandbox_id.clone() }).await.unwrap();
     });
     for id in &ids {
         watch.wait_until(WAIT, "pod remove", |seen| {
-            seen.iter()
-                .any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == *id)
+            seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == *id)
         });
     }
 }

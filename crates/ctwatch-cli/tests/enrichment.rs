@@ -17,17 +17,12 @@ const WAIT: Duration = Duration::from_secs(30);
 const POD_UID: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
 
 fn create_of<'a>(watch: &'a Watch, id: &str) -> &'a Value {
-    watch
-        .seen
-        .iter()
-        .find(|e| e["event"] == "container_create" && e["args"]["container_id"] == id)
-        .unwrap()
+    watch.seen.iter().find(|e| e["event"] == "container_create" && e["args"]["container_id"] == id).unwrap()
 }
 
 fn wait_create(watch: &mut Watch, id: &str) {
     watch.wait_until(WAIT, "container_create", |seen| {
-        seen.iter()
-            .any(|e| e["event"] == "container_create" && e["args"]["container_id"] == id)
+        seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == id)
     });
 }
 
@@ -63,10 +58,7 @@ fn docker_fields_match_docker_inspect() {
     );
     wait_create(&mut watch, &id);
     let e = create_of(&watch, &id).clone();
-    let (image, image_id) = (
-        inspect(DOCKER, "{{.Config.Image}}", &id),
-        inspect(DOCKER, "{{.Image}}", &id),
-    );
+    let (image, image_id) = (inspect(DOCKER, "{{.Config.Image}}", &id), inspect(DOCKER, "{{.Image}}", &id));
     run(DOCKER, &["rm", "-f", &name]);
     assert_eq!(e["enriched"], true, "{e}");
     let a = &e["args"];
@@ -74,16 +66,9 @@ fn docker_fields_match_docker_inspect() {
     assert_eq!(a["container_image"], image.as_str());
     // An imported image has no repo digest: the digest is the image ID.
     assert_eq!(a["container_image_digest"], image_id.as_str());
+    assert_eq!(a["container_name"], "app", "kubelet's container name label wins over the Docker name");
     assert_eq!(
-        a["container_name"], "app",
-        "kubelet's container name label wins over the Docker name"
-    );
-    assert_eq!(
-        (
-            a["pod_name"].as_str(),
-            a["pod_namespace"].as_str(),
-            a["pod_uid"].as_str()
-        ),
+        (a["pod_name"].as_str(), a["pod_namespace"].as_str(), a["pod_uid"].as_str()),
         (Some("web-0"), Some("prod"), Some(POD_UID))
     );
     assert_eq!(a["pod_sandbox"], false);
@@ -94,10 +79,7 @@ fn docker_name_without_labels_and_a_sandbox() {
     require_root();
     let mut watch = Watch::start(&["--no-existing"]);
     let name = unique("enrich-plain");
-    let id = run(
-        DOCKER,
-        &["run", "-d", "--name", &name, IMAGE, "sleep", "60"],
-    );
+    let id = run(DOCKER, &["run", "-d", "--name", &name, IMAGE, "sleep", "60"]);
     let sandbox_name = unique("enrich-sandbox");
     let sandbox = run(
         DOCKER,
@@ -127,9 +109,7 @@ fn docker_name_without_labels_and_a_sandbox() {
 }
 
 fn inspect_name(name: &str) -> String {
-    inspect(DOCKER, "{{.Name}}", name)
-        .trim_start_matches('/')
-        .to_string()
+    inspect(DOCKER, "{{.Name}}", name).trim_start_matches('/').to_string()
 }
 
 #[test]
@@ -138,24 +118,11 @@ fn a_container_removed_at_once_still_gets_its_create_first() {
     let mut watch = Watch::start(&["--no-existing"]);
     let name = unique("enrich-quick");
     let cidfile = std::env::temp_dir().join(format!("{name}.cid"));
-    run(
-        DOCKER,
-        &[
-            "run",
-            "--rm",
-            "--cidfile",
-            cidfile.to_str().unwrap(),
-            "--name",
-            &name,
-            IMAGE,
-            "true",
-        ],
-    );
+    run(DOCKER, &["run", "--rm", "--cidfile", cidfile.to_str().unwrap(), "--name", &name, IMAGE, "true"]);
     let id = fs::read_to_string(&cidfile).unwrap().trim().to_string();
     let _ = fs::remove_file(&cidfile);
     watch.wait_until(WAIT, "create and remove", |seen| {
-        seen.iter()
-            .any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == id.as_str())
+        seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == id.as_str())
     });
     watch.drain_for(Duration::from_millis(300));
     let events = watch.about(&id);
@@ -176,14 +143,7 @@ fn fifty_docker_containers_started_at_once_are_all_enriched() {
     let handles: Vec<_> = names
         .iter()
         .cloned()
-        .map(|name| {
-            std::thread::spawn(move || {
-                run(
-                    DOCKER,
-                    &["run", "-d", "--name", &name, IMAGE, "sleep", "60"],
-                )
-            })
-        })
+        .map(|name| std::thread::spawn(move || run(DOCKER, &["run", "-d", "--name", &name, IMAGE, "sleep", "60"])))
         .collect();
     let ids: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     for id in &ids {
@@ -192,19 +152,9 @@ fn fifty_docker_containers_started_at_once_are_all_enriched() {
     let elapsed = started.elapsed();
     let mut by_id = std::collections::HashMap::new();
     for e in &watch.seen {
-        by_id.insert(
-            e["args"]["container_id"].as_str().unwrap().to_string(),
-            e.clone(),
-        );
+        by_id.insert(e["args"]["container_id"].as_str().unwrap().to_string(), e.clone());
     }
-    run(
-        DOCKER,
-        &[
-            &["rm", "-f"][..],
-            &names.iter().map(String::as_str).collect::<Vec<_>>(),
-        ]
-        .concat(),
-    );
+    run(DOCKER, &[&["rm", "-f"][..], &names.iter().map(String::as_str).collect::<Vec<_>>()].concat());
     for (name, id) in names.iter().zip(&ids) {
         let e = &by_id[id];
         assert_eq!(e["enriched"], true, "{e}");
@@ -219,25 +169,14 @@ fn podman_fields_match_podman_inspect() {
     require_root();
     let mut watch = Watch::start(&["--no-existing"]);
     let name = unique("enrich-podman");
-    let podman = |args: &[&str]| {
-        run(
-            "podman",
-            &[
-                &["--runtime", "runc", "--cgroup-manager", "cgroupfs"][..],
-                args,
-            ]
-            .concat(),
-        )
-    };
+    let podman =
+        |args: &[&str]| run("podman", &[&["--runtime", "runc", "--cgroup-manager", "cgroupfs"][..], args].concat());
     let id = podman(&["run", "-d", "--name", &name, IMAGE, "sleep", "60"]);
     wait_create(&mut watch, &id);
     let e = create_of(&watch, &id).clone();
     let image = inspect("podman", "{{.ImageName}}", &id);
     // podman gives a loaded image a repo (manifest) digest: that one wins over the image ID.
-    let digest = run(
-        "podman",
-        &["image", "inspect", "--format", "{{.Digest}}", &image],
-    );
+    let digest = run("podman", &["image", "inspect", "--format", "{{.Digest}}", &image]);
     podman(&["rm", "-f", "-t", "0", &name]);
     assert_eq!(e["enriched"], true, "{e}");
     assert_eq!(e["args"]["runtime"], "podman");
@@ -255,14 +194,7 @@ fn bundle_annotations_give_pod_data_with_no_daemon() {
     let id = unique("annotated");
     let bundle = std::env::temp_dir().join(&id);
     fs::create_dir_all(bundle.join("rootfs")).unwrap();
-    run(
-        "cp",
-        &[
-            "-a",
-            "/var/lib/ctwatch-test/rootfs/.",
-            bundle.join("rootfs").to_str().unwrap(),
-        ],
-    );
+    run("cp", &["-a", "/var/lib/ctwatch-test/rootfs/.", bundle.join("rootfs").to_str().unwrap()]);
     run("runc", &["spec", "--bundle", bundle.to_str().unwrap()]);
     let config = bundle.join("config.json");
     let mut spec: Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
@@ -277,21 +209,14 @@ fn bundle_annotations_give_pod_data_with_no_daemon() {
         "io.kubernetes.cri.image-name": "docker.io/library/nginx:1.27",
     });
     fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
-    run_detached(
-        "runc",
-        &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id],
-    );
+    run_detached("runc", &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
     wait_create(&mut watch, &id);
     let a = create_of(&watch, &id)["args"].clone();
     run("runc", &["delete", "-f", &id]);
     let _ = fs::remove_dir_all(&bundle);
     assert_eq!(a["runtime"], "runc");
     assert_eq!(
-        (
-            a["container_name"].as_str(),
-            a["pod_name"].as_str(),
-            a["pod_namespace"].as_str()
-        ),
+        (a["container_name"].as_str(), a["pod_name"].as_str(), a["pod_namespace"].as_str()),
         (Some("app"), Some("web-2"), Some("shop"))
     );
     assert_eq!(a["pod_uid"], POD_UID);
@@ -306,33 +231,13 @@ fn hostile_labels_cannot_break_the_output() {
     let evil = format!("a\u{1b}[2J\nfake line{}", "x".repeat(5000));
     let id = run(
         DOCKER,
-        &[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--label",
-            &format!("io.kubernetes.pod.name={evil}"),
-            IMAGE,
-            "sleep",
-            "60",
-        ],
+        &["run", "-d", "--name", &name, "--label", &format!("io.kubernetes.pod.name={evil}"), IMAGE, "sleep", "60"],
     );
     wait_create(&mut watch, &id);
-    let pod_name = create_of(&watch, &id)["args"]["pod_name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let pod_name = create_of(&watch, &id)["args"]["pod_name"].as_str().unwrap().to_string();
     run(DOCKER, &["rm", "-f", &name]);
-    assert!(
-        pod_name.chars().count() <= 253,
-        "capped: {}",
-        pod_name.len()
-    );
-    assert!(
-        !pod_name.chars().any(char::is_control),
-        "no control characters: {pod_name:?}"
-    );
+    assert!(pod_name.chars().count() <= 253, "capped: {}", pod_name.len());
+    assert!(!pod_name.chars().any(char::is_control), "no control characters: {pod_name:?}");
     assert!(pod_name.starts_with('a'));
 }
 
@@ -351,59 +256,27 @@ fn a_hung_daemon_delays_only_its_containers_until_the_deadline() {
             held.push(conn); // accept, never reply
         }
     });
-    let mut watch = Watch::start(&[
-        "--no-existing",
-        "--docker-socket",
-        hung.to_str().unwrap(),
-        "--enrich-deadline",
-        "1500ms",
-    ]);
+    let mut watch =
+        Watch::start(&["--no-existing", "--docker-socket", hung.to_str().unwrap(), "--enrich-deadline", "1500ms"]);
     let dname = unique("hung-docker");
     let pname = unique("hung-podman");
     let before = Instant::now();
-    let did = run(
-        DOCKER,
-        &["run", "-d", "--name", &dname, IMAGE, "sleep", "60"],
-    );
+    let did = run(DOCKER, &["run", "-d", "--name", &dname, IMAGE, "sleep", "60"]);
     let pid = run(
         "podman",
-        &[
-            "--runtime",
-            "runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "run",
-            "-d",
-            "--name",
-            &pname,
-            IMAGE,
-            "sleep",
-            "60",
-        ],
+        &["--runtime", "runc", "--cgroup-manager", "cgroupfs", "run", "-d", "--name", &pname, IMAGE, "sleep", "60"],
     );
     wait_create(&mut watch, &pid);
     let podman_at = before.elapsed();
     wait_create(&mut watch, &did);
     let docker_at = before.elapsed();
-    let (d, p) = (
-        create_of(&watch, &did).clone(),
-        create_of(&watch, &pid).clone(),
-    );
+    let (d, p) = (create_of(&watch, &did).clone(), create_of(&watch, &pid).clone());
     run(DOCKER, &["rm", "-f", &dname]);
     run("podman", &["rm", "-f", "-t", "0", &pname]);
     assert_eq!(p["enriched"], true, "podman answered: {p}");
-    assert_eq!(
-        d["enriched"], false,
-        "docker hung: out at the deadline with what is known: {d}"
-    );
+    assert_eq!(d["enriched"], false, "docker hung: out at the deadline with what is known: {d}");
     assert_eq!(d["args"]["runtime"], "docker");
-    assert!(
-        docker_at >= Duration::from_millis(1400),
-        "held until the deadline ({docker_at:?})"
-    );
-    assert!(
-        docker_at < Duration::from_secs(10),
-        "but not longer ({docker_at:?})"
-    );
+    assert!(docker_at >= Duration::from_millis(1400), "held until the deadline ({docker_at:?})");
+    assert!(docker_at < Duration::from_secs(10), "but not longer ({docker_at:?})");
     eprintln!("podman create out after {podman_at:?}, hung docker's after {docker_at:?}");
 }

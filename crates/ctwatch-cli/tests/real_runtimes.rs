@@ -15,21 +15,15 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn assert_created_then_removed(watch: &mut Watch, id: &str, runtime: &str, remove: impl FnOnce()) {
     watch.wait_until(WAIT, "container_create", |seen| {
-        seen.iter()
-            .any(|e| e["event"] == "container_create" && e["args"]["container_id"] == id)
+        seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == id)
     });
     remove();
     watch.wait_until(WAIT, "container_remove", |seen| {
-        seen.iter()
-            .any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == id)
+        seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == id)
     });
     watch.drain_for(Duration::from_millis(300));
     let events = watch.about(id);
-    assert_eq!(
-        events.len(),
-        2,
-        "exactly one create and one remove for {id}: {events:#?}"
-    );
+    assert_eq!(events.len(), 2, "exactly one create and one remove for {id}: {events:#?}");
     assert_eq!(events[0]["event"], "container_create");
     assert_eq!(events[0]["args"]["runtime"], runtime);
     assert_eq!(events[1]["event"], "container_remove");
@@ -48,10 +42,7 @@ fn docker_run_with(source: &str) {
     require_root();
     let mut watch = Watch::start_with(source, &["--no-existing"]);
     let name = unique(&format!("docker-{source}"));
-    let id = run(
-        DOCKER,
-        &["run", "-d", "--name", &name, IMAGE, "sleep", "60"],
-    );
+    let id = run(DOCKER, &["run", "-d", "--name", &name, IMAGE, "sleep", "60"]);
     assert_eq!(id.len(), 64, "docker prints the full ID: {id}");
     assert_created_then_removed(&mut watch, &id, "docker", || {
         run(DOCKER, &["rm", "-f", &name]);
@@ -62,16 +53,12 @@ fn docker_run_with(source: &str) {
 fn docker_container_is_listed_and_existing_at_start() {
     require_root();
     let name = unique("docker-ls");
-    let id = run(
-        DOCKER,
-        &["run", "-d", "--name", &name, IMAGE, "sleep", "60"],
-    );
+    let id = run(DOCKER, &["run", "-d", "--name", &name, IMAGE, "sleep", "60"]);
     let listed = run(ctwatch_bin().to_str().unwrap(), &["ls", "-q", "--no-trunc"]);
     let ok = listed.lines().any(|l| l == id);
     let mut watch = Watch::start(&[]);
     watch.wait_until(WAIT, "existing_container", |seen| {
-        seen.iter()
-            .any(|e| e["event"] == "existing_container" && e["args"]["container_id"] == id.as_str())
+        seen.iter().any(|e| e["event"] == "existing_container" && e["args"]["container_id"] == id.as_str())
     });
     run(DOCKER, &["rm", "-f", &name]);
     assert!(ok, "ctwatch ls lists {id}:\n{listed}");
@@ -84,32 +71,14 @@ fn ctr_run_in_two_namespaces() {
     for ns in ["default", "ctwatch-test"] {
         if ns != "default" {
             // The image must be in the namespace: import it (idempotent).
-            let _ = output(
-                "ctr",
-                &["-n", ns, "images", "import", "/var/lib/ctwatch-test/bb.tar"],
-            );
+            let _ = output("ctr", &["-n", ns, "images", "import", "/var/lib/ctwatch-test/bb.tar"]);
         }
         let id = unique("ctr");
-        run(
-            "ctr",
-            &[
-                "-n",
-                ns,
-                "run",
-                "-d",
-                "docker.io/local/busybox:1",
-                &id,
-                "sleep",
-                "60",
-            ],
-        );
+        run("ctr", &["-n", ns, "run", "-d", "docker.io/local/busybox:1", &id, "sleep", "60"]);
         assert_created_then_removed(&mut watch, &id, "containerd", || {
             let _ = output("ctr", &["-n", ns, "task", "kill", "-s", "KILL", &id]);
             for _ in 0..50 {
-                if output("ctr", &["-n", ns, "task", "rm", &id])
-                    .status
-                    .success()
-                {
+                if output("ctr", &["-n", ns, "task", "rm", &id]).status.success() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -141,18 +110,10 @@ fn runc_bundle(name: &str) -> PathBuf {
     let bundle = std::env::temp_dir().join(name);
     let rootfs = bundle.join("rootfs");
     fs::create_dir_all(&rootfs).unwrap();
-    run(
-        "cp",
-        &[
-            "-a",
-            "/var/lib/ctwatch-test/rootfs/.",
-            rootfs.to_str().unwrap(),
-        ],
-    );
+    run("cp", &["-a", "/var/lib/ctwatch-test/rootfs/.", rootfs.to_str().unwrap()]);
     run("runc", &["spec", "--bundle", bundle.to_str().unwrap()]);
     let config = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+    let mut spec: serde_json::Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
     spec["process"]["terminal"] = false.into();
     spec["process"]["args"] = serde_json::json!(["sleep", "60"]);
     fs::write(&config, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
@@ -171,10 +132,7 @@ fn bare_runc_run_with(source: &str) {
     let mut watch = Watch::start_with(source, &["--no-existing"]);
     let id = unique(&format!("runc-{source}"));
     let bundle = runc_bundle(&id);
-    run_detached(
-        "runc",
-        &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id],
-    );
+    run_detached("runc", &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
     assert_created_then_removed(&mut watch, &id, "runc", || {
         run("runc", &["delete", "-f", &id]);
     });
@@ -188,13 +146,9 @@ fn runc_create_then_start() {
     let id = unique("runc-cs");
     let bundle = runc_bundle(&id);
     // `runc create` makes the cgroup before the container's process runs.
-    run_detached(
-        "runc",
-        &["create", "--bundle", bundle.to_str().unwrap(), &id],
-    );
+    run_detached("runc", &["create", "--bundle", bundle.to_str().unwrap(), &id]);
     watch.wait_until(WAIT, "create before start", |seen| {
-        seen.iter()
-            .any(|e| e["event"] == "container_create" && e["args"]["container_id"] == id.as_str())
+        seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == id.as_str())
     });
     run("runc", &["start", &id]);
     assert_created_then_removed(&mut watch, &id, "runc", || {

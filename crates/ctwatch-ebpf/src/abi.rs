@@ -60,15 +60,11 @@ pub fn parse_record(bytes: &[u8]) -> Result<CgroupRecord, RecordError> {
         other => return Err(RecordError::BadChange(other)),
     };
     let path_len = u32_at(bytes, 32) as usize;
-    let raw = bytes
-        .get(RECORD_HEADER..RECORD_HEADER.saturating_add(path_len))
-        .ok_or(RecordError::Short(bytes.len()))?;
+    let raw =
+        bytes.get(RECORD_HEADER..RECORD_HEADER.saturating_add(path_len)).ok_or(RecordError::Short(bytes.len()))?;
     // Components come innermost first, each ended by a NUL.
-    let mut components: Vec<String> = raw
-        .split(|b| *b == 0)
-        .filter(|c| !c.is_empty())
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect();
+    let mut components: Vec<String> =
+        raw.split(|b| *b == 0).filter(|c| !c.is_empty()).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
     components.reverse();
     let mut path = String::with_capacity(path_len + 1);
     for c in &components {
@@ -156,10 +152,7 @@ mod tests {
     #[test]
     fn parses_a_record_and_rebuilds_the_path_outermost_first() {
         let r = parse_record(&record(&["abc", "docker"], 1)).unwrap();
-        assert_eq!(
-            (r.cgroup_id, r.hierarchy_id, r.level, r.change),
-            (42, 3, 2, CgroupChange::Mkdir)
-        );
+        assert_eq!((r.cgroup_id, r.hierarchy_id, r.level, r.change), (42, 3, 2, CgroupChange::Mkdir));
         assert_eq!(r.path, "/docker/abc");
         assert!(!r.truncated);
     }
@@ -167,10 +160,7 @@ mod tests {
     #[test]
     fn bad_records_are_errors_not_panics() {
         assert_eq!(parse_record(&[0; 10]), Err(RecordError::Short(10)));
-        assert_eq!(
-            parse_record(&record(&["x"], 9)),
-            Err(RecordError::BadChange(9))
-        );
+        assert_eq!(parse_record(&record(&["x"], 9)), Err(RecordError::BadChange(9)));
         let mut long = record(&["x"], 2);
         long[32..36].copy_from_slice(&u32::MAX.to_ne_bytes());
         assert!(parse_record(&long).is_err());

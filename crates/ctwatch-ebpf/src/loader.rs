@@ -11,8 +11,7 @@ use thiserror::Error;
 /// The compiled cgroup event programs (rebuilt by `scripts/build-ebpf.sh`).
 pub static CGROUP_EVENTS_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/cgroup_events.bpf.o");
 /// The compiled pinned-map object.
-pub static CONTAINERS_MAP_OBJECT: &[u8] =
-    aya::include_bytes_aligned!("../bpf/containers_map.bpf.o");
+pub static CONTAINERS_MAP_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/containers_map.bpf.o");
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const LOCKDOWN_PATH: &str = "/sys/kernel/security/lockdown";
@@ -58,10 +57,7 @@ pub fn preflight() -> Result<(), EbpfUnavailable> {
 /// This process's effective capability set, from `/proc/self/status`.
 fn effective_capabilities() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -72,11 +68,7 @@ pub(crate) fn refused(context: &str, e: &dyn std::error::Error) -> EbpfUnavailab
     while let Some(s) = source {
         let s_text = s.to_string();
         // The verifier log is long: keep its last meaningful line.
-        let line = s_text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty() && !l.contains("processed"))
-            .unwrap_or("");
+        let line = s_text.lines().rev().find(|l| !l.trim().is_empty() && !l.contains("processed")).unwrap_or("");
         text.push_str(": ");
         text.push_str(line.trim());
         source = s.source();
@@ -100,15 +92,11 @@ pub(crate) fn load_and_attach(
     for (program, tracepoint) in programs {
         let prog: &mut BtfTracePoint = ebpf
             .program_mut(program)
-            .ok_or_else(|| {
-                EbpfUnavailable::Refused(format!("program {program} missing from the object"))
-            })?
+            .ok_or_else(|| EbpfUnavailable::Refused(format!("program {program} missing from the object")))?
             .try_into()
             .map_err(|e| refused(program, &e))?;
-        prog.load(tracepoint, btf)
-            .map_err(|e| refused(&format!("verify {program}"), &e))?;
-        prog.attach()
-            .map_err(|e| refused(&format!("attach {program}"), &e))?;
+        prog.load(tracepoint, btf).map_err(|e| refused(&format!("verify {program}"), &e))?;
+        prog.attach().map_err(|e| refused(&format!("attach {program}"), &e))?;
     }
     Ok(ebpf)
 }

@@ -18,9 +18,7 @@ use ctwatch::{CgroupObserver, Container, ContainerState};
 use tracing::{debug, info, warn};
 
 use crate::abi::{container_handle, ContainerValue, MapState, CGROUP_IS_ROOT};
-use crate::loader::{
-    kernel_btf, load_and_attach, preflight, refused, EbpfUnavailable, CONTAINERS_MAP_OBJECT,
-};
+use crate::loader::{kernel_btf, load_and_attach, preflight, refused, EbpfUnavailable, CONTAINERS_MAP_OBJECT};
 
 /// The map's name, and so its file name under the pin directory.
 pub const MAP_NAME: &str = "ctwatch_containers";
@@ -63,10 +61,7 @@ impl ContainersMap {
         mirror_root: Option<PathBuf>,
     ) -> Result<Self, EbpfUnavailable> {
         preflight()?;
-        let bpffs = pin_dir
-            .ancestors()
-            .find(|p| p.exists())
-            .unwrap_or(Path::new("/"));
+        let bpffs = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
         let magic = ctwatch::cgroupfs::filesystem_magic(bpffs).unwrap_or(0);
         if magic != BPF_FS_MAGIC {
             return Err(EbpfUnavailable::Refused(format!(
@@ -74,17 +69,13 @@ impl ContainersMap {
                 pin_dir.display()
             )));
         }
-        fs::create_dir_all(pin_dir).map_err(|e| {
-            EbpfUnavailable::Refused(format!("cannot create {}: {e}", pin_dir.display()))
-        })?;
+        fs::create_dir_all(pin_dir)
+            .map_err(|e| EbpfUnavailable::Refused(format!("cannot create {}: {e}", pin_dir.display())))?;
         let pin_file = pin_dir.join(MAP_NAME);
         let reused = pin_file.exists();
         let btf = kernel_btf()?;
         let mut loader = EbpfLoader::new();
-        loader
-            .btf(Some(&btf))
-            .map_pin_path(pin_dir)
-            .set_max_entries(MAP_NAME, max_entries);
+        loader.btf(Some(&btf)).map_pin_path(pin_dir).set_max_entries(MAP_NAME, max_entries);
         let mut ebpf = load_and_attach(
             &mut loader,
             &btf,
@@ -92,8 +83,7 @@ impl ContainersMap {
             &[("ctwatch_cgroup_attach_task", "cgroup_attach_task")],
         )?;
         let map = BpfHashMap::try_from(
-            ebpf.take_map(MAP_NAME)
-                .ok_or_else(|| EbpfUnavailable::Refused(format!("map {MAP_NAME} missing")))?,
+            ebpf.take_map(MAP_NAME).ok_or_else(|| EbpfUnavailable::Refused(format!("map {MAP_NAME} missing")))?,
         )
         .map_err(|e| refused("containers map", &e))?;
         info!(path = %pin_file.display(), reused, "container cgroups map pinned");
@@ -123,20 +113,12 @@ impl ContainersMap {
     /// (call once the scan at start is applied).
     pub fn prune_stale(&self) -> usize {
         let mut inner = self.lock();
-        let stale: Vec<u64> = inner
-            .map
-            .keys()
-            .flatten()
-            .filter(|k| !inner.written.contains(k))
-            .collect();
+        let stale: Vec<u64> = inner.map.keys().flatten().filter(|k| !inner.written.contains(k)).collect();
         for k in &stale {
             let _ = inner.map.remove(k);
         }
         if !stale.is_empty() {
-            debug!(
-                count = stale.len(),
-                "removed stale entries from the containers map"
-            );
+            debug!(count = stale.len(), "removed stale entries from the containers map");
         }
         stale.len()
     }
@@ -213,9 +195,7 @@ impl CgroupObserver for ContainersMap {
         inner.by_path.insert(path.to_string(), value);
         let mirror = inner.pending_mirrors.remove(path).or_else(|| {
             let root = inner.mirror_root.as_ref()?;
-            fs::symlink_metadata(root.join(path.trim_start_matches('/')))
-                .ok()
-                .map(|m| m.ino())
+            fs::symlink_metadata(root.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
         });
         if let Some(mirror_id) = mirror {
             inner.put_mirror(path, mirror_id, value);

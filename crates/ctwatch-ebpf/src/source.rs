@@ -22,9 +22,7 @@ use nix::time::{clock_gettime, ClockId};
 use tracing::{debug, warn};
 
 use crate::abi::{parse_record, CgroupRecord};
-use crate::loader::{
-    kernel_btf, load_and_attach, preflight, refused, EbpfUnavailable, CGROUP_EVENTS_OBJECT,
-};
+use crate::loader::{kernel_btf, load_and_attach, preflight, refused, EbpfUnavailable, CGROUP_EVENTS_OBJECT};
 
 /// How the eBPF source is set up.
 #[derive(Debug, Clone)]
@@ -40,11 +38,7 @@ pub struct EbpfConfig {
 
 impl Default for EbpfConfig {
     fn default() -> Self {
-        EbpfConfig {
-            tracked_hierarchy: 0,
-            mirror_hierarchy: None,
-            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
-        }
+        EbpfConfig { tracked_hierarchy: 0, mirror_hierarchy: None, ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES }
     }
 }
 
@@ -102,26 +96,14 @@ impl EbpfSource {
             &mut loader,
             &btf,
             CGROUP_EVENTS_OBJECT,
-            &[
-                ("ctwatch_cgroup_mkdir", "cgroup_mkdir"),
-                ("ctwatch_cgroup_rmdir", "cgroup_rmdir"),
-            ],
+            &[("ctwatch_cgroup_mkdir", "cgroup_mkdir"), ("ctwatch_cgroup_rmdir", "cgroup_rmdir")],
         )?;
-        let missing =
-            |name: &str| EbpfUnavailable::Refused(format!("map {name} missing from the object"));
+        let missing = |name: &str| EbpfUnavailable::Refused(format!("map {name} missing from the object"));
         let ring = RingBuf::try_from(ebpf.take_map("events").ok_or_else(|| missing("events"))?)
             .map_err(|e| refused("ring buffer", &e))?;
-        let dropped =
-            PerCpuArray::try_from(ebpf.take_map("dropped").ok_or_else(|| missing("dropped"))?)
-                .map_err(|e| refused("drop counter", &e))?;
-        Ok(EbpfSource {
-            _ebpf: ebpf,
-            ring,
-            dropped,
-            config,
-            wall_offset_ns: wall_offset_ns(),
-            stats: Arc::default(),
-        })
+        let dropped = PerCpuArray::try_from(ebpf.take_map("dropped").ok_or_else(|| missing("dropped"))?)
+            .map_err(|e| refused("drop counter", &e))?;
+        Ok(EbpfSource { _ebpf: ebpf, ring, dropped, config, wall_offset_ns: wall_offset_ns(), stats: Arc::default() })
     }
 
     /// The source's counters, shared.
@@ -140,19 +122,14 @@ impl EbpfSource {
     ) -> io::Result<()> {
         let prefix = cgroupfs::relative_path(mount_point, start).unwrap_or_else(|| "/".into());
         let existing = scan(mount_point, start, Origin::Existing);
-        if tx.send(SourceMessage::Events(existing)).is_err()
-            || tx.send(SourceMessage::ScanComplete).is_err()
-        {
+        if tx.send(SourceMessage::Events(existing)).is_err() || tx.send(SourceMessage::ScanComplete).is_err() {
             return Ok(());
         }
         let mut dropped_seen = self.read_dropped();
         let mut warned_truncated = false;
         let mut flowing = false;
         while !stop.load(Ordering::Relaxed) {
-            wait_readable(
-                self.ring.as_fd_borrowed(),
-                if flowing { BUSY_POLL } else { IDLE_POLL },
-            )?;
+            wait_readable(self.ring.as_fd_borrowed(), if flowing { BUSY_POLL } else { IDLE_POLL })?;
             let mut records = Vec::new();
             while let Some(item) = self.ring.next() {
                 match parse_record(&item) {
@@ -171,7 +148,10 @@ impl EbpfSource {
                     self.stats.truncated.fetch_add(1, Ordering::Relaxed);
                     if !warned_truncated {
                         warned_truncated = true;
-                        warn!(id = record.cgroup_id, "a cgroup path is longer than PATH_MAX: it cannot be opened by path and is skipped");
+                        warn!(
+                            id = record.cgroup_id,
+                            "a cgroup path is longer than PATH_MAX: it cannot be opened by path and is skipped"
+                        );
                     }
                     continue;
                 }
@@ -207,10 +187,7 @@ impl EbpfSource {
     }
 
     fn read_dropped(&self) -> u64 {
-        self.dropped
-            .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        self.dropped.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
 
     /// A record as a cgroup event. The ctime is the kernel's time of the
@@ -220,10 +197,7 @@ impl EbpfSource {
     fn to_event(&self, r: &CgroupRecord) -> CgroupEvent {
         let kernel_time = wall_time(r.ktime_ns, self.wall_offset_ns);
         let ctime_ns = match r.change {
-            CgroupChange::Mkdir => kernel_time
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
+            CgroupChange::Mkdir => kernel_time.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
             CgroupChange::Rmdir => 0,
         };
         CgroupEvent {
@@ -252,10 +226,7 @@ impl AsFdBorrowed for RingBuf<MapData> {
 fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    match poll(
-        &mut fds,
-        PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
-    ) {
+    match poll(&mut fds, PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX)) {
         Ok(n) => Ok(n > 0),
         Err(nix::errno::Errno::EINTR) => Ok(false),
         Err(e) => Err(e.into()),
@@ -267,11 +238,7 @@ fn is_under(path: &str, prefix: &str) -> bool {
 }
 
 fn wall_offset_ns() -> i128 {
-    let ns = |id| {
-        clock_gettime(id)
-            .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
-            .unwrap_or(0)
-    };
+    let ns = |id| clock_gettime(id).map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128).unwrap_or(0);
     ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
 }
 

@@ -6,9 +6,7 @@ use std::path::Path;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
-use containerd_client::services::v1::{
-    GetContainerRequest, GetImageRequest, ListNamespacesRequest,
-};
+use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, ListNamespacesRequest};
 use ctwatch::Runtime;
 use tonic::Code;
 
@@ -24,9 +22,7 @@ pub struct ContainerdApi {
 impl ContainerdApi {
     /// containerd answering at `socket`.
     pub fn new(socket: &Path) -> Self {
-        ContainerdApi {
-            daemon: GrpcDaemon::new(Runtime::Containerd, socket),
-        }
+        ContainerdApi { daemon: GrpcDaemon::new(Runtime::Containerd, socket) }
     }
 
     /// Where it answers.
@@ -36,36 +32,21 @@ impl ContainerdApi {
 
     /// What containerd says of container `id`, looking in `namespace` first,
     /// then in every namespace; `Ok(None)` when no namespace holds it.
-    pub async fn lookup(
-        &self,
-        id: &str,
-        namespace: Option<&str>,
-    ) -> Result<Option<Metadata>, EnrichError> {
+    pub async fn lookup(&self, id: &str, namespace: Option<&str>) -> Result<Option<Metadata>, EnrichError> {
         let result = self.try_lookup(id, namespace).await;
         self.daemon.record(&result).await;
         result
     }
 
-    async fn try_lookup(
-        &self,
-        id: &str,
-        namespace: Option<&str>,
-    ) -> Result<Option<Metadata>, EnrichError> {
+    async fn try_lookup(&self, id: &str, namespace: Option<&str>) -> Result<Option<Metadata>, EnrichError> {
         let channel = self.daemon.channel().await?;
         let mut namespaces: Vec<String> = namespace.map(str::to_string).into_iter().collect();
         let listed = NamespacesClient::new(channel.clone())
-            .list(ListNamespacesRequest {
-                filter: String::new(),
-            })
+            .list(ListNamespacesRequest { filter: String::new() })
             .await
             .map_err(|e| self.daemon.unavailable(&e))?;
         namespaces.extend(
-            listed
-                .into_inner()
-                .namespaces
-                .into_iter()
-                .map(|n| n.name)
-                .filter(|n| Some(n.as_str()) != namespace),
+            listed.into_inner().namespaces.into_iter().map(|n| n.name).filter(|n| Some(n.as_str()) != namespace),
         );
         let mut containers = ContainersClient::new(channel.clone());
         for ns in &namespaces {
@@ -78,10 +59,7 @@ impl ContainerdApi {
                 Err(status) => return Err(self.daemon.unavailable(&status)),
             };
             let Some(container) = container else { continue };
-            let mut m = Metadata {
-                runtime: Some(Runtime::Containerd),
-                ..Metadata::default()
-            };
+            let mut m = Metadata { runtime: Some(Runtime::Containerd), ..Metadata::default() };
             m.image = clean(&container.image, MAX_IMAGE);
             let labels = &container.labels;
             m.add_kubelet_labels(labels);
@@ -92,29 +70,17 @@ impl ContainerdApi {
             if labels.get("io.cri-containerd.kind").map(String::as_str) == Some("sandbox") {
                 m.pod_sandbox = Some(true);
             }
-            m.image_digest = self
-                .image_digest(channel.clone(), &container.image, ns)
-                .await;
+            m.image_digest = self.image_digest(channel.clone(), &container.image, ns).await;
             return Ok(Some(m));
         }
         Ok(None)
     }
 
-    async fn image_digest(
-        &self,
-        channel: tonic::transport::Channel,
-        image: &str,
-        ns: &str,
-    ) -> String {
+    async fn image_digest(&self, channel: tonic::transport::Channel, image: &str, ns: &str) -> String {
         if image.is_empty() {
             return String::new();
         }
-        let Some(request) = in_namespace(
-            GetImageRequest {
-                name: image.to_string(),
-            },
-            ns,
-        ) else {
+        let Some(request) = in_namespace(GetImageRequest { name: image.to_string() }, ns) else {
             return String::new();
         };
         match ImagesClient::new(channel).get(request).await {

@@ -21,9 +21,7 @@ pub struct CriApi {
 impl CriApi {
     /// The CRI service of `runtime` at `socket`.
     pub fn new(runtime: Runtime, socket: &Path) -> Self {
-        CriApi {
-            daemon: GrpcDaemon::new(runtime, socket),
-        }
+        CriApi { daemon: GrpcDaemon::new(runtime, socket) }
     }
 
     /// Which runtime it is.
@@ -45,39 +43,22 @@ impl CriApi {
 
     async fn try_lookup(&self, id: &str) -> Result<Option<Metadata>, EnrichError> {
         let mut client = RuntimeServiceClient::new(self.daemon.channel().await?);
-        let filter = ContainerFilter {
-            id: id.to_string(),
-            ..ContainerFilter::default()
-        };
+        let filter = ContainerFilter { id: id.to_string(), ..ContainerFilter::default() };
         let listed = client
-            .list_containers(ListContainersRequest {
-                filter: Some(filter),
-            })
+            .list_containers(ListContainersRequest { filter: Some(filter) })
             .await
             .map_err(|e| self.daemon.unavailable(&e))?
             .into_inner();
-        let mut m = Metadata {
-            runtime: Some(self.runtime()),
-            ..Metadata::default()
-        };
+        let mut m = Metadata { runtime: Some(self.runtime()), ..Metadata::default() };
         let sandbox_id = match listed.containers.into_iter().find(|c| c.id == id) {
             Some(container) => {
                 m.add_kubelet_labels(&container.labels);
                 if let Some(meta) = &container.metadata {
                     m.name = clean(&meta.name, MAX_NAME);
                 }
-                m.image = clean(
-                    container
-                        .image
-                        .as_ref()
-                        .map_or("", |i| i.user_specified_image.as_str()),
-                    MAX_IMAGE,
-                );
+                m.image = clean(container.image.as_ref().map_or("", |i| i.user_specified_image.as_str()), MAX_IMAGE);
                 if m.image.is_empty() {
-                    m.image = clean(
-                        container.image.as_ref().map_or("", |i| i.image.as_str()),
-                        MAX_IMAGE,
-                    );
+                    m.image = clean(container.image.as_ref().map_or("", |i| i.image.as_str()), MAX_IMAGE);
                 }
                 m.image_digest = sha256_digest(&container.image_ref);
                 m.pod_sandbox = Some(false);
@@ -86,10 +67,7 @@ impl CriApi {
             None => id.to_string(), // maybe a sandbox itself
         };
         let status = match client
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: sandbox_id.clone(),
-                verbose: false,
-            })
+            .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: sandbox_id.clone(), verbose: false })
             .await
         {
             Ok(response) => response.into_inner().status,

@@ -26,6 +26,27 @@ pub struct DockerApi {
     down: AtomicBool,
     /// Image ID → digest: many containers share an image.
     digests: std::sync::Mutex<HashMap<String, String>>,
+    /// Docker's data root, once known.
+    data_root: tokio::sync::OnceCell<Option<PathBuf>>,
+}
+
+/// The parts of Docker's `config.v2.json` that enrichment reads.
+#[derive(serde::Deserialize)]
+struct DiskConfig {
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "Image", default)]
+    image: String,
+    #[serde(rename = "Config", default)]
+    config: DiskContainerConfig,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct DiskContainerConfig {
+    #[serde(rename = "Image", default)]
+    image: String,
+    #[serde(rename = "Labels", default)]
+    labels: Option<HashMap<String, String>>,
 }
 
 /// Image digests remembered at most (the cache is cleared when full).
@@ -40,6 +61,7 @@ impl DockerApi {
             client: Mutex::new(None),
             down: AtomicBool::new(false),
             digests: std::sync::Mutex::new(HashMap::new()),
+            data_root: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -89,44 +111,28 @@ impl DockerApi {
 
     async fn try_lookup(&self, id: &str) -> Result<Option<Metadata>, EnrichError> {
         let client = self.client().await?;
+        if let Some(found) = self.read_config_on_disk(&client, id).await {
+            return Ok(Some(found));
+        }
         let inspect = match client.inspect_container(id, None).await {
             Ok(i) => i,
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => return Ok(None),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),
             Err(e) => return Err(self.unavailable(e)),
         };
-        let mut m = Metadata {
-            runtime: Some(self.runtime),
-            ..Metadata::default()
-        };
-        m.name = clean(
-            inspect
-                .name
-                .as_deref()
-                .unwrap_or("")
-                .trim_start_matches('/'),
-            MAX_NAME,
-        );
+        let mut m = Metadata { runtime: Some(self.runtime), ..Metadata::default() };
+        m.name = clean(inspect.name.as_deref().unwrap_or("").trim_start_matches('/'), MAX_NAME);
         let config = inspect.config.unwrap_or_default();
         m.image = clean(config.image.as_deref().unwrap_or(""), MAX_IMAGE);
         if let Some(labels) = &config.labels {
             m.add_kubelet_labels(labels);
         }
         let image_id = inspect.image.unwrap_or_default();
-        let cached = self
-            .digests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&image_id)
-            .cloned();
+        let cached = self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(&image_id).cloned();
         m.image_digest = match cached {
             Some(digest) => digest,
             None => {
-                let digest = self
-                    .image_digest(&client, &image_id, &m.image)
-                    .await
-                    .unwrap_or_else(|| sha256_digest(&image_id));
+                let digest =
+                    self.image_digest(&client, &image_id, &m.image).await.unwrap_or_else(|| sha256_digest(&image_id));
                 let mut cache = self.digests.lock().unwrap_or_else(|e| e.into_inner());
                 if cache.len() >= MAX_CACHED_DIGESTS {
                     cache.clear();
@@ -138,37 +144,72 @@ impl DockerApi {
         Ok(Some(m))
     }
 
+    /// Docker writes `<root>/containers/<id>/config.v2.json` when the container
+    /// is created, before it starts; `docker inspect` would wait for the
+    /// container's lock, which `start` holds. Reading the file (size-capped,
+    /// leniently) gives the same fields without that wait.
+    async fn read_config_on_disk(&self, client: &Docker, id: &str) -> Option<Metadata> {
+        if self.runtime != Runtime::Docker || id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let root = self.data_root(client).await?;
+        let path = root.join("containers").join(id).join("config.v2.json");
+        let config: DiskConfig =
+            tokio::task::spawn_blocking(move || crate::oci_state::read_json(&path)).await.ok()??;
+        let mut m = Metadata { runtime: Some(self.runtime), ..Metadata::default() };
+        m.name = clean(config.name.trim_start_matches('/'), MAX_NAME);
+        m.image = clean(&config.config.image, MAX_IMAGE);
+        if let Some(labels) = &config.config.labels {
+            m.add_kubelet_labels(labels);
+        }
+        m.image_digest = self.cached_image_digest(client, &config.image, &m.image).await;
+        Some(m)
+    }
+
+    /// Docker's data root (`docker info`'s DockerRootDir), asked once.
+    async fn data_root(&self, client: &Docker) -> Option<PathBuf> {
+        if let Some(root) = self.data_root.get() {
+            return root.clone();
+        }
+        let info = tokio::time::timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS), client.info()).await.ok()?.ok()?;
+        let root = info.docker_root_dir.map(PathBuf::from);
+        let _ = self.data_root.set(root.clone());
+        root
+    }
+
+    /// The image's digest, from the cache or the daemon.
+    async fn cached_image_digest(&self, client: &Docker, image_id: &str, named: &str) -> String {
+        let cached = self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(image_id).cloned();
+        if let Some(digest) = cached {
+            return digest;
+        }
+        let digest = self.image_digest(client, image_id, named).await.unwrap_or_else(|| sha256_digest(image_id));
+        let mut cache = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED_DIGESTS {
+            cache.clear();
+        }
+        cache.insert(image_id.to_string(), digest.clone());
+        digest
+    }
+
     /// The repo digest of the image (matching the repository the user named
     /// when there are several), or `None` when the image has none.
     async fn image_digest(&self, client: &Docker, image_id: &str, named: &str) -> Option<String> {
         if image_id.is_empty() {
             return None;
         }
-        let image = tokio::time::timeout(
-            Duration::from_secs(REQUEST_TIMEOUT_SECS),
-            client.inspect_image(image_id),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let image = tokio::time::timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS), client.inspect_image(image_id))
+            .await
+            .ok()?
+            .ok()?;
         let digests = image.repo_digests.unwrap_or_default();
         let repo = named.rsplit_once('@').map_or(named, |(r, _)| r);
-        let repo = repo
-            .rsplit_once(':')
-            .filter(|(_, tag)| !tag.contains('/'))
-            .map_or(repo, |(r, _)| r);
-        let chosen = digests
-            .iter()
-            .find(|d| d.starts_with(&format!("{repo}@")))
-            .or(digests.first())?;
+        let repo = repo.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')).map_or(repo, |(r, _)| r);
+        let chosen = digests.iter().find(|d| d.starts_with(&format!("{repo}@"))).or(digests.first())?;
         Some(sha256_digest(chosen)).filter(|d| !d.is_empty())
     }
 
     fn unavailable(&self, e: BollardError) -> EnrichError {
-        EnrichError::Unavailable {
-            runtime: self.runtime,
-            socket: self.socket.clone(),
-            reason: e.to_string(),
-        }
+        EnrichError::Unavailable { runtime: self.runtime, socket: self.socket.clone(), reason: e.to_string() }
     }
 }

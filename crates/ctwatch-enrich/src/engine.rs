@@ -3,6 +3,7 @@
 //! back on a channel. A slow or hung daemon only delays its own containers.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,11 +109,7 @@ impl Api {
         }
     }
 
-    async fn lookup(
-        &self,
-        id: &str,
-        namespace: Option<&str>,
-    ) -> Result<Option<Metadata>, EnrichError> {
+    async fn lookup(&self, id: &str, namespace: Option<&str>) -> Result<Option<Metadata>, EnrichError> {
         match self {
             Api::Containerd(a) => a.lookup(id, namespace).await,
             Api::Cri(a) => a.lookup(id).await,
@@ -143,48 +140,26 @@ pub struct Enrichment {
 impl Enrichment {
     /// Starts the engine; answers go to `results`.
     pub fn start(config: EnrichConfig, results: Sender<EnrichResult>) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("enrich")
-            .enable_all()
-            .build()?;
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("enrich").enable_all().build()?;
         // Asked in this order; later answers win field by field (CRI's names
         // and pod data over containerd's labels).
         let mut apis: Vec<Api> = Vec::new();
         let mut add = |api: Api| {
             let duplicate = apis.iter().any(|a| {
-                same_socket(a.socket(), api.socket())
-                    && std::mem::discriminant(a) == std::mem::discriminant(&api)
+                same_socket(a.socket(), api.socket()) && std::mem::discriminant(a) == std::mem::discriminant(&api)
             });
             if !duplicate {
                 debug!(runtime = %api.runtime(), socket = %api.socket().display(), present = api.socket().exists(), "enrichment from the runtime API");
                 apis.push(api);
             }
         };
-        config
-            .containerd_sockets
-            .iter()
-            .for_each(|s| add(Api::Containerd(ContainerdApi::new(s))));
-        config
-            .cri_sockets
-            .iter()
-            .for_each(|s| add(Api::Cri(CriApi::new(cri_runtime(s), s))));
-        config
-            .docker_sockets
-            .iter()
-            .for_each(|s| add(Api::Docker(DockerApi::new(Runtime::Docker, s))));
-        config
-            .podman_sockets
-            .iter()
-            .for_each(|s| add(Api::Docker(DockerApi::new(Runtime::Podman, s))));
+        config.containerd_sockets.iter().for_each(|s| add(Api::Containerd(ContainerdApi::new(s))));
+        config.cri_sockets.iter().for_each(|s| add(Api::Cri(CriApi::new(cri_runtime(s), s))));
+        config.docker_sockets.iter().for_each(|s| add(Api::Docker(DockerApi::new(Runtime::Docker, s))));
+        config.podman_sockets.iter().for_each(|s| add(Api::Docker(DockerApi::new(Runtime::Podman, s))));
         let permits = config.concurrency_per_daemon.max(1);
-        let daemons = apis
-            .into_iter()
-            .map(|api| Daemon {
-                api,
-                permits: Semaphore::new(permits),
-            })
-            .collect();
+        let daemons = apis.into_iter().map(|api| Daemon { api, permits: Semaphore::new(permits) }).collect();
         let shared = Arc::new(Shared {
             daemons,
             oci: OciState::new(config.state_dirs),
@@ -197,11 +172,11 @@ impl Enrichment {
     /// Asks about `container` in the background.
     pub fn submit(&self, container: &Container) {
         let shared = self.shared.clone();
-        let (id, runtime, cgroup_id) =
-            (container.id.clone(), container.runtime, container.cgroup_id);
+        let (id, runtime, cgroup_id) = (container.id.clone(), container.runtime, container.cgroup_id);
+        let in_pod = !container.pod.uid.is_empty();
         let namespace = containerd_namespace(&container.cgroup_path, &container.id);
         self.runtime.spawn(async move {
-            let result = enrich_one(&shared, id, runtime, cgroup_id, namespace).await;
+            let result = enrich_one(&shared, id, runtime, cgroup_id, namespace, in_pod).await;
             let _ = shared.results.send(result);
         });
     }
@@ -213,32 +188,37 @@ async fn enrich_one(
     runtime: Runtime,
     cgroup_id: u64,
     namespace: Option<String>,
+    in_pod: bool,
 ) -> EnrichResult {
+    // The bundle may not be readable yet (runc writes state.json after the
+    // cgroups): read it alongside the daemons, and stop waiting for it once
+    // the daemons' answer is whole.
+    let daemon_answered = Arc::new(AtomicBool::new(false));
     let from_bundle = {
-        let (oci, id, ns) = (shared.oci.clone(), id.clone(), namespace.clone());
+        let (oci, id, ns, stop) = (shared.oci.clone(), id.clone(), namespace.clone(), daemon_answered.clone());
         let wait = shared.request_deadline.mul_f32(0.9);
-        tokio::task::spawn_blocking(move || oci.lookup(runtime, &id, ns.as_deref(), wait))
-            .await
-            .ok()
-            .flatten()
+        tokio::task::spawn_blocking(move || oci.lookup(runtime, &id, ns.as_deref(), wait, &stop))
     };
-    let mut metadata = from_bundle.unwrap_or_default();
+    let mut from_daemons = Metadata::default();
     let mut complete = true;
-    let asked = shared
-        .daemons
-        .iter()
-        .filter(|d| runtime == Runtime::Unknown || d.api.runtime() == runtime);
+    let asked = shared.daemons.iter().filter(|d| runtime == Runtime::Unknown || d.api.runtime() == runtime);
     for daemon in asked {
         let Ok(_permit) = daemon.permits.acquire().await else {
             continue;
         };
-        match tokio::time::timeout(
-            shared.request_deadline,
-            daemon.api.lookup(&id, namespace.as_deref()),
-        )
-        .await
-        {
-            Ok(Ok(Some(found))) => metadata.merge(found),
+        match tokio::time::timeout(shared.request_deadline, daemon.api.lookup(&id, namespace.as_deref())).await {
+            Ok(Ok(Some(found))) => {
+                from_daemons.merge(found);
+                // Whole: the bundle can add nothing (at a pod sandbox's mkdir the
+                // CRI service does not know it yet: its annotations are the source).
+                let in_pod = in_pod || from_daemons.pod_sandbox == Some(true);
+                let whole = !from_daemons.name.is_empty()
+                    && !from_daemons.image.is_empty()
+                    && (!in_pod || !from_daemons.pod_name.is_empty());
+                if whole {
+                    daemon_answered.store(true, Ordering::Relaxed);
+                }
+            }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 debug!(%id, "enrichment failed: {e}");
@@ -250,12 +230,9 @@ async fn enrich_one(
             }
         }
     }
-    EnrichResult {
-        container_id: id,
-        cgroup_id,
-        metadata,
-        complete,
-    }
+    let mut metadata = from_bundle.await.ok().flatten().unwrap_or_default();
+    metadata.merge(from_daemons);
+    EnrichResult { container_id: id, cgroup_id, metadata, complete }
 }
 
 /// The containerd namespace in a `/<namespace>/<id>` cgroup path.
@@ -276,11 +253,7 @@ fn cri_runtime(socket: &Path) -> Runtime {
 
 /// The paths in `candidates` that exist now.
 fn existing(candidates: &[&str]) -> Vec<PathBuf> {
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-        .collect()
+    candidates.iter().map(PathBuf::from).filter(|p| p.exists()).collect()
 }
 
 fn same_socket(a: &Path, b: &Path) -> bool {

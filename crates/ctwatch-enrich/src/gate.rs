@@ -22,33 +22,19 @@ pub struct Gate {
 impl Gate {
     /// A gate that holds a create for `deadline` at most.
     pub fn new(deadline: Duration) -> Self {
-        Gate {
-            held: HashMap::new(),
-            deadline,
-        }
+        Gate { held: HashMap::new(), deadline }
     }
 
     /// Passes `event` on, or holds it; what may go out now is appended to `out`.
     /// Returns true when the event is held (its enrichment should be asked for).
-    pub fn push(
-        &mut self,
-        event: ContainerEvent,
-        now: Instant,
-        out: &mut Vec<ContainerEvent>,
-    ) -> bool {
+    pub fn push(&mut self, event: ContainerEvent, now: Instant, out: &mut Vec<ContainerEvent>) -> bool {
         let id = event.container.id.clone();
         match event.kind {
             EventKind::ContainerCreate | EventKind::ExistingContainer => {
                 if let Some(earlier) = self.held.remove(&id) {
                     out.push(released(earlier.event, None, false));
                 }
-                self.held.insert(
-                    id,
-                    Held {
-                        event,
-                        due: now + self.deadline,
-                    },
-                );
+                self.held.insert(id, Held { event, due: now + self.deadline });
                 true
             }
             EventKind::ContainerRemove => {
@@ -71,11 +57,7 @@ impl Gate {
         complete: bool,
         out: &mut Vec<ContainerEvent>,
     ) {
-        if self
-            .held
-            .get(id)
-            .is_some_and(|h| h.event.cgroup_id == cgroup_id)
-        {
+        if self.held.get(id).is_some_and(|h| h.event.cgroup_id == cgroup_id) {
             let held = self.held.remove(id).expect("present");
             out.push(released(held.event, updated, complete));
         }
@@ -83,20 +65,10 @@ impl Gate {
 
     /// Releases the creates whose deadline has passed, unenriched.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<ContainerEvent>) {
-        let due: Vec<String> = self
-            .held
-            .iter()
-            .filter(|(_, h)| h.due <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut released_now: Vec<Held> =
-            due.iter().filter_map(|id| self.held.remove(id)).collect();
+        let due: Vec<String> = self.held.iter().filter(|(_, h)| h.due <= now).map(|(id, _)| id.clone()).collect();
+        let mut released_now: Vec<Held> = due.iter().filter_map(|id| self.held.remove(id)).collect();
         released_now.sort_by_key(|h| h.due);
-        out.extend(
-            released_now
-                .into_iter()
-                .map(|h| released(h.event, None, false)),
-        );
+        out.extend(released_now.into_iter().map(|h| released(h.event, None, false)));
     }
 
     /// When the next held create is due.
@@ -115,11 +87,7 @@ impl Gate {
     }
 }
 
-fn released(
-    mut event: ContainerEvent,
-    updated: Option<Arc<Container>>,
-    complete: bool,
-) -> ContainerEvent {
+fn released(mut event: ContainerEvent, updated: Option<Arc<Container>>, complete: bool) -> ContainerEvent {
     if let Some(container) = updated {
         event.container = container;
     }

@@ -22,12 +22,7 @@ pub struct GrpcDaemon {
 impl GrpcDaemon {
     /// A daemon of `runtime` at `socket` (connected on first use).
     pub fn new(runtime: Runtime, socket: &Path) -> Self {
-        GrpcDaemon {
-            runtime,
-            socket: socket.to_path_buf(),
-            channel: Mutex::new(None),
-            down: AtomicBool::new(false),
-        }
+        GrpcDaemon { runtime, socket: socket.to_path_buf(), channel: Mutex::new(None), down: AtomicBool::new(false) }
     }
 
     /// Which runtime it is.
@@ -46,9 +41,7 @@ impl GrpcDaemon {
         if let Some(channel) = guard.as_ref() {
             return Ok(channel.clone());
         }
-        let channel = containerd_client::connect(&self.socket)
-            .await
-            .map_err(|e| self.unavailable(&e))?;
+        let channel = containerd_client::connect(&self.socket).await.map_err(|e| self.unavailable(&e))?;
         *guard = Some(channel.clone());
         Ok(channel)
     }
@@ -73,19 +66,13 @@ impl GrpcDaemon {
 
     /// The error for a failed request.
     pub fn unavailable(&self, e: &dyn std::fmt::Display) -> EnrichError {
-        EnrichError::Unavailable {
-            runtime: self.runtime,
-            socket: self.socket.clone(),
-            reason: e.to_string(),
-        }
+        EnrichError::Unavailable { runtime: self.runtime, socket: self.socket.clone(), reason: e.to_string() }
     }
 }
 
 /// A request for containerd namespace `ns`, or `None` if `ns` cannot be a header value.
 pub fn in_namespace<T>(message: T, ns: &str) -> Option<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("containerd-namespace", ns.parse().ok()?);
+    request.metadata_mut().insert("containerd-namespace", ns.parse().ok()?);
     Some(request)
 }

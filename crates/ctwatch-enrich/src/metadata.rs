@@ -95,44 +95,13 @@ impl Metadata {
     /// (`io.kubernetes.cri.*`) and CRI-O (`io.kubernetes.*`, `io.kubernetes.cri-o.*`).
     pub fn add_annotations(&mut self, a: &HashMap<String, String>) {
         let get = |k: &str| a.get(k).map(String::as_str).filter(|v| !v.is_empty());
-        let first = |keys: &[&str], max| {
-            keys.iter()
-                .find_map(|k| get(k))
-                .map(|v| clean(v, max))
-                .unwrap_or_default()
-        };
-        self.pod_name = first(
-            &["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"],
-            MAX_NAME,
-        );
-        self.pod_namespace = first(
-            &[
-                "io.kubernetes.cri.sandbox-namespace",
-                "io.kubernetes.pod.namespace",
-            ],
-            MAX_NAME,
-        );
-        self.pod_uid = first(
-            &["io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid"],
-            MAX_ID,
-        );
-        self.name = first(
-            &[
-                "io.kubernetes.cri.container-name",
-                "io.kubernetes.container.name",
-            ],
-            MAX_NAME,
-        );
-        self.image = first(
-            &[
-                "io.kubernetes.cri.image-name",
-                "io.kubernetes.cri-o.ImageName",
-            ],
-            MAX_IMAGE,
-        );
-        match get("io.kubernetes.cri.container-type")
-            .or_else(|| get("io.kubernetes.cri-o.ContainerType"))
-        {
+        let first = |keys: &[&str], max| keys.iter().find_map(|k| get(k)).map(|v| clean(v, max)).unwrap_or_default();
+        self.pod_name = first(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"], MAX_NAME);
+        self.pod_namespace = first(&["io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"], MAX_NAME);
+        self.pod_uid = first(&["io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid"], MAX_ID);
+        self.name = first(&["io.kubernetes.cri.container-name", "io.kubernetes.container.name"], MAX_NAME);
+        self.image = first(&["io.kubernetes.cri.image-name", "io.kubernetes.cri-o.ImageName"], MAX_IMAGE);
+        match get("io.kubernetes.cri.container-type").or_else(|| get("io.kubernetes.cri-o.ContainerType")) {
             Some("sandbox") => self.pod_sandbox = Some(true),
             Some(_) => self.pod_sandbox = Some(false),
             None => {}
@@ -146,11 +115,7 @@ impl Metadata {
 /// An untrusted string made safe to print: at most `max` characters, control
 /// characters replaced by U+FFFD (so no terminal escapes or fake lines).
 pub fn clean(value: &str, max: usize) -> String {
-    value
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect()
+    value.chars().take(max).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
 }
 
 /// `sha256:<hex>` from a digest, a repo digest (`repo@sha256:<hex>`) or an
@@ -179,14 +144,8 @@ mod tests {
     #[test]
     fn digests_are_normalised() {
         let hex = "a".repeat(64);
-        assert_eq!(
-            sha256_digest(&format!("docker.io/library/x@sha256:{hex}")),
-            format!("sha256:{hex}")
-        );
-        assert_eq!(
-            sha256_digest(&format!("sha256:{}", hex.to_uppercase())),
-            format!("sha256:{hex}")
-        );
+        assert_eq!(sha256_digest(&format!("docker.io/library/x@sha256:{hex}")), format!("sha256:{hex}"));
+        assert_eq!(sha256_digest(&format!("sha256:{}", hex.to_uppercase())), format!("sha256:{hex}"));
         assert_eq!(sha256_digest("sha256:short"), "");
         assert_eq!(sha256_digest("local/busybox:1"), "");
     }
@@ -197,19 +156,13 @@ mod tests {
             ("io.kubernetes.cri.container-type", "sandbox"),
             ("io.kubernetes.cri.sandbox-name", "web-0"),
             ("io.kubernetes.cri.sandbox-namespace", "prod"),
-            (
-                "io.kubernetes.cri.sandbox-uid",
-                "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0",
-            ),
+            ("io.kubernetes.cri.sandbox-uid", "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let mut m = Metadata::default();
         m.add_annotations(&a);
-        assert_eq!(
-            (m.pod_name.as_str(), m.pod_namespace.as_str(), m.pod_sandbox),
-            ("web-0", "prod", Some(true))
-        );
+        assert_eq!((m.pod_name.as_str(), m.pod_namespace.as_str(), m.pod_sandbox), ("web-0", "prod", Some(true)));
     }
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ctwatch::state_dirs::HostStateDirs;
@@ -56,13 +57,15 @@ impl OciState {
     ///
     /// runc makes the state directory before the container's cgroups but
     /// writes `state.json` only after them, so when the directory exists and
-    /// the file does not yet, this waits for it until `wait` has passed.
+    /// the file does not yet, this waits for it until `wait` has passed or
+    /// `stop` is set.
     pub fn lookup(
         &self,
         runtime: Runtime,
         id: &str,
         namespace: Option<&str>,
         wait: Duration,
+        stop: &AtomicBool,
     ) -> Option<Metadata> {
         if id.is_empty() || id.contains('/') || id == "." || id == ".." {
             return None;
@@ -73,20 +76,14 @@ impl OciState {
             if let Some(found) = candidates.iter().find(|p| p.is_file()) {
                 break found;
             }
-            let pending = candidates
-                .iter()
-                .any(|p| p.parent().is_some_and(Path::is_dir));
-            if !pending || Instant::now() >= give_up {
+            let pending = candidates.iter().any(|p| p.parent().is_some_and(Path::is_dir));
+            if !pending || Instant::now() >= give_up || stop.load(Ordering::Relaxed) {
                 return None;
             }
             std::thread::sleep(STATE_POLL);
         };
         let state: State = read_json(state)?;
-        let bundle = state
-            .config
-            .labels
-            .iter()
-            .find_map(|l| l.strip_prefix("bundle="))?;
+        let bundle = state.config.labels.iter().find_map(|l| l.strip_prefix("bundle="))?;
         let spec: Spec = read_json(&Path::new(bundle).join("config.json"))?;
         let mut metadata = Metadata::default();
         metadata.add_annotations(&spec.annotations);
@@ -97,16 +94,9 @@ impl OciState {
         let containerd = || -> Vec<PathBuf> {
             let mut namespaces: Vec<String> = namespace.map(str::to_string).into_iter().collect();
             if let Ok(entries) = std::fs::read_dir(&self.dirs.containerd) {
-                namespaces.extend(
-                    entries
-                        .flatten()
-                        .filter_map(|e| e.file_name().into_string().ok()),
-                );
+                namespaces.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
             }
-            namespaces
-                .iter()
-                .map(|ns| self.dirs.containerd.join(ns).join(id).join("state.json"))
-                .collect()
+            namespaces.iter().map(|ns| self.dirs.containerd.join(ns).join(id).join("state.json")).collect()
         };
         let docker = || vec![self.dirs.docker.join(id).join("state.json")];
         let runc = || vec![self.dirs.runc.join(id).join("state.json")];
@@ -121,13 +111,9 @@ impl OciState {
 }
 
 /// Reads at most [`MAX_FILE`] bytes of JSON; invalid UTF-8 is replaced, not fatal.
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .ok()?
-        .take(MAX_FILE + 1)
-        .read_to_end(&mut bytes)
-        .ok()?;
+    File::open(path).ok()?.take(MAX_FILE + 1).read_to_end(&mut bytes).ok()?;
     if bytes.len() as u64 > MAX_FILE {
         tracing::debug!(path = %path.display(), "file larger than {MAX_FILE} bytes: not read");
         return None;
@@ -163,18 +149,11 @@ mod tests {
             "io.kubernetes.cri.sandbox-uid": "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0",
             "io.kubernetes.cri.image-name": "docker.io/library/nginx:1"}});
         let oci = bundle_with(root.path(), "c1", config.to_string().as_bytes());
-        let m = oci
-            .lookup(Runtime::Containerd, "c1", None, Duration::ZERO)
-            .unwrap();
-        assert_eq!(
-            (m.name.as_str(), m.pod_name.as_str(), m.pod_sandbox),
-            ("app", "web-0", Some(false))
-        );
+        let m = oci.lookup(Runtime::Containerd, "c1", None, Duration::ZERO, &AtomicBool::new(false)).unwrap();
+        assert_eq!((m.name.as_str(), m.pod_name.as_str(), m.pod_sandbox), ("app", "web-0", Some(false)));
         assert_eq!(m.image, "docker.io/library/nginx:1");
         assert_eq!(
-            oci.lookup(Runtime::Unknown, "c1", None, Duration::ZERO)
-                .unwrap()
-                .pod_namespace,
+            oci.lookup(Runtime::Unknown, "c1", None, Duration::ZERO, &AtomicBool::new(false)).unwrap().pod_namespace,
             "prod"
         );
     }
@@ -183,27 +162,22 @@ mod tests {
     fn malformed_huge_or_hostile_files_are_skipped() {
         let root = tempfile::tempdir().unwrap();
         assert!(bundle_with(root.path(), "bad", b"{not json")
-            .lookup(Runtime::Containerd, "bad", None, Duration::ZERO)
+            .lookup(Runtime::Containerd, "bad", None, Duration::ZERO, &AtomicBool::new(false))
             .is_none());
         let huge = vec![b' '; (MAX_FILE + 10) as usize];
         assert!(bundle_with(root.path(), "huge", &huge)
-            .lookup(Runtime::Containerd, "huge", None, Duration::ZERO)
+            .lookup(Runtime::Containerd, "huge", None, Duration::ZERO, &AtomicBool::new(false))
             .is_none());
-        let hostile = serde_json::json!({"annotations": {"io.kubernetes.cri.container-name": "x\u{1b}[2J\ny".repeat(1000)}});
+        let hostile =
+            serde_json::json!({"annotations": {"io.kubernetes.cri.container-name": "x\u{1b}[2J\ny".repeat(1000)}});
         let m = bundle_with(root.path(), "hostile", hostile.to_string().as_bytes())
-            .lookup(Runtime::Containerd, "hostile", None, Duration::ZERO)
+            .lookup(Runtime::Containerd, "hostile", None, Duration::ZERO, &AtomicBool::new(false))
             .unwrap();
         assert!(
-            m.name.chars().count() <= crate::metadata::MAX_NAME
-                && !m.name.contains('\n')
-                && !m.name.contains('\u{1b}')
+            m.name.chars().count() <= crate::metadata::MAX_NAME && !m.name.contains('\n') && !m.name.contains('\u{1b}')
         );
         let oci = OciState::new(HostStateDirs::under(root.path()));
-        assert!(oci
-            .lookup(Runtime::Containerd, "../../etc", None, Duration::ZERO)
-            .is_none());
-        assert!(oci
-            .lookup(Runtime::Containerd, "missing", None, Duration::ZERO)
-            .is_none());
+        assert!(oci.lookup(Runtime::Containerd, "../../etc", None, Duration::ZERO, &AtomicBool::new(false)).is_none());
+        assert!(oci.lookup(Runtime::Containerd, "missing", None, Duration::ZERO, &AtomicBool::new(false)).is_none());
     }
 }

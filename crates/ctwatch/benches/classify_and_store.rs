@@ -10,13 +10,7 @@ use ctwatch::state_dirs::PathOnly;
 use ctwatch::{SharedStore, Store, Tracker};
 
 fn hex(i: u64) -> String {
-    format!(
-        "{:016x}{:016x}{:016x}{:016x}",
-        i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        i,
-        !i,
-        i.rotate_left(17)
-    )
+    format!("{:016x}{:016x}{:016x}{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i, !i, i.rotate_left(17))
 }
 
 fn bench_classify(c: &mut Criterion) {
@@ -51,10 +45,7 @@ fn filled_store(n: u64) -> SharedStore {
                 observed: SystemTime::now(),
                 kernel_time: None,
             };
-            [
-                mk(1000 + 2 * i, root.clone()),
-                mk(1001 + 2 * i, format!("{root}/sub")),
-            ]
+            [mk(1000 + 2 * i, root.clone()), mk(1001 + 2 * i, format!("{root}/sub"))]
         })
         .collect();
     tracker.apply(&events, &mut Vec::new());

@@ -73,16 +73,9 @@ pub enum CgroupFsError {
 /// The hierarchies mounted on this host, read from `/proc/self/mountinfo`
 /// and `/proc/self/cgroup`.
 pub fn mounted_hierarchies() -> Result<Vec<Hierarchy>, CgroupFsError> {
-    let read = |p: &str| {
-        fs::read_to_string(p).map_err(|source| CgroupFsError::Unreadable {
-            path: PathBuf::from(p),
-            source,
-        })
-    };
-    Ok(parse_hierarchies(
-        &read("/proc/self/mountinfo")?,
-        &read("/proc/self/cgroup")?,
-    ))
+    let read =
+        |p: &str| fs::read_to_string(p).map_err(|source| CgroupFsError::Unreadable { path: PathBuf::from(p), source });
+    Ok(parse_hierarchies(&read("/proc/self/mountinfo")?, &read("/proc/self/cgroup")?))
 }
 
 /// Parses `mountinfo` and `/proc/self/cgroup` text into hierarchies (the
@@ -108,37 +101,22 @@ pub fn parse_hierarchies(mountinfo: &str, proc_cgroup: &str) -> Vec<Hierarchy> {
                 super_opts
                     .split(',')
                     .filter(|o| {
-                        !matches!(*o, "rw" | "ro")
-                            && !o.contains("relatime")
-                            && !o.starts_with("release_agent")
+                        !matches!(*o, "rw" | "ro") && !o.contains("relatime") && !o.starts_with("release_agent")
                     })
-                    .filter(|o| {
-                        !matches!(
-                            *o,
-                            "nosuid" | "nodev" | "noexec" | "clone_children" | "noprefix" | "xattr"
-                        )
-                    })
+                    .filter(|o| !matches!(*o, "nosuid" | "nodev" | "noexec" | "clone_children" | "noprefix" | "xattr"))
                     .map(str::to_string)
                     .collect(),
             ),
             _ => continue,
         };
-        if found
-            .iter()
-            .any(|h| h.version == version && h.controllers == controllers)
-        {
+        if found.iter().any(|h| h.version == version && h.controllers == controllers) {
             continue;
         }
         let hierarchy_id = match version {
             CgroupVersion::V2 => 0,
             CgroupVersion::V1 => hierarchy_id_of(proc_cgroup, &controllers).unwrap_or(0),
         };
-        found.push(Hierarchy {
-            mount_point,
-            version,
-            controllers,
-            hierarchy_id,
-        });
+        found.push(Hierarchy { mount_point, version, controllers, hierarchy_id });
     }
     found
 }
@@ -156,21 +134,14 @@ fn hierarchy_id_of(proc_cgroup: &str, controllers: &[String]) -> Option<u32> {
 }
 
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 /// Picks the hierarchy to watch: the unified one on a pure v2 host, else the
 /// v1 `cpuset` hierarchy (every runtime creates it), else `memory`, `pids`,
 /// any v1 hierarchy, and the unified one last.
 pub fn default_hierarchy(hierarchies: &[Hierarchy]) -> Option<&Hierarchy> {
-    let v1_with = |c: &str| {
-        hierarchies
-            .iter()
-            .find(|h| h.controllers.iter().any(|x| x == c))
-    };
+    let v1_with = |c: &str| hierarchies.iter().find(|h| h.controllers.iter().any(|x| x == c));
     if let Some(v2) = hierarchies.iter().find(|h| h.version == CgroupVersion::V2) {
         if !hierarchies.iter().any(|h| h.version == CgroupVersion::V1) {
             return Some(v2);
@@ -180,10 +151,9 @@ pub fn default_hierarchy(hierarchies: &[Hierarchy]) -> Option<&Hierarchy> {
         .or_else(|| v1_with("memory"))
         .or_else(|| v1_with("pids"))
         .or_else(|| {
-            hierarchies.iter().find(|h| {
-                h.version == CgroupVersion::V1
-                    && !h.controllers.iter().any(|c| c.starts_with("name="))
-            })
+            hierarchies
+                .iter()
+                .find(|h| h.version == CgroupVersion::V1 && !h.controllers.iter().any(|c| c.starts_with("name=")))
         })
         .or_else(|| hierarchies.iter().find(|h| h.version == CgroupVersion::V2))
         .or_else(|| hierarchies.first())
@@ -191,35 +161,20 @@ pub fn default_hierarchy(hierarchies: &[Hierarchy]) -> Option<&Hierarchy> {
 
 /// The hierarchy that contains `dir` (the longest mount point above it).
 pub fn hierarchy_containing<'a>(hierarchies: &'a [Hierarchy], dir: &Path) -> Option<&'a Hierarchy> {
-    hierarchies
-        .iter()
-        .filter(|h| dir.starts_with(&h.mount_point))
-        .max_by_key(|h| h.mount_point.as_os_str().len())
+    hierarchies.iter().filter(|h| dir.starts_with(&h.mount_point)).max_by_key(|h| h.mount_point.as_os_str().len())
 }
 
 /// Checks that `dir` is a readable directory on a cgroup filesystem.
 pub fn check_cgroup_dir(dir: &Path) -> Result<CgroupVersion, CgroupFsError> {
     match fs::metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(CgroupFsError::Missing(dir.to_path_buf()))
-        }
-        Err(source) => {
-            return Err(CgroupFsError::Unreadable {
-                path: dir.to_path_buf(),
-                source,
-            })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CgroupFsError::Missing(dir.to_path_buf())),
+        Err(source) => return Err(CgroupFsError::Unreadable { path: dir.to_path_buf(), source }),
         Ok(m) if !m.is_dir() => return Err(CgroupFsError::NotCgroupFs(dir.to_path_buf())),
         Ok(_) => {}
     }
-    let magic = filesystem_magic(dir).map_err(|source| CgroupFsError::Unreadable {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    fs::read_dir(dir).map_err(|source| CgroupFsError::Unreadable {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let magic =
+        filesystem_magic(dir).map_err(|source| CgroupFsError::Unreadable { path: dir.to_path_buf(), source })?;
+    fs::read_dir(dir).map_err(|source| CgroupFsError::Unreadable { path: dir.to_path_buf(), source })?;
     match magic {
         CGROUP_SUPER_MAGIC => Ok(CgroupVersion::V1),
         CGROUP2_SUPER_MAGIC => Ok(CgroupVersion::V2),
@@ -243,14 +198,9 @@ pub fn cgroup_dir_info(dir: &Path) -> std::io::Result<CgroupDirInfo> {
 
 /// The identity of a cgroup directory from metadata already read.
 pub fn info_from_metadata(meta: &fs::Metadata) -> CgroupDirInfo {
-    let ctime_ns = (meta.ctime().max(0) as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.ctime_nsec().max(0) as u64);
-    CgroupDirInfo {
-        cgroup_id: meta.ino(),
-        ctime_ns,
-        subdirs: meta.nlink().saturating_sub(2),
-    }
+    let ctime_ns =
+        (meta.ctime().max(0) as u64).saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec().max(0) as u64);
+    CgroupDirInfo { cgroup_id: meta.ino(), ctime_ns, subdirs: meta.nlink().saturating_sub(2) }
 }
 
 /// The path of `dir` relative to the hierarchy mounted at `mount_point`,
@@ -258,9 +208,5 @@ pub fn info_from_metadata(meta: &fs::Metadata) -> CgroupDirInfo {
 pub fn relative_path(mount_point: &Path, dir: &Path) -> Option<String> {
     let rel = dir.strip_prefix(mount_point).ok()?;
     let rel = rel.to_str()?;
-    Some(if rel.is_empty() {
-        "/".to_string()
-    } else {
-        format!("/{rel}")
-    })
+    Some(if rel.is_empty() { "/".to_string() } else { format!("/{rel}") })
 }

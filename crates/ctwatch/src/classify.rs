@@ -40,9 +40,7 @@ pub fn classify(path: &str, state: &dyn StateDirs) -> Option<Classification> {
     for index in (0..components.len()).rev() {
         let name = components[index];
         let parent = index.checked_sub(1).map(|p| components[p]);
-        let in_kubepods = components[..index]
-            .iter()
-            .any(|c| c.starts_with("kubepods"));
+        let in_kubepods = components[..index].iter().any(|c| c.starts_with("kubepods"));
         let found = match match_component(name, parent) {
             Match::Container(runtime, id) => Some((runtime, id.to_string())),
             Match::NotContainer => None,
@@ -55,9 +53,7 @@ pub fn classify(path: &str, state: &dyn StateDirs) -> Option<Classification> {
                     None => None,
                 }
             }
-            Match::Ambiguous { hex_id } => {
-                (hex_id && in_kubepods).then(|| (Runtime::Unknown, name.to_string()))
-            }
+            Match::Ambiguous { hex_id } => (hex_id && in_kubepods).then(|| (Runtime::Unknown, name.to_string())),
         };
         if let Some((runtime, container_id)) = found {
             return Some(Classification {
@@ -100,11 +96,7 @@ fn match_component<'a>(name: &'a str, parent: Option<&str>) -> Match<'a> {
             "libpod" => Runtime::Podman,
             _ => return Match::NotContainer,
         };
-        return if is_hex_id(id) {
-            Match::Container(runtime, id)
-        } else {
-            Match::NotContainer
-        };
+        return if is_hex_id(id) { Match::Container(runtime, id) } else { Match::NotContainer };
     }
     if is_hex_id(name) {
         return match parent {
@@ -135,11 +127,7 @@ fn match_prefixed(stem: &str) -> Match<'_> {
     for (prefix, runtime) in PREFIXES {
         if let Some(id) = stem.strip_prefix(prefix) {
             // `crio-conmon-<id>` and `libpod-conmon-<id>` hold the monitor, not the container.
-            return if is_hex_id(id) {
-                Match::Container(runtime, id)
-            } else {
-                Match::NotContainer
-            };
+            return if is_hex_id(id) { Match::Container(runtime, id) } else { Match::NotContainer };
         }
     }
     Match::NotContainer
@@ -157,9 +145,7 @@ fn is_plain_name(name: &str) -> bool {
         && name != "."
         && name != ".."
         && !name.contains('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A full container ID: 64 lowercase hex digits.
@@ -170,11 +156,10 @@ pub fn is_hex_id(s: &str) -> bool {
 /// A Garden (Cloud Foundry) container ID: five groups of 8-4-4-4-4 hex digits.
 fn is_garden_id(s: &str) -> bool {
     let mut groups = s.split('-');
-    [8, 4, 4, 4, 4].iter().all(|&len| {
-        groups
-            .next()
-            .is_some_and(|g| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
-    }) && groups.next().is_none()
+    [8, 4, 4, 4, 4]
+        .iter()
+        .all(|&len| groups.next().is_some_and(|g| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit())))
+        && groups.next().is_none()
 }
 
 /// The pod UID in a pod cgroup's name: `pod<uid>` (cgroupfs driver) or
@@ -190,17 +175,15 @@ fn pod_uid_of(component: &str) -> Option<String> {
         component.strip_prefix("pod")?
     };
     let uid = raw.replace('_', "-");
-    (is_uuid(&uid) || (uid.len() == 32 && uid.bytes().all(|b| b.is_ascii_hexdigit())))
-        .then_some(uid)
+    (is_uuid(&uid) || (uid.len() == 32 && uid.bytes().all(|b| b.is_ascii_hexdigit()))).then_some(uid)
 }
 
 fn is_uuid(s: &str) -> bool {
     let mut groups = s.split('-');
-    [8, 4, 4, 4, 12].iter().all(|&len| {
-        groups
-            .next()
-            .is_some_and(|g| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
-    }) && groups.next().is_none()
+    [8, 4, 4, 4, 12]
+        .iter()
+        .all(|&len| groups.next().is_some_and(|g| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit())))
+        && groups.next().is_none()
 }
 
 fn join_path(components: &[&str]) -> String {

@@ -51,11 +51,7 @@ impl HostStateDirs {
     pub fn under(root: &Path) -> Self {
         let d = HostStateDirs::default();
         let rebase = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
-        HostStateDirs {
-            docker: rebase(&d.docker),
-            containerd: rebase(&d.containerd),
-            runc: rebase(&d.runc),
-        }
+        HostStateDirs { docker: rebase(&d.docker), containerd: rebase(&d.containerd), runc: rebase(&d.runc) }
     }
 
     /// The containerd namespace that holds container `name`, if any.
@@ -66,13 +62,10 @@ impl HostStateDirs {
             }
         }
         // A container with a custom cgroup parent: look in every namespace.
-        std::fs::read_dir(&self.containerd)
-            .ok()?
-            .flatten()
-            .find_map(|entry| {
-                let ns = entry.file_name().into_string().ok()?;
-                entry.path().join(name).is_dir().then_some(ns)
-            })
+        std::fs::read_dir(&self.containerd).ok()?.flatten().find_map(|entry| {
+            let ns = entry.file_name().into_string().ok()?;
+            entry.path().join(name).is_dir().then_some(ns)
+        })
     }
 }
 

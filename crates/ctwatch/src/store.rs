@@ -61,11 +61,7 @@ impl Store {
     pub fn live_cgroups(&self) -> impl Iterator<Item = (&str, u64, &CgroupMembership)> {
         self.live_paths.iter().filter_map(|(path, key)| {
             let entry = self.cgroups.get(key)?;
-            Some((
-                &**path,
-                if *key >= UNREAD_ID_BASE { 0 } else { *key },
-                &entry.membership,
-            ))
+            Some((&**path, if *key >= UNREAD_ID_BASE { 0 } else { *key }, &entry.membership))
         })
     }
 }
@@ -154,10 +150,7 @@ impl Store {
             (None, _) => Err(LookupError::NotFound(prefix.to_string())),
             (Some(_), Some(_)) => {
                 let count = 2 + matches.count();
-                Err(LookupError::Ambiguous {
-                    prefix: prefix.to_string(),
-                    count,
-                })
+                Err(LookupError::Ambiguous { prefix: prefix.to_string(), count })
             }
         }
     }
@@ -180,10 +173,7 @@ impl Store {
     pub fn cgroup_at(&self, path: &str) -> Option<(&CgroupMembership, u64)> {
         let key = *self.live_paths.get(path)?;
         let entry = self.cgroups.get(&key)?;
-        Some((
-            &entry.membership,
-            if key >= UNREAD_ID_BASE { 0 } else { key },
-        ))
+        Some((&entry.membership, if key >= UNREAD_ID_BASE { 0 } else { key }))
     }
 
     /// The container whose cgroup is the nearest live ancestor of `path`.
@@ -232,13 +222,8 @@ impl Store {
         let root = (container.cgroup_id, container.cgroup_path.clone());
         let container = Arc::new(container);
         self.next_incarnation += 1;
-        self.containers.insert(
-            id.clone(),
-            ContainerEntry {
-                container: container.clone(),
-                incarnation: self.next_incarnation,
-            },
-        );
+        self.containers
+            .insert(id.clone(), ContainerEntry { container: container.clone(), incarnation: self.next_incarnation });
         self.insert_cgroup(root.0, &root.1, &id, true);
         container
     }
@@ -259,18 +244,8 @@ impl Store {
         };
         let path: Arc<str> = Arc::from(path);
         self.live_paths.insert(path.clone(), key);
-        let membership = CgroupMembership {
-            container_id,
-            path,
-            is_root,
-        };
-        self.cgroups.insert(
-            key,
-            CgroupEntry {
-                membership,
-                removed: false,
-            },
-        );
+        let membership = CgroupMembership { container_id, path, is_root };
+        self.cgroups.insert(key, CgroupEntry { membership, removed: false });
     }
 
     /// Replaces a container's record, keeping its place (used by enrichment).
@@ -282,44 +257,28 @@ impl Store {
 
     /// Marks the live cgroup at `path` removed. Returns what it was and,
     /// when it was a container's root, the container (now marked removed).
-    pub fn remove_cgroup(
-        &mut self,
-        path: &str,
-        now: Instant,
-    ) -> Option<(RemovedCgroup, Option<Arc<Container>>)> {
+    pub fn remove_cgroup(&mut self, path: &str, now: Instant) -> Option<(RemovedCgroup, Option<Arc<Container>>)> {
         let key = self.live_paths.remove(path)?;
         let entry = self.cgroups.get_mut(&key)?;
         entry.removed = true;
         let membership = entry.membership.clone();
-        self.expiring
-            .push_back((now + self.grace, Expiring::Cgroup(key)));
+        self.expiring.push_back((now + self.grace, Expiring::Cgroup(key)));
         let cgroup_id = if key >= UNREAD_ID_BASE { 0 } else { key };
-        let removed = RemovedCgroup {
-            membership,
-            cgroup_id,
-        };
+        let removed = RemovedCgroup { membership, cgroup_id };
         if !removed.membership.is_root {
             return Some((removed, None));
         }
         let Some(entry) = self.containers.get_mut(&removed.membership.container_id) else {
             return Some((removed, None));
         };
-        if entry.container.cgroup_path.as_str() != path
-            || entry.container.state == ContainerState::Removed
-        {
+        if entry.container.cgroup_path.as_str() != path || entry.container.state == ContainerState::Removed {
             return Some((removed, None));
         }
         let mut container = (*entry.container).clone();
         container.state = ContainerState::Removed;
         entry.container = Arc::new(container);
         let id = removed.membership.container_id.clone();
-        self.expiring.push_back((
-            now + self.grace,
-            Expiring::Container {
-                id,
-                incarnation: entry.incarnation,
-            },
-        ));
+        self.expiring.push_back((now + self.grace, Expiring::Container { id, incarnation: entry.incarnation }));
         let container = entry.container.clone();
         Some((removed, Some(container)))
     }
@@ -340,9 +299,11 @@ impl Store {
                     }
                 }
                 Expiring::Container { id, incarnation } => {
-                    if self.containers.get(&id).is_some_and(|e| {
-                        e.incarnation == incarnation && e.container.state == ContainerState::Removed
-                    }) {
+                    if self
+                        .containers
+                        .get(&id)
+                        .is_some_and(|e| e.incarnation == incarnation && e.container.state == ContainerState::Removed)
+                    {
                         self.containers.remove(&id);
                         forgotten += 1;
                     }

@@ -58,11 +58,7 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker over `store`, confirming ambiguous names with `state_dirs`.
     pub fn new(store: SharedStore, state_dirs: Box<dyn StateDirs>) -> Self {
-        Tracker {
-            store,
-            state_dirs,
-            observers: Vec::new(),
-        }
+        Tracker { store, state_dirs, observers: Vec::new() }
     }
 
     /// Adds an observer of container cgroups; it is first told of those already known.
@@ -88,12 +84,8 @@ impl Tracker {
         let store = self.store.clone();
         let mut store = store.write();
         store.expire(now);
-        let mut ctx = Ctx {
-            store: &mut store,
-            observers: &mut self.observers,
-            state_dirs: self.state_dirs.as_ref(),
-            out,
-        };
+        let mut ctx =
+            Ctx { store: &mut store, observers: &mut self.observers, state_dirs: self.state_dirs.as_ref(), out };
         for event in events {
             match event.change {
                 CgroupChange::Mkdir => ctx.on_mkdir(event),
@@ -106,19 +98,12 @@ impl Tracker {
     /// `Mkdir`s). Containers whose cgroups are gone are removed, new ones are
     /// created, and nothing known and still present is reported again.
     pub fn reconcile(&mut self, present: &[CgroupEvent], out: &mut Vec<ContainerEvent>) {
-        let by_path: HashMap<&str, u64> = present
-            .iter()
-            .map(|e| (e.path.as_str(), e.cgroup_id))
-            .collect();
+        let by_path: HashMap<&str, u64> = present.iter().map(|e| (e.path.as_str(), e.cgroup_id)).collect();
         let gone: Vec<CgroupEvent> = {
             let store = self.store.read();
             let mut gone: Vec<(String, u64)> = store
                 .live_cgroups()
-                .filter(|(path, id, _)| {
-                    by_path
-                        .get(path)
-                        .is_none_or(|now_id| *id != 0 && now_id != id)
-                })
+                .filter(|(path, id, _)| by_path.get(path).is_none_or(|now_id| *id != 0 && now_id != id))
                 .map(|(path, id, _)| (path.to_string(), id))
                 .collect();
             // Deepest first, as the kernel removes them.
@@ -136,10 +121,7 @@ impl Tracker {
                 .collect()
         };
         if !gone.is_empty() {
-            debug!(
-                count = gone.len(),
-                "resync: cgroups gone while events were lost"
-            );
+            debug!(count = gone.len(), "resync: cgroups gone while events were lost");
         }
         self.apply(&gone, out);
         self.apply(present, out);
@@ -181,43 +163,20 @@ impl Ctx<'_> {
                 return; // reported twice
             }
             // A new directory under a known name: the old one's rmdir was missed.
-            let stale = CgroupEvent {
-                change: CgroupChange::Rmdir,
-                cgroup_id: known_id,
-                ..event.clone()
-            };
+            let stale = CgroupEvent { change: CgroupChange::Rmdir, cgroup_id: known_id, ..event.clone() };
             self.on_rmdir(&stale, Instant::now());
         }
-        if self
-            .store
-            .cgroup(event.cgroup_id)
-            .is_some_and(|m| *m.path == *event.path)
-        {
+        if self.store.cgroup(event.cgroup_id).is_some_and(|m| *m.path == *event.path) {
             return;
         }
         match classify(&event.path, self.state_dirs) {
             Some(c) if c.is_root => self.add_root(event, c),
             Some(c) => {
-                if self
-                    .store
-                    .get(&c.container_id)
-                    .is_none_or(|k| k.state == ContainerState::Removed)
-                {
+                if self.store.get(&c.container_id).is_none_or(|k| k.state == ContainerState::Removed) {
                     // Its root was never reported (lost, or outside the watched tree):
                     // announce the container from what the sub-cgroup's path says.
-                    let root = CgroupEvent {
-                        cgroup_id: 0,
-                        path: c.root_path.clone(),
-                        ctime_ns: 0,
-                        ..event.clone()
-                    };
-                    self.add_root(
-                        &root,
-                        Classification {
-                            is_root: true,
-                            ..c.clone()
-                        },
-                    );
+                    let root = CgroupEvent { cgroup_id: 0, path: c.root_path.clone(), ctime_ns: 0, ..event.clone() };
+                    self.add_root(&root, Classification { is_root: true, ..c.clone() });
                 }
                 self.add_sub(event, &c.container_id);
             }
@@ -231,8 +190,7 @@ impl Ctx<'_> {
     }
 
     fn add_sub(&mut self, event: &CgroupEvent, container_id: &str) {
-        self.store
-            .insert_cgroup(event.cgroup_id, &event.path, container_id, false);
+        self.store.insert_cgroup(event.cgroup_id, &event.path, container_id, false);
         if let Some(c) = self.store.get(container_id) {
             for o in self.observers.iter_mut() {
                 o.cgroup_added(event.cgroup_id, &event.path, c, false);
@@ -263,10 +221,7 @@ impl Ctx<'_> {
             image: String::new(),
             image_digest: String::new(),
             name: String::new(),
-            pod: PodInfo {
-                uid: c.pod_uid.unwrap_or_default(),
-                ..PodInfo::default()
-            },
+            pod: PodInfo { uid: c.pod_uid.unwrap_or_default(), ..PodInfo::default() },
             state,
         });
         for o in self.observers.iter_mut() {

@@ -71,30 +71,19 @@ fn positives() -> Vec<(String, Runtime, String, bool, Option<&'static str>)> {
         ("/system.slice/garden.service/garden/abcdef01-2345-6789-abcd-ef01/sub".into(), Runtime::Garden, "abcdef01-2345-6789-abcd-ef01".into(), false, None),
     ];
     // Under a test-owned or custom parent the same names are recognised.
-    v.push((
-        format!("/ctwatch-test-1/docker/{ID}"),
-        Runtime::Docker,
-        ID.into(),
-        true,
-        None,
-    ));
+    v.push((format!("/ctwatch-test-1/docker/{ID}"), Runtime::Docker, ID.into(), true, None));
     v
 }
 
 #[test]
 fn recognises_every_runtime_layout() {
     for (path, runtime, id, is_root, pod_uid) in positives() {
-        let c =
-            classify(&path, &PathOnly).unwrap_or_else(|| panic!("{path} should be a container"));
+        let c = classify(&path, &PathOnly).unwrap_or_else(|| panic!("{path} should be a container"));
         assert_eq!(c.runtime, runtime, "runtime of {path}");
         assert_eq!(c.container_id, id, "id of {path}");
         assert_eq!(c.is_root, is_root, "root flag of {path}");
         assert_eq!(c.pod_uid.as_deref(), pod_uid, "pod uid of {path}");
-        assert!(
-            path.starts_with(&c.root_path),
-            "root {} of {path}",
-            c.root_path
-        );
+        assert!(path.starts_with(&c.root_path), "root {} of {path}", c.root_path);
         if is_root {
             assert_eq!(c.root_path, path.trim_end_matches('/'));
         }
@@ -122,7 +111,9 @@ fn ordinary_cgroups_are_not_containers() {
         format!("/kubepods/besteffort/pod{POD}"),
         format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_US}.slice"),
         // The runtimes' helpers are not containers.
-        format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_US}.slice/crio-conmon-{ID}.scope"),
+        format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_US}.slice/crio-conmon-{ID}.scope"
+        ),
         format!("/machine.slice/libpod-conmon-{ID}.scope"),
         "/libpod_parent/conmon".to_string(),
         // A bare ID with nothing to confirm it.
@@ -137,11 +128,7 @@ fn ordinary_cgroups_are_not_containers() {
         "/default/mycontainer".into(),
     ];
     for path in negatives {
-        assert_eq!(
-            classify(&path, &PathOnly),
-            None,
-            "{path:?} is not a container"
-        );
+        assert_eq!(classify(&path, &PathOnly), None, "{path:?} is not a container");
     }
 }
 
@@ -155,16 +142,10 @@ fn state_dirs_confirm_ambiguous_names() {
     fs::create_dir_all(dirs.docker.join(ID2)).unwrap();
 
     let c = classify("/myrunc", &dirs).expect("runc container");
-    assert_eq!(
-        (c.runtime, c.container_id.as_str(), c.is_root),
-        (Runtime::Runc, "myrunc", true)
-    );
+    assert_eq!((c.runtime, c.container_id.as_str(), c.is_root), (Runtime::Runc, "myrunc", true));
 
     let c = classify("/default/ctr-1", &dirs).expect("ctr container");
-    assert_eq!(
-        (c.runtime, c.container_id.as_str()),
-        (Runtime::Containerd, "ctr-1")
-    );
+    assert_eq!((c.runtime, c.container_id.as_str()), (Runtime::Containerd, "ctr-1"));
 
     // A custom cgroup parent: the namespace is found by looking in each.
     let c = classify("/custom/parent/ctr-1", &dirs).expect("ctr container, custom parent");
@@ -176,10 +157,7 @@ fn state_dirs_confirm_ambiguous_names() {
 
     // Inside a pod, the state dir tells the runtime the path does not.
     let c = classify(&format!("/kubepods/besteffort/pod{POD}/{ID}"), &dirs).expect("pod container");
-    assert_eq!(
-        (c.runtime, c.pod_uid.as_deref()),
-        (Runtime::Containerd, Some(POD))
-    );
+    assert_eq!((c.runtime, c.pod_uid.as_deref()), (Runtime::Containerd, Some(POD)));
 
     // Docker with --cgroup-parent.
     let c = classify(&format!("/my-parent/{ID2}"), &dirs).expect("docker container, custom parent");

@@ -27,15 +27,10 @@ impl Drop for Cleanup {
 
 #[test]
 fn root_and_sub_cgroups_are_recorded_with_their_kernel_ids() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "run as root (scripts/test.sh)"
-    );
+    assert!(nix::unistd::geteuid().is_root(), "run as root (scripts/test.sh)");
     let hierarchies = cgroupfs::mounted_hierarchies().unwrap();
     let h = cgroupfs::default_hierarchy(&hierarchies).unwrap().clone();
-    let parent = h
-        .mount_point
-        .join(format!("ctwatch-lib-test-{}", std::process::id()));
+    let parent = h.mount_point.join(format!("ctwatch-lib-test-{}", std::process::id()));
     fs::create_dir(&parent).unwrap();
     let mut cleanup = Cleanup(vec![parent.clone()]);
 
@@ -56,10 +51,7 @@ fn root_and_sub_cgroups_are_recorded_with_their_kernel_ids() {
         fs::create_dir(d).unwrap();
         cleanup.0.push(d.clone());
     }
-    let (root_id, sub_id) = (
-        fs::metadata(&root).unwrap().ino(),
-        fs::metadata(&sub).unwrap().ino(),
-    );
+    let (root_id, sub_id) = (fs::metadata(&root).unwrap().ino(), fs::metadata(&sub).unwrap().ino());
 
     let store = SharedStore::new(Store::default());
     let mut tracker = Tracker::new(store.clone(), Box::new(PathOnly));
@@ -81,8 +73,5 @@ fn root_and_sub_cgroups_are_recorded_with_their_kernel_ids() {
     let rel = cgroupfs::relative_path(&h.mount_point, &root).unwrap();
     assert_eq!(s.get(ID).unwrap().cgroup_path, rel);
     assert_eq!(events.len(), 1);
-    assert_eq!(
-        (events[0].kind, events[0].cgroup_id),
-        (EventKind::ContainerCreate, root_id)
-    );
+    assert_eq!((events[0].kind, events[0].cgroup_id), (EventKind::ContainerCreate, root_id));
 }

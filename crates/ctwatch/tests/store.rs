@@ -45,22 +45,9 @@ fn lookups_by_id_prefix_and_cgroup_id() {
     assert_eq!(s.get(A).unwrap().cgroup_id, 10);
     assert_eq!(s.get_by_prefix("aaaa").unwrap().id, A);
     assert_eq!(s.get_by_prefix(B).unwrap().id, B);
-    assert_eq!(
-        s.get_by_prefix("aaa"),
-        Err(LookupError::Ambiguous {
-            prefix: "aaa".into(),
-            count: 2
-        })
-    );
-    assert_eq!(
-        s.get_by_prefix("ff"),
-        Err(LookupError::NotFound("ff".into()))
-    );
-    assert_eq!(
-        s.get_by_cgroup_id(11).unwrap().id,
-        A,
-        "a sub-cgroup resolves to its container"
-    );
+    assert_eq!(s.get_by_prefix("aaa"), Err(LookupError::Ambiguous { prefix: "aaa".into(), count: 2 }));
+    assert_eq!(s.get_by_prefix("ff"), Err(LookupError::NotFound("ff".into())));
+    assert_eq!(s.get_by_cgroup_id(11).unwrap().id, A, "a sub-cgroup resolves to its container");
     let sub = s.cgroup(11).unwrap();
     assert!(!sub.is_root);
     assert!(s.cgroup(10).unwrap().is_root);
@@ -75,19 +62,10 @@ fn removed_containers_stay_readable_for_the_grace_period() {
     let mut out = Vec::new();
     let root = format!("/docker/{A}");
     t.apply(
-        &[
-            ev(CgroupChange::Mkdir, 10, &root, 100),
-            ev(CgroupChange::Mkdir, 11, &format!("{root}/sub"), 200),
-        ],
+        &[ev(CgroupChange::Mkdir, 10, &root, 100), ev(CgroupChange::Mkdir, 11, &format!("{root}/sub"), 200)],
         &mut out,
     );
-    t.apply(
-        &[
-            ev(CgroupChange::Rmdir, 11, &format!("{root}/sub"), 0),
-            ev(CgroupChange::Rmdir, 10, &root, 0),
-        ],
-        &mut out,
-    );
+    t.apply(&[ev(CgroupChange::Rmdir, 11, &format!("{root}/sub"), 0), ev(CgroupChange::Rmdir, 10, &root, 0)], &mut out);
     assert_eq!(
         out.iter().map(|e| e.kind).collect::<Vec<_>>(),
         [EventKind::ContainerCreate, EventKind::ContainerRemove]
@@ -96,23 +74,13 @@ fn removed_containers_stay_readable_for_the_grace_period() {
         let s = store.read();
         let c = s.get(A).expect("still readable within grace");
         assert_eq!(c.state, ContainerState::Removed);
-        assert_eq!(
-            s.get_by_cgroup_id(10).unwrap().id,
-            A,
-            "late lookup by cgroup ID resolves"
-        );
-        assert_eq!(
-            s.get_by_cgroup_id(11).unwrap().id,
-            A,
-            "and by a removed sub-cgroup's ID"
-        );
+        assert_eq!(s.get_by_cgroup_id(10).unwrap().id, A, "late lookup by cgroup ID resolves");
+        assert_eq!(s.get_by_cgroup_id(11).unwrap().id, A, "and by a removed sub-cgroup's ID");
     }
     sleep(grace + Duration::from_millis(50));
     assert_eq!(t.expire(), 1);
     let s = store.read();
-    assert!(
-        s.get(A).is_none() && s.get_by_cgroup_id(10).is_none() && s.get_by_cgroup_id(11).is_none()
-    );
+    assert!(s.get(A).is_none() && s.get_by_cgroup_id(10).is_none() && s.get_by_cgroup_id(11).is_none());
     assert_eq!(s.cgroup_count(), 0);
 }
 
@@ -124,10 +92,7 @@ fn sub_cgroup_churn_keeps_the_container_and_its_earliest_ctime() {
     t.apply(&[ev(CgroupChange::Mkdir, 10, &root, 100)], &mut out);
     for i in 0..100u64 {
         let sub = format!("{root}/s{}", i % 3);
-        t.apply(
-            &[ev(CgroupChange::Mkdir, 1000 + i, &sub, 500 + i)],
-            &mut out,
-        );
+        t.apply(&[ev(CgroupChange::Mkdir, 1000 + i, &sub, 500 + i)], &mut out);
         t.apply(&[ev(CgroupChange::Rmdir, 1000 + i, &sub, 0)], &mut out);
     }
     sleep(Duration::from_millis(20));
@@ -137,17 +102,9 @@ fn sub_cgroup_churn_keeps_the_container_and_its_earliest_ctime() {
     let c = s.get(A).unwrap();
     assert_eq!(
         (c.ctime_ns, c.state, c.pod.uid.as_str()),
-        (
-            100,
-            ContainerState::Created,
-            "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
-        )
+        (100, ContainerState::Created, "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")
     );
-    assert_eq!(
-        s.cgroup_count(),
-        1,
-        "expired sub-cgroups are forgotten, the root is kept"
-    );
+    assert_eq!(s.cgroup_count(), 1, "expired sub-cgroups are forgotten, the root is kept");
 }
 
 #[test]
@@ -157,28 +114,10 @@ fn duplicates_are_dropped_and_reused_ids_pair_up() {
     let root = format!("/docker/{A}");
     let mkdir = ev(CgroupChange::Mkdir, 10, &root, 100);
     t.apply(&[mkdir.clone(), mkdir.clone()], &mut out);
-    t.apply(
-        &[CgroupEvent {
-            origin: Origin::Existing,
-            ..mkdir
-        }],
-        &mut out,
-    );
-    t.apply(
-        &[
-            ev(CgroupChange::Rmdir, 10, &root, 0),
-            ev(CgroupChange::Rmdir, 10, &root, 0),
-        ],
-        &mut out,
-    );
+    t.apply(&[CgroupEvent { origin: Origin::Existing, ..mkdir }], &mut out);
+    t.apply(&[ev(CgroupChange::Rmdir, 10, &root, 0), ev(CgroupChange::Rmdir, 10, &root, 0)], &mut out);
     // The same container ID again (runc run with a reused name), within grace.
-    t.apply(
-        &[
-            ev(CgroupChange::Mkdir, 30, &root, 900),
-            ev(CgroupChange::Rmdir, 30, &root, 0),
-        ],
-        &mut out,
-    );
+    t.apply(&[ev(CgroupChange::Mkdir, 30, &root, 900), ev(CgroupChange::Rmdir, 30, &root, 0)], &mut out);
     let kinds: Vec<_> = out.iter().map(|e| (e.kind, e.cgroup_id)).collect();
     assert_eq!(
         kinds,
@@ -196,21 +135,11 @@ fn a_missed_rmdir_is_inferred_from_a_new_directory_at_the_same_path() {
     let (mut t, _store) = tracker(Duration::from_secs(5));
     let mut out = Vec::new();
     let root = format!("/docker/{A}");
-    t.apply(
-        &[
-            ev(CgroupChange::Mkdir, 10, &root, 100),
-            ev(CgroupChange::Mkdir, 11, &root, 200),
-        ],
-        &mut out,
-    );
+    t.apply(&[ev(CgroupChange::Mkdir, 10, &root, 100), ev(CgroupChange::Mkdir, 11, &root, 200)], &mut out);
     let kinds: Vec<_> = out.iter().map(|e| (e.kind, e.cgroup_id)).collect();
     assert_eq!(
         kinds,
-        [
-            (EventKind::ContainerCreate, 10),
-            (EventKind::ContainerRemove, 10),
-            (EventKind::ContainerCreate, 11)
-        ]
+        [(EventKind::ContainerCreate, 10), (EventKind::ContainerRemove, 10), (EventKind::ContainerCreate, 11)]
     );
 }
 
@@ -218,15 +147,7 @@ fn a_missed_rmdir_is_inferred_from_a_new_directory_at_the_same_path() {
 fn a_sub_cgroup_whose_root_was_missed_still_announces_its_container() {
     let (mut t, store) = tracker(Duration::from_secs(5));
     let mut out = Vec::new();
-    t.apply(
-        &[ev(
-            CgroupChange::Mkdir,
-            11,
-            &format!("/docker/{A}/init"),
-            200,
-        )],
-        &mut out,
-    );
+    t.apply(&[ev(CgroupChange::Mkdir, 11, &format!("/docker/{A}/init"), 200)], &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].container.id, A);
     assert!(!store.read().cgroup(11).unwrap().is_root);
@@ -237,13 +158,7 @@ fn a_cgroup_that_vanished_before_it_was_read_still_pairs() {
     let (mut t, store) = tracker(Duration::from_secs(5));
     let mut out = Vec::new();
     let root = format!("/docker/{A}");
-    t.apply(
-        &[
-            ev(CgroupChange::Mkdir, 0, &root, 0),
-            ev(CgroupChange::Rmdir, 0, &root, 0),
-        ],
-        &mut out,
-    );
+    t.apply(&[ev(CgroupChange::Mkdir, 0, &root, 0), ev(CgroupChange::Rmdir, 0, &root, 0)], &mut out);
     assert_eq!(
         out.iter().map(|e| e.kind).collect::<Vec<_>>(),
         [EventKind::ContainerCreate, EventKind::ContainerRemove]

@@ -19,10 +19,7 @@ pub fn run(args: &LsArgs) -> Result<()> {
     let store = SharedStore::new(Store::default());
     let mut tracker = Tracker::new(store.clone(), Box::new(host::state_dirs(&args.cgroups)));
     let mut found = Vec::new();
-    tracker.apply(
-        &scan::scan(&tree.hierarchy.mount_point, &tree.start, Origin::Existing),
-        &mut found,
-    );
+    tracker.apply(&scan::scan(&tree.hierarchy.mount_point, &tree.start, Origin::Existing), &mut found);
 
     let (results_tx, results) = crossbeam_channel::unbounded();
     if let Some(enrichment) = host::start_enrichment(&args.enrich, &args.cgroups, results_tx)? {
@@ -34,9 +31,7 @@ pub fn run(args: &LsArgs) -> Result<()> {
             let Ok(result) = results.recv_deadline(deadline) else {
                 break;
             };
-            tracker.update_container(&result.container_id, result.cgroup_id, |c| {
-                result.metadata.apply_to(c)
-            });
+            tracker.update_container(&result.container_id, result.cgroup_id, |c| result.metadata.apply_to(c));
         }
     }
 
@@ -44,13 +39,7 @@ pub fn run(args: &LsArgs) -> Result<()> {
     let mut containers: Vec<_> = store.live().map(|c| c.as_ref()).collect();
     containers.sort_by_key(|c| std::cmp::Reverse(c.ctime_ns));
     let mut out = io::BufWriter::new(io::stdout().lock());
-    output::write_containers(
-        &mut out,
-        &containers,
-        args.format,
-        args.no_trunc,
-        args.quiet,
-    )?;
+    output::write_containers(&mut out, &containers, args.format, args.no_trunc, args.quiet)?;
     out.flush()?;
     Ok(())
 }

@@ -54,18 +54,12 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let enrichment = host::start_enrichment(&args.enrich, &args.cgroups, enriched_tx)?;
     let mut gate = Gate::new(args.enrich.enrich_deadline);
 
-    let mut writer = EventWriter::new(
-        io::BufWriter::new(io::stdout().lock()),
-        args.format,
-        args.no_trunc,
-    );
+    let mut writer = EventWriter::new(io::BufWriter::new(io::stdout().lock()), args.format, args.no_trunc);
     let mut events = Vec::new();
     let mut ready = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let wait = gate.next_due().map_or(IDLE_TICK, |due| {
-            due.saturating_duration_since(now).min(IDLE_TICK)
-        });
+        let wait = gate.next_due().map_or(IDLE_TICK, |due| due.saturating_duration_since(now).min(IDLE_TICK));
         crossbeam_channel::select! {
             recv(rx) -> message => {
                 let Ok(message) = message else { break };
@@ -146,18 +140,12 @@ fn mirror_hierarchy(tree: &WatchedTree) -> Option<(u32, PathBuf)> {
         return None;
     }
     let hierarchies = cgroupfs::mounted_hierarchies().ok()?;
-    hierarchies
-        .into_iter()
-        .find(|h| h.version == CgroupVersion::V2)
-        .map(|h| (h.hierarchy_id, h.mount_point))
+    hierarchies.into_iter().find(|h| h.version == CgroupVersion::V2).map(|h| (h.hierarchy_id, h.mount_point))
 }
 
 fn choose_source(args: &WatchArgs, tree: &WatchedTree, mirror: Option<u32>) -> Result<Source> {
     let inotify = || -> Result<Source> {
-        Ok(Source::Inotify(Box::new(InotifySource::new(
-            &tree.hierarchy.mount_point,
-            &tree.start,
-        )?)))
+        Ok(Source::Inotify(Box::new(InotifySource::new(&tree.hierarchy.mount_point, &tree.start)?)))
     };
     let config = EbpfConfig {
         tracked_hierarchy: tree.hierarchy.hierarchy_id,
@@ -192,12 +180,7 @@ fn open_containers_map(args: &WatchArgs, mirror_root: Option<PathBuf>) -> Option
     if args.no_pin {
         return None;
     }
-    match ContainersMap::open(
-        &args.pin_path,
-        args.map_max_entries,
-        args.keep_pinned,
-        mirror_root,
-    ) {
+    match ContainersMap::open(&args.pin_path, args.map_max_entries, args.keep_pinned, mirror_root) {
         Ok(map) => Some(map),
         Err(e) => {
             warn!("no pinned map of container cgroups: {e} (pass --no-pin to silence this)");

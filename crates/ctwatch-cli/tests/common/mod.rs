@@ -38,16 +38,11 @@ pub fn default_hierarchy() -> PathBuf {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.get(2) {
             Some(&"cgroup2") => v2 = v2.or(Some(PathBuf::from(f[1]))),
-            Some(&"cgroup") if f[3].split(',').any(|o| o == "cpuset") => {
-                v1 = Some(PathBuf::from(f[1]))
-            }
+            Some(&"cgroup") if f[3].split(',').any(|o| o == "cpuset") => v1 = Some(PathBuf::from(f[1])),
             _ => {}
         }
     }
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("cgroup"))
-    {
+    if mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup")) {
         v1.or(v2).expect("a cgroup hierarchy")
     } else {
         v2.expect("cgroup2")
@@ -69,11 +64,7 @@ pub fn all_hierarchies() -> Vec<PathBuf> {
 /// A unique name for this test's cgroups and containers.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "ctwatch-test-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("ctwatch-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A fresh 64-hex container ID.
@@ -102,9 +93,7 @@ pub struct CgroupTree {
 impl CgroupTree {
     /// An empty tree.
     pub fn new() -> Self {
-        CgroupTree {
-            created: Vec::new(),
-        }
+        CgroupTree { created: Vec::new() }
     }
 
     /// `mkdir -p` under `base`, recording each directory made.
@@ -180,8 +169,8 @@ impl Watch {
         let stdout = child.stdout.take().unwrap();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+                let value: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
                 if tx.send(value).is_err() {
                     break;
                 }
@@ -205,17 +194,9 @@ impl Watch {
         });
         if ready.recv_timeout(Duration::from_secs(30)).is_err() {
             let _ = child.kill();
-            panic!(
-                "ctwatch watch {all:?} did not finish its scan at start; log: {:#?}",
-                log.lock().unwrap()
-            );
+            panic!("ctwatch watch {all:?} did not finish its scan at start; log: {:#?}", log.lock().unwrap());
         }
-        Watch {
-            child,
-            events,
-            seen: Vec::new(),
-            log,
-        }
+        Watch { child, events, seen: Vec::new(), log }
     }
 
     /// True when some logged line contains `text`.
@@ -242,16 +223,10 @@ impl Watch {
         let deadline = Instant::now() + timeout;
         while !done(&self.seen) {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self
-                .events
-                .recv_timeout(left.min(Duration::from_millis(100)))
-            {
+            match self.events.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(v) => self.seen.push(v),
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-                Err(e) => panic!(
-                    "timed out waiting for {what} ({e:?}); events seen: {:#?}",
-                    self.seen
-                ),
+                Err(e) => panic!("timed out waiting for {what} ({e:?}); events seen: {:#?}", self.seen),
             }
         }
     }
@@ -259,20 +234,14 @@ impl Watch {
     /// Collects whatever arrives within `quiet` more time.
     pub fn drain_for(&mut self, quiet: Duration) {
         let deadline = Instant::now() + quiet;
-        while let Ok(v) = self
-            .events
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
+        while let Ok(v) = self.events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             self.seen.push(v);
         }
     }
 
     /// The events seen about one container ID.
     pub fn about(&self, container_id: &str) -> Vec<&Value> {
-        self.seen
-            .iter()
-            .filter(|e| e["args"]["container_id"] == container_id)
-            .collect()
+        self.seen.iter().filter(|e| e["args"]["container_id"] == container_id).collect()
     }
 }
 
@@ -323,9 +292,5 @@ pub fn run_detached(cmd: &str, args: &[&str]) {
 
 /// Runs a command and returns its raw output.
 pub fn output(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+    Command::new(cmd).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
 }

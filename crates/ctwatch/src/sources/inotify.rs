@@ -64,10 +64,8 @@ pub struct InotifySource {
     warned_watch_limit: bool,
 }
 
-const MASK: WatchMask = WatchMask::CREATE
-    .union(WatchMask::DELETE)
-    .union(WatchMask::ONLYDIR)
-    .union(WatchMask::DONT_FOLLOW);
+const MASK: WatchMask =
+    WatchMask::CREATE.union(WatchMask::DELETE).union(WatchMask::ONLYDIR).union(WatchMask::DONT_FOLLOW);
 
 impl InotifySource {
     /// Prepares a watch over `start`, a directory inside the hierarchy mounted at `mount_point`.
@@ -76,10 +74,7 @@ impl InotifySource {
         inotify
             .watches()
             .add(start, MASK)
-            .map_err(|source| InotifyError::Watch {
-                path: start.to_path_buf(),
-                source,
-            })?;
+            .map_err(|source| InotifyError::Watch { path: start.to_path_buf(), source })?;
         Ok(InotifySource {
             inotify,
             mount_point: mount_point.to_path_buf(),
@@ -101,9 +96,7 @@ impl InotifySource {
     pub fn run(mut self, tx: Sender<SourceMessage>, stop: Arc<AtomicBool>) -> io::Result<()> {
         let mut batch = Vec::new();
         self.discover(&self.start.clone(), Origin::Existing, &mut batch);
-        if tx.send(SourceMessage::Events(batch)).is_err()
-            || tx.send(SourceMessage::ScanComplete).is_err()
-        {
+        if tx.send(SourceMessage::Events(batch)).is_err() || tx.send(SourceMessage::ScanComplete).is_err() {
             return Ok(());
         }
         let mut buffer = vec![0u8; 256 * 1024];
@@ -117,11 +110,7 @@ impl InotifySource {
             match self.inotify.read_events(&mut buffer) {
                 Ok(events) => {
                     for e in events {
-                        raw.push((
-                            e.wd,
-                            e.mask,
-                            e.name.and_then(OsStr::to_str).map(str::to_string),
-                        ));
+                        raw.push((e.wd, e.mask, e.name.and_then(OsStr::to_str).map(str::to_string)));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

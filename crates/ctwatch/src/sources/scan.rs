@@ -32,22 +32,15 @@ pub fn walk(mount_point: &Path, start: &Path, mut visit: impl FnMut(&VisitedDir<
         let Some(rel) = cgroupfs::relative_path(mount_point, &dir) else {
             continue;
         };
-        visit(&VisitedDir {
-            abs: &dir,
-            rel: &rel,
-            info,
-        });
+        visit(&VisitedDir { abs: &dir, rel: &rel, info });
         if info.subdirs == 0 {
             continue;
         }
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
-        let mut children: Vec<PathBuf> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect();
+        let mut children: Vec<PathBuf> =
+            entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect();
         // Pop in name order: parents before children, siblings sorted.
         children.sort_unstable_by(|a, b| b.cmp(a));
         stack.extend(children);
