@@ -20,6 +20,13 @@ use crate::metadata::Metadata;
 use crate::oci_state::OciState;
 use crate::EnrichError;
 
+/// First wait before asking a daemon that did not answer again.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest wait between two asks.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How long to keep asking about one container.
+const RETRY_FOR: Duration = Duration::from_secs(300);
+
 /// Where Docker's API usually answers.
 pub const DEFAULT_DOCKER_SOCKETS: &[&str] = &["/var/run/docker.sock"];
 /// Where containerd usually answers (plain, k3s, microk8s); its CRI plugin answers there too.
@@ -176,8 +183,19 @@ impl Enrichment {
         let in_pod = !container.pod.uid.is_empty();
         let namespace = containerd_namespace(&container.cgroup_path, &container.id);
         self.runtime.spawn(async move {
-            let result = enrich_one(&shared, id, runtime, cgroup_id, namespace, in_pod).await;
-            let _ = shared.results.send(result);
+            // A daemon that did not answer is asked again, with backoff, so the
+            // containers created while it was down are enriched once it is back.
+            let mut backoff = RETRY_FIRST;
+            let give_up = tokio::time::Instant::now() + RETRY_FOR;
+            loop {
+                let result = enrich_one(&shared, id.clone(), runtime, cgroup_id, namespace.clone(), in_pod).await;
+                let complete = result.complete;
+                if shared.results.send(result).is_err() || complete || tokio::time::Instant::now() >= give_up {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
         });
     }
 }

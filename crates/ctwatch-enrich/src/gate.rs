@@ -37,6 +37,10 @@ impl Gate {
                 self.held.insert(id, Held { event, due: now + self.deadline });
                 true
             }
+            EventKind::ContainerUpdate => {
+                out.push(event);
+                false
+            }
             EventKind::ContainerRemove => {
                 if let Some(held) = self.held.remove(&id) {
                     out.push(released(held.event, None, false));
@@ -48,7 +52,8 @@ impl Gate {
     }
 
     /// Enrichment answered for the container `id` whose root cgroup is
-    /// `cgroup_id`: release its create with the updated record.
+    /// `cgroup_id`: release its create with the updated record. Returns false
+    /// when no create was held for it (it went out at the deadline already).
     pub fn resolve(
         &mut self,
         id: &str,
@@ -56,11 +61,13 @@ impl Gate {
         updated: Option<Arc<Container>>,
         complete: bool,
         out: &mut Vec<ContainerEvent>,
-    ) {
+    ) -> bool {
         if self.held.get(id).is_some_and(|h| h.event.cgroup_id == cgroup_id) {
             let held = self.held.remove(id).expect("present");
             out.push(released(held.event, updated, complete));
+            return true;
         }
+        false
     }
 
     /// Releases the creates whose deadline has passed, unenriched.

@@ -18,6 +18,9 @@ pub enum EventKind {
     ContainerRemove,
     /// A container that was already running when ctwatch started.
     ExistingContainer,
+    /// What is known about a container changed after its create went out
+    /// (a runtime that was down answered later). Same arguments as a create.
+    ContainerUpdate,
 }
 
 impl EventKind {
@@ -27,6 +30,7 @@ impl EventKind {
             EventKind::ContainerCreate => "container_create",
             EventKind::ContainerRemove => "container_remove",
             EventKind::ExistingContainer => "existing_container",
+            EventKind::ContainerUpdate => "container_update",
         }
     }
 }

@@ -14,7 +14,7 @@ use ctwatch::sources::inotify::InotifySource;
 use ctwatch::sources::SourceMessage;
 use ctwatch::{ContainerEvent, EventKind, SharedStore, Store, Tracker};
 use ctwatch_ebpf::{ContainersMap, EbpfConfig, EbpfSource};
-use ctwatch_enrich::{Enrichment, Gate};
+use ctwatch_enrich::{EnrichResult, Enrichment, Gate};
 use tracing::{info, warn};
 
 use crate::cli::{SourceKind, WatchArgs};
@@ -85,8 +85,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
             },
             recv(enriched_rx) -> result => {
                 if let Ok(result) = result {
-                    let updated = tracker.update_container(&result.container_id, result.cgroup_id, |c| result.metadata.apply_to(c));
-                    gate.resolve(&result.container_id, result.cgroup_id, updated, result.complete, &mut ready);
+                    apply_enrichment(result, &mut tracker, &store, &mut gate, &mut ready);
                 }
             },
             default(wait) => {
@@ -105,6 +104,36 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e).context("the cgroup source failed"),
         Err(_) => Err(anyhow!("the cgroup source thread panicked")),
+    }
+}
+
+/// Puts an enrichment answer in the store, releases the create it held, or,
+/// when the create went out already and the answer changed the record,
+/// emits a `container_update`.
+fn apply_enrichment(
+    result: EnrichResult,
+    tracker: &mut Tracker,
+    store: &SharedStore,
+    gate: &mut Gate,
+    ready: &mut Vec<ContainerEvent>,
+) {
+    let before = store.read().get(&result.container_id).cloned();
+    let updated = tracker.update_container(&result.container_id, result.cgroup_id, |c| result.metadata.apply_to(c));
+    let (id, cgroup_id) = (result.container_id.as_str(), result.cgroup_id);
+    if gate.resolve(id, cgroup_id, updated.clone(), result.complete, ready) {
+        return;
+    }
+    let Some(container) = updated else { return };
+    let changed = before.is_some_and(|b| *b != *container);
+    if changed && container.state != ctwatch::ContainerState::Removed {
+        ready.push(ContainerEvent {
+            time: std::time::SystemTime::now(),
+            kind: EventKind::ContainerUpdate,
+            cgroup_id: container.cgroup_id,
+            container,
+            kernel_time: None,
+            enriched: Some(result.complete),
+        });
     }
 }
 
