@@ -75,6 +75,18 @@ fn ctr_run_in_two_namespaces() {
         }
         let id = unique("ctr");
         run("ctr", &["-n", ns, "run", "-d", "docker.io/local/busybox:1", &id, "sleep", "60"]);
+        // Enrichment, compared with containerd's own answer: the image the
+        // container names and its digest in that namespace's image store.
+        let info: serde_json::Value = serde_json::from_str(&run("ctr", &["-n", ns, "container", "info", &id])).unwrap();
+        let image = info["Image"].as_str().unwrap().to_string();
+        let listed = run("ctr", &["-n", ns, "images", "ls", &format!("name=={image}")]);
+        let digest = listed.lines().nth(1).and_then(|l| l.split_whitespace().nth(2)).unwrap().to_string();
+        watch.wait_until(WAIT, "create", |seen| seen.iter().any(|e| e["args"]["container_id"] == id.as_str()));
+        let create = watch.about(&id)[0].clone();
+        assert_eq!(create["enriched"], true, "{create}");
+        assert_eq!(create["args"]["container_image"], image.as_str());
+        assert_eq!(create["args"]["container_image_digest"], digest.as_str());
+        assert_eq!(create["args"]["container_name"], id.as_str(), "no CRI or nerdctl name: the ID");
         assert_created_then_removed(&mut watch, &id, "containerd", || {
             let _ = output("ctr", &["-n", ns, "task", "kill", "-s", "KILL", &id]);
             for _ in 0..50 {

@@ -151,6 +151,29 @@ mod tests {
     }
 
     #[test]
+    fn the_daemon_that_knows_a_container_names_its_runtime() {
+        let mut c = ctwatch::Container {
+            id: "x".into(),
+            runtime: Runtime::Unknown,
+            cgroup_id: 1,
+            cgroup_path: "/kubepods/x".into(),
+            ctime_ns: 1,
+            image: String::new(),
+            image_digest: String::new(),
+            name: String::new(),
+            pod: ctwatch::PodInfo::default(),
+            state: ctwatch::ContainerState::Created,
+        };
+        let m = Metadata { runtime: Some(Runtime::Containerd), name: "app".into(), ..Metadata::default() };
+        m.apply_to(&mut c);
+        assert_eq!((c.runtime, c.name.as_str()), (Runtime::Containerd, "app"));
+        // A runtime the path already told is not overridden.
+        let mut d = ctwatch::Container { runtime: Runtime::Docker, ..c.clone() };
+        Metadata { runtime: Some(Runtime::Podman), ..Metadata::default() }.apply_to(&mut d);
+        assert_eq!(d.runtime, Runtime::Docker);
+    }
+
+    #[test]
     fn cri_annotations_give_pod_data() {
         let a: HashMap<String, String> = [
             ("io.kubernetes.cri.container-type", "sandbox"),
