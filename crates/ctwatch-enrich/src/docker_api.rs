@@ -3,15 +3,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::{Docker, API_DEFAULT_VERSION};
 use ctwatch::Runtime;
 use tokio::sync::Mutex;
-use tracing::{info, warn};
 
+use crate::health::DaemonHealth;
 use crate::metadata::{clean, sha256_digest, Metadata, MAX_IMAGE, MAX_NAME};
 use crate::EnrichError;
 
@@ -20,10 +19,8 @@ const REQUEST_TIMEOUT_SECS: u64 = 10;
 
 /// A Docker-API daemon (Docker, or Podman's API service) at one socket.
 pub struct DockerApi {
-    runtime: Runtime,
-    socket: PathBuf,
     client: Mutex<Option<Docker>>,
-    down: AtomicBool,
+    health: DaemonHealth,
     /// Image ID → digest: many containers share an image.
     digests: std::sync::Mutex<HashMap<String, String>>,
     /// Docker's data root, once known.
@@ -56,10 +53,8 @@ impl DockerApi {
     /// A daemon of `runtime` answering at `socket` (connected on first use).
     pub fn new(runtime: Runtime, socket: &Path) -> Self {
         DockerApi {
-            runtime,
-            socket: socket.to_path_buf(),
             client: Mutex::new(None),
-            down: AtomicBool::new(false),
+            health: DaemonHealth::new(runtime, socket),
             digests: std::sync::Mutex::new(HashMap::new()),
             data_root: tokio::sync::OnceCell::new(),
         }
@@ -67,29 +62,19 @@ impl DockerApi {
 
     /// Which runtime this daemon is.
     pub fn runtime(&self) -> Runtime {
-        self.runtime
+        self.health.runtime()
     }
 
     /// Where it answers.
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.health.socket()
     }
 
     /// What the daemon says of container `id`; `Ok(None)` when it does not know it.
     pub async fn lookup(&self, id: &str) -> Result<Option<Metadata>, EnrichError> {
         let result = self.try_lookup(id).await;
-        match &result {
-            Err(e) => {
-                *self.client.lock().await = None; // reconnect next time
-                if !self.down.swap(true, Ordering::Relaxed) {
-                    warn!(runtime = %self.runtime, socket = %self.socket.display(), "not answering: {e}; retrying in the background");
-                }
-            }
-            Ok(_) => {
-                if self.down.swap(false, Ordering::Relaxed) {
-                    info!(runtime = %self.runtime, socket = %self.socket.display(), "answering again");
-                }
-            }
+        if self.health.record(&result) {
+            *self.client.lock().await = None; // reconnect next time
         }
         result
     }
@@ -99,7 +84,7 @@ impl DockerApi {
         if let Some(client) = guard.as_ref() {
             return Ok(client.clone());
         }
-        let socket = self.socket.to_string_lossy();
+        let socket = self.health.socket().to_string_lossy();
         let client = Docker::connect_with_unix(&socket, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
             .map_err(|e| self.unavailable(e))?
             .negotiate_version()
@@ -119,7 +104,7 @@ impl DockerApi {
             Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),
             Err(e) => return Err(self.unavailable(e)),
         };
-        let mut m = Metadata { runtime: Some(self.runtime), ..Metadata::default() };
+        let mut m = Metadata { runtime: Some(self.runtime()), ..Metadata::default() };
         m.name = clean(inspect.name.as_deref().unwrap_or("").trim_start_matches('/'), MAX_NAME);
         let config = inspect.config.unwrap_or_default();
         m.image = clean(config.image.as_deref().unwrap_or(""), MAX_IMAGE);
@@ -149,14 +134,14 @@ impl DockerApi {
     /// container's lock, which `start` holds. Reading the file (size-capped,
     /// leniently) gives the same fields without that wait.
     async fn read_config_on_disk(&self, client: &Docker, id: &str) -> Option<Metadata> {
-        if self.runtime != Runtime::Docker || id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if self.runtime() != Runtime::Docker || id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let root = self.data_root(client).await?;
         let path = root.join("containers").join(id).join("config.v2.json");
         let config: DiskConfig =
             tokio::task::spawn_blocking(move || crate::oci_state::read_json(&path)).await.ok()??;
-        let mut m = Metadata { runtime: Some(self.runtime), ..Metadata::default() };
+        let mut m = Metadata { runtime: Some(self.runtime()), ..Metadata::default() };
         m.name = clean(config.name.trim_start_matches('/'), MAX_NAME);
         m.image = clean(&config.config.image, MAX_IMAGE);
         if let Some(labels) = &config.config.labels {
@@ -210,6 +195,6 @@ impl DockerApi {
     }
 
     fn unavailable(&self, e: BollardError) -> EnrichError {
-        EnrichError::Unavailable { runtime: self.runtime, socket: self.socket.clone(), reason: e.to_string() }
+        self.health.unavailable(&e)
     }
 }

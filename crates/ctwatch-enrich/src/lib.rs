@@ -8,6 +8,7 @@
 //! - [`docker_api`]: Docker, and Podman through its Docker-compatible API (bollard).
 //! - [`oci_state`]: daemon-free, from runc's state and the OCI bundle's annotations.
 //! - [`metadata`]: the fields learned, and how untrusted values are made safe.
+//! - [`health`], [`grpc`]: whether a daemon answers; gRPC connections over unix sockets.
 
 pub mod containerd_api;
 pub mod cri_api;
@@ -15,6 +16,7 @@ pub mod docker_api;
 pub mod engine;
 pub mod gate;
 pub mod grpc;
+pub mod health;
 pub mod metadata;
 pub mod oci_state;
 
