@@ -31,7 +31,10 @@ pub enum Command {
     /// Stream container events as they happen: `existing_container` for what
     /// already runs, then `container_create` and `container_remove`.
     ///
-    /// One JSON object per line by default (pipe it to `jq`), or a table.
+    /// Each create carries what the runtimes say of the container (name, image,
+    /// digest, pod) and `"enriched": true|false`; `container_update` follows
+    /// when a runtime that was down answers later. One JSON object per line by
+    /// default (pipe it to `jq`), or a table.
     Watch(WatchArgs),
     /// List the containers on this host now.
     #[command(visible_alias = "ps")]
