@@ -56,16 +56,6 @@ pub struct RemovedCgroup {
     pub cgroup_id: u64,
 }
 
-impl Store {
-    /// The live container cgroups, as (path, cgroup ID or 0, membership).
-    pub fn live_cgroups(&self) -> impl Iterator<Item = (&str, u64, &CgroupMembership)> {
-        self.live_paths.iter().filter_map(|(path, key)| {
-            let entry = self.cgroups.get(key)?;
-            Some((&**path, if *key >= UNREAD_ID_BASE { 0 } else { *key }, &entry.membership))
-        })
-    }
-}
-
 #[derive(Debug)]
 struct CgroupEntry {
     membership: CgroupMembership,
@@ -189,6 +179,14 @@ impl Store {
             current = parent;
         }
         None
+    }
+
+    /// The live container cgroups, as (path, cgroup ID or 0, membership).
+    pub fn live_cgroups(&self) -> impl Iterator<Item = (&str, u64, &CgroupMembership)> {
+        self.live_paths.iter().filter_map(|(path, key)| {
+            let entry = self.cgroups.get(key)?;
+            Some((&**path, if *key >= UNREAD_ID_BASE { 0 } else { *key }, &entry.membership))
+        })
     }
 
     /// Every container (live and within grace), ordered by ID.
