@@ -2,7 +2,7 @@
 //! passes, without reordering a container's own events: a removal that comes
 //! first releases the create before it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,19 +10,28 @@ use ctwatch::{Container, ContainerEvent, EventKind};
 
 struct Held {
     event: ContainerEvent,
-    due: Instant,
+    /// Tells this hold apart from an earlier one of the same container ID.
+    seq: u64,
 }
 
 /// The creates waiting for their enrichment.
+///
+/// Every hold lasts the same `deadline`, so holds fall due in the order they
+/// were made: a queue in that order makes the next deadline and the expiry
+/// O(1) (the watch loop asks after every message).
 pub struct Gate {
     held: HashMap<String, Held>,
+    /// (due, container ID, seq), oldest first; entries whose hold was released
+    /// early are dropped when they reach the front.
+    due: VecDeque<(Instant, String, u64)>,
     deadline: Duration,
+    next_seq: u64,
 }
 
 impl Gate {
     /// A gate that holds a create for `deadline` at most.
     pub fn new(deadline: Duration) -> Self {
-        Gate { held: HashMap::new(), deadline }
+        Gate { held: HashMap::new(), due: VecDeque::new(), deadline, next_seq: 0 }
     }
 
     /// Passes `event` on, or holds it; what may go out now is appended to `out`.
@@ -31,10 +40,12 @@ impl Gate {
         let id = event.container.id.clone();
         match event.kind {
             EventKind::ContainerCreate | EventKind::ExistingContainer => {
-                if let Some(earlier) = self.held.remove(&id) {
+                if let Some(earlier) = self.release(&id) {
                     out.push(released(earlier.event, None, false));
                 }
-                self.held.insert(id, Held { event, due: now + self.deadline });
+                self.next_seq += 1;
+                self.due.push_back((now + self.deadline, id.clone(), self.next_seq));
+                self.held.insert(id, Held { event, seq: self.next_seq });
                 true
             }
             EventKind::ContainerUpdate => {
@@ -42,7 +53,7 @@ impl Gate {
                 false
             }
             EventKind::ContainerRemove => {
-                if let Some(held) = self.held.remove(&id) {
+                if let Some(held) = self.release(&id) {
                     out.push(released(held.event, None, false));
                 }
                 out.push(event);
@@ -62,25 +73,28 @@ impl Gate {
         complete: bool,
         out: &mut Vec<ContainerEvent>,
     ) -> bool {
-        if self.held.get(id).is_some_and(|h| h.event.cgroup_id == cgroup_id) {
-            let held = self.held.remove(id).expect("present");
-            out.push(released(held.event, updated, complete));
-            return true;
+        if !self.held.get(id).is_some_and(|h| h.event.cgroup_id == cgroup_id) {
+            return false;
         }
-        false
+        let held = self.release(id).expect("present");
+        out.push(released(held.event, updated, complete));
+        true
     }
 
-    /// Releases the creates whose deadline has passed, unenriched.
+    /// Releases the creates whose deadline has passed, unenriched, oldest first.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<ContainerEvent>) {
-        let due: Vec<String> = self.held.iter().filter(|(_, h)| h.due <= now).map(|(id, _)| id.clone()).collect();
-        let mut released_now: Vec<Held> = due.iter().filter_map(|id| self.held.remove(id)).collect();
-        released_now.sort_by_key(|h| h.due);
-        out.extend(released_now.into_iter().map(|h| released(h.event, None, false)));
+        while self.due.front().is_some_and(|(due, ..)| *due <= now) {
+            let (_, id, _) = self.due.pop_front().expect("front exists");
+            if let Some(held) = self.held.remove(&id) {
+                out.push(released(held.event, None, false));
+            }
+            self.drop_stale_front();
+        }
     }
 
     /// When the next held create is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.held.values().map(|h| h.due).min()
+        self.due.front().map(|(due, ..)| *due)
     }
 
     /// How many creates are held.
@@ -92,6 +106,19 @@ impl Gate {
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
+
+    fn release(&mut self, id: &str) -> Option<Held> {
+        let held = self.held.remove(id)?;
+        self.drop_stale_front();
+        Some(held)
+    }
+
+    /// Keeps the queue's front a live hold, so `next_due` is exact.
+    fn drop_stale_front(&mut self) {
+        while self.due.front().is_some_and(|(_, id, seq)| self.held.get(id).is_none_or(|h| h.seq != *seq)) {
+            self.due.pop_front();
+        }
+    }
 }
 
 fn released(mut event: ContainerEvent, updated: Option<Arc<Container>>, complete: bool) -> ContainerEvent {
@@ -100,4 +127,97 @@ fn released(mut event: ContainerEvent, updated: Option<Arc<Container>>, complete
     }
     event.enriched = Some(complete);
     event
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use ctwatch::{ContainerState, PodInfo, Runtime};
+
+    use super::*;
+
+    fn event(kind: EventKind, id: &str, cgroup_id: u64) -> ContainerEvent {
+        let container = Container {
+            id: id.into(),
+            runtime: Runtime::Docker,
+            cgroup_id,
+            cgroup_path: format!("/docker/{id}"),
+            ctime_ns: 1,
+            image: String::new(),
+            image_digest: String::new(),
+            name: String::new(),
+            pod: PodInfo::default(),
+            state: ContainerState::Created,
+        };
+        ContainerEvent {
+            time: SystemTime::now(),
+            kind,
+            cgroup_id,
+            container: Arc::new(container),
+            kernel_time: None,
+            enriched: None,
+        }
+    }
+
+    fn summary(out: &[ContainerEvent]) -> Vec<(EventKind, String, Option<bool>)> {
+        out.iter().map(|e| (e.kind, e.container.id.clone(), e.enriched)).collect()
+    }
+
+    #[test]
+    fn creates_wait_for_their_answer_or_the_deadline_in_order() {
+        let t0 = Instant::now();
+        let mut gate = Gate::new(Duration::from_secs(2));
+        let mut out = Vec::new();
+        assert!(gate.push(event(EventKind::ContainerCreate, "a", 1), t0, &mut out));
+        assert!(gate.push(event(EventKind::ContainerCreate, "b", 2), t0 + Duration::from_millis(10), &mut out));
+        assert!(gate.push(event(EventKind::ContainerCreate, "c", 3), t0 + Duration::from_millis(20), &mut out));
+        assert!(out.is_empty());
+        // b answers; a and c fall due, oldest first.
+        assert!(gate.resolve("b", 2, None, true, &mut out));
+        assert_eq!(gate.next_due(), Some(t0 + Duration::from_secs(2)));
+        gate.expire(t0 + Duration::from_secs(3), &mut out);
+        assert_eq!(
+            summary(&out),
+            [
+                (EventKind::ContainerCreate, "b".into(), Some(true)),
+                (EventKind::ContainerCreate, "a".into(), Some(false)),
+                (EventKind::ContainerCreate, "c".into(), Some(false)),
+            ]
+        );
+        assert!(gate.is_empty() && gate.next_due().is_none());
+        // A late answer finds nothing held.
+        assert!(!gate.resolve("a", 1, None, true, &mut out));
+    }
+
+    #[test]
+    fn a_removal_releases_its_create_first_and_others_keep_their_deadline() {
+        let t0 = Instant::now();
+        let mut gate = Gate::new(Duration::from_secs(2));
+        let mut out = Vec::new();
+        gate.push(event(EventKind::ContainerCreate, "a", 1), t0, &mut out);
+        gate.push(event(EventKind::ContainerCreate, "b", 2), t0 + Duration::from_secs(1), &mut out);
+        assert!(!gate.push(event(EventKind::ContainerRemove, "a", 1), t0, &mut out));
+        assert_eq!(
+            summary(&out),
+            [(EventKind::ContainerCreate, "a".into(), Some(false)), (EventKind::ContainerRemove, "a".into(), None)]
+        );
+        assert_eq!(gate.next_due(), Some(t0 + Duration::from_secs(3)), "the released hold no longer counts");
+        assert_eq!(gate.len(), 1);
+    }
+
+    #[test]
+    fn a_reused_id_is_a_new_hold() {
+        let t0 = Instant::now();
+        let mut gate = Gate::new(Duration::from_secs(2));
+        let mut out = Vec::new();
+        gate.push(event(EventKind::ContainerCreate, "a", 1), t0, &mut out);
+        gate.push(event(EventKind::ContainerCreate, "a", 7), t0 + Duration::from_secs(1), &mut out);
+        assert_eq!(summary(&out), [(EventKind::ContainerCreate, "a".into(), Some(false))]);
+        assert!(!gate.resolve("a", 1, None, true, &mut out), "an answer for the old incarnation");
+        gate.expire(t0 + Duration::from_millis(2500), &mut out);
+        assert_eq!(gate.len(), 1, "the new hold is due at t0+3s, not t0+2s");
+        assert!(gate.resolve("a", 7, None, true, &mut out));
+        assert!(gate.is_empty());
+    }
 }
