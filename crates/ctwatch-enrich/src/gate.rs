@@ -73,7 +73,7 @@ impl Gate {
         complete: bool,
         out: &mut Vec<ContainerEvent>,
     ) -> bool {
-        if !self.held.get(id).is_some_and(|h| h.event.cgroup_id == cgroup_id) {
+        if self.held.get(id).is_none_or(|h| h.event.cgroup_id != cgroup_id) {
             return false;
         }
         let held = self.release(id).expect("present");
