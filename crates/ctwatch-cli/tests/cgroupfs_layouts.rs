@@ -91,15 +91,11 @@ fn every_layout_with(source: &str) {
         tree.mkdir_p(&parent, rel);
     }
     watch.wait_until(Duration::from_secs(10), "every create", |seen| {
-        positives.iter().all(|c| {
-            seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == c.id.as_str())
-        })
+        positives.iter().all(|c| has_event(seen, "container_create", &c.id))
     });
     tree.remove_all();
     watch.wait_until(Duration::from_secs(10), "every remove", |seen| {
-        positives.iter().all(|c| {
-            seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == c.id.as_str())
-        })
+        positives.iter().all(|c| has_event(seen, "container_remove", &c.id))
     });
     watch.drain_for(Duration::from_millis(500));
 
@@ -184,13 +180,9 @@ fn hybrid_with(source: &str) {
     for h in &hierarchies {
         tree.mkdir_p(h, &format!("{parent_name}/docker/{id}"));
     }
-    watch.wait_until(Duration::from_secs(10), "create", |seen| {
-        seen.iter().any(|e| e["args"]["container_id"] == id.as_str())
-    });
+    watch.wait_for("container_create", &id);
     tree.remove_all();
-    watch.wait_until(Duration::from_secs(10), "remove", |seen| {
-        seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == id.as_str())
-    });
+    watch.wait_for("container_remove", &id);
     watch.drain_for(Duration::from_millis(500));
     let events: Vec<&Value> = watch.about(&id);
     assert_eq!(events.len(), 2, "one create and one remove across {} hierarchies: {events:#?}", hierarchies.len());

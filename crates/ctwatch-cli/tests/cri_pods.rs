@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use common::*;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -18,7 +17,6 @@ use k8s_cri::v1::{
 use tonic::transport::Channel;
 
 const SOCKET: &str = "/run/containerd/containerd.sock";
-const WAIT: Duration = Duration::from_secs(60);
 
 struct Pod {
     sandbox_id: String,
@@ -106,13 +104,9 @@ fn a_pods_sandbox_and_containers_carry_their_pod_data() {
     let mut ids: Vec<&str> = vec![pod.sandbox_id.as_str()];
     ids.extend(pod.containers.iter().map(|(_, id)| id.as_str()));
     for id in &ids {
-        watch.wait_until(WAIT, "pod create", |seen| {
-            seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == *id)
-        });
+        watch.wait_for("container_create", id);
     }
-    let args_of = |id: &str| {
-        watch.seen.iter().find(|e| e["event"] == "container_create" && e["args"]["container_id"] == id).unwrap().clone()
-    };
+    let args_of = |id: &str| watch.event("container_create", id).clone();
 
     let sandbox = args_of(&pod.sandbox_id);
     assert_eq!(sandbox["enriched"], true, "{sandbox}");
@@ -151,8 +145,6 @@ fn a_pods_sandbox_and_containers_carry_their_pod_data() {
         cri.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.sandbox_id.clone() }).await.unwrap();
     });
     for id in &ids {
-        watch.wait_until(WAIT, "pod remove", |seen| {
-            seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == *id)
-        });
+        watch.wait_for("container_remove", id);
     }
 }

@@ -76,9 +76,7 @@ fn containers_created_while_a_daemon_is_down_are_enriched_when_it_is_back() {
     let name = unique("while-down");
     let id = podman(&["run", "-d", "--name", &name, "local/busybox:1", "sleep", "60"]);
 
-    watch.wait_until(Duration::from_secs(15), "the create, unenriched", |seen| {
-        seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == id.as_str())
-    });
+    watch.wait_for("container_create", &id);
     let create = watch.about(&id)[0].clone();
     assert_eq!(create["enriched"], false, "the daemon is down: {create}");
     assert_eq!(create["args"]["runtime"], "podman");
@@ -86,9 +84,7 @@ fn containers_created_while_a_daemon_is_down_are_enriched_when_it_is_back() {
     assert!(watch.logged("not answering"), "the outage is reported: {:?}", watch.log.lock().unwrap());
 
     start_service();
-    watch.wait_until(Duration::from_secs(40), "the update once the daemon is back", |seen| {
-        seen.iter().any(|e| e["event"] == "container_update" && e["args"]["container_id"] == id.as_str())
-    });
+    watch.wait_for("container_update", &id);
     let update = watch.seen.iter().find(|e| e["event"] == "container_update").unwrap().clone();
     podman(&["rm", "-f", "-t", "0", &name]);
     assert_eq!(update["enriched"], true, "{update}");

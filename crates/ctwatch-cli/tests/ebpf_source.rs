@@ -51,7 +51,7 @@ fn paths_longer_than_the_tracepoints_1024_bytes_are_reported_whole() {
     let rel = format!("{}/kubepods/besteffort/pod{pod}/{id}", filler.join("/"));
     assert!(rel.len() > 2500);
     tree.mkdir_p(&parent, &rel);
-    watch.wait_until(WAIT, "deep create", |seen| seen.iter().any(|e| e["args"]["container_id"] == id.as_str()));
+    watch.wait_for("container_create", &id);
     assert_eq!(watch.seen[0]["args"]["pod_uid"], pod);
     tree.remove_all();
     watch.wait_until(WAIT, "deep remove", |seen| seen.len() == 2);
@@ -176,7 +176,7 @@ fn docker_with_map(tag: &str) -> DockerWithMap {
     let pin_dir = Path::new("/sys/fs/bpf").join(&name);
     let mut watch = Watch::start_with("ebpf", &["--no-existing", "--pin-path", pin_dir.to_str().unwrap()]);
     let cid = run("/usr/bin/docker", &["run", "-d", "--name", &name, "local/busybox:1", "sleep", "60"]);
-    watch.wait_until(WAIT, "create", |seen| seen.iter().any(|e| e["args"]["container_id"] == cid.as_str()));
+    watch.wait_for("container_create", &cid);
     DockerWithMap { watch, name, cid, pin_dir }
 }
 
@@ -283,9 +283,7 @@ fn containers_of_real_runtimes_are_in_the_map_under_their_unified_ids() {
     let value = map.get(&unified_id).unwrap_or_else(|| panic!("unified cgroup {unified_id} of {cid} in the map"));
     assert_eq!(value["handle"].as_u64(), Some(fnv1a(&cid)));
     run("/usr/bin/docker", &["rm", "-f", &name]);
-    watch.wait_until(WAIT, "remove", |seen| {
-        seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == cid.as_str())
-    });
+    watch.wait_for("container_remove", &cid);
     let left = map_when(&pin, |m| !m.contains_key(&unified_id));
     assert!(!left.contains_key(&unified_id), "gone from the map after the container");
     assert!(watch.interrupt().success());

@@ -13,18 +13,7 @@ use serde_json::Value;
 
 const DOCKER: &str = "/usr/bin/docker";
 const IMAGE: &str = "local/busybox:1";
-const WAIT: Duration = Duration::from_secs(30);
 const POD_UID: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
-
-fn create_of<'a>(watch: &'a Watch, id: &str) -> &'a Value {
-    watch.seen.iter().find(|e| e["event"] == "container_create" && e["args"]["container_id"] == id).unwrap()
-}
-
-fn wait_create(watch: &mut Watch, id: &str) {
-    watch.wait_until(WAIT, "container_create", |seen| {
-        seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == id)
-    });
-}
 
 /// `docker inspect -f TEMPLATE ID`.
 fn inspect(cmd: &str, template: &str, id: &str) -> String {
@@ -56,8 +45,8 @@ fn docker_fields_match_docker_inspect() {
             "60",
         ],
     );
-    wait_create(&mut watch, &id);
-    let e = create_of(&watch, &id).clone();
+    watch.wait_for("container_create", &id);
+    let e = watch.event("container_create", &id).clone();
     let (image, image_id) = (inspect(DOCKER, "{{.Config.Image}}", &id), inspect(DOCKER, "{{.Image}}", &id));
     run(DOCKER, &["rm", "-f", &name]);
     assert_eq!(e["enriched"], true, "{e}");
@@ -97,10 +86,10 @@ fn docker_name_without_labels_and_a_sandbox() {
             "60",
         ],
     );
-    wait_create(&mut watch, &id);
-    wait_create(&mut watch, &sandbox);
-    let plain = create_of(&watch, &id)["args"].clone();
-    let pause = create_of(&watch, &sandbox)["args"].clone();
+    watch.wait_for("container_create", &id);
+    watch.wait_for("container_create", &sandbox);
+    let plain = watch.event("container_create", &id)["args"].clone();
+    let pause = watch.event("container_create", &sandbox)["args"].clone();
     let docker_name = inspect_name(&name);
     run(DOCKER, &["rm", "-f", &name, &sandbox_name]);
     assert_eq!(plain["container_name"], docker_name.as_str());
@@ -121,9 +110,7 @@ fn a_container_removed_at_once_still_gets_its_create_first() {
     run(DOCKER, &["run", "--rm", "--cidfile", cidfile.to_str().unwrap(), "--name", &name, IMAGE, "true"]);
     let id = fs::read_to_string(&cidfile).unwrap().trim().to_string();
     let _ = fs::remove_file(&cidfile);
-    watch.wait_until(WAIT, "create and remove", |seen| {
-        seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == id.as_str())
-    });
+    watch.wait_for("container_remove", &id);
     watch.drain_for(Duration::from_millis(300));
     let events = watch.about(&id);
     assert_eq!(events.len(), 2, "{events:#?}");
@@ -147,7 +134,7 @@ fn fifty_docker_containers_started_at_once_are_all_enriched() {
         .collect();
     let ids: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     for id in &ids {
-        wait_create(&mut watch, id);
+        watch.wait_for("container_create", id);
     }
     let elapsed = started.elapsed();
     let mut by_id = std::collections::HashMap::new();
@@ -172,8 +159,8 @@ fn podman_fields_match_podman_inspect() {
     let podman =
         |args: &[&str]| run("podman", &[&["--runtime", "runc", "--cgroup-manager", "cgroupfs"][..], args].concat());
     let id = podman(&["run", "-d", "--name", &name, IMAGE, "sleep", "60"]);
-    wait_create(&mut watch, &id);
-    let e = create_of(&watch, &id).clone();
+    watch.wait_for("container_create", &id);
+    let e = watch.event("container_create", &id).clone();
     let image = inspect("podman", "{{.ImageName}}", &id);
     // podman gives a loaded image a repo (manifest) digest: that one wins over the image ID.
     let digest = run("podman", &["image", "inspect", "--format", "{{.Digest}}", &image]);
@@ -210,8 +197,8 @@ fn bundle_annotations_give_pod_data_with_no_daemon() {
     });
     fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
     run_detached("runc", &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
-    wait_create(&mut watch, &id);
-    let a = create_of(&watch, &id)["args"].clone();
+    watch.wait_for("container_create", &id);
+    let a = watch.event("container_create", &id)["args"].clone();
     run("runc", &["delete", "-f", &id]);
     let _ = fs::remove_dir_all(&bundle);
     assert_eq!(a["runtime"], "runc");
@@ -233,8 +220,8 @@ fn hostile_labels_cannot_break_the_output() {
         DOCKER,
         &["run", "-d", "--name", &name, "--label", &format!("io.kubernetes.pod.name={evil}"), IMAGE, "sleep", "60"],
     );
-    wait_create(&mut watch, &id);
-    let pod_name = create_of(&watch, &id)["args"]["pod_name"].as_str().unwrap().to_string();
+    watch.wait_for("container_create", &id);
+    let pod_name = watch.event("container_create", &id)["args"]["pod_name"].as_str().unwrap().to_string();
     run(DOCKER, &["rm", "-f", &name]);
     assert!(pod_name.chars().count() <= 253, "capped: {}", pod_name.len());
     assert!(!pod_name.chars().any(char::is_control), "no control characters: {pod_name:?}");
@@ -266,11 +253,11 @@ fn a_hung_daemon_delays_only_its_containers_until_the_deadline() {
         "podman",
         &["--runtime", "runc", "--cgroup-manager", "cgroupfs", "run", "-d", "--name", &pname, IMAGE, "sleep", "60"],
     );
-    wait_create(&mut watch, &pid);
+    watch.wait_for("container_create", &pid);
     let podman_at = before.elapsed();
-    wait_create(&mut watch, &did);
+    watch.wait_for("container_create", &did);
     let docker_at = before.elapsed();
-    let (d, p) = (create_of(&watch, &did).clone(), create_of(&watch, &pid).clone());
+    let (d, p) = (watch.event("container_create", &did).clone(), watch.event("container_create", &pid).clone());
     run(DOCKER, &["rm", "-f", &dname]);
     run("podman", &["rm", "-f", "-t", "0", &pname]);
     assert_eq!(p["enriched"], true, "podman answered: {p}");

@@ -11,16 +11,11 @@ use common::*;
 
 const DOCKER: &str = "/usr/bin/docker";
 const IMAGE: &str = "local/busybox:1";
-const WAIT: Duration = Duration::from_secs(30);
 
 fn assert_created_then_removed(watch: &mut Watch, id: &str, runtime: &str, remove: impl FnOnce()) {
-    watch.wait_until(WAIT, "container_create", |seen| {
-        seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == id)
-    });
+    watch.wait_for("container_create", id);
     remove();
-    watch.wait_until(WAIT, "container_remove", |seen| {
-        seen.iter().any(|e| e["event"] == "container_remove" && e["args"]["container_id"] == id)
-    });
+    watch.wait_for("container_remove", id);
     watch.drain_for(Duration::from_millis(300));
     let events = watch.about(id);
     assert_eq!(events.len(), 2, "exactly one create and one remove for {id}: {events:#?}");
@@ -57,9 +52,7 @@ fn docker_container_is_listed_and_existing_at_start() {
     let listed = run(ctwatch_bin().to_str().unwrap(), &["ls", "-q", "--no-trunc"]);
     let ok = listed.lines().any(|l| l == id);
     let mut watch = Watch::start(&[]);
-    watch.wait_until(WAIT, "existing_container", |seen| {
-        seen.iter().any(|e| e["event"] == "existing_container" && e["args"]["container_id"] == id.as_str())
-    });
+    watch.wait_for("existing_container", &id);
     run(DOCKER, &["rm", "-f", &name]);
     assert!(ok, "ctwatch ls lists {id}:\n{listed}");
 }
@@ -81,7 +74,7 @@ fn ctr_run_in_two_namespaces() {
         let image = info["Image"].as_str().unwrap().to_string();
         let listed = run("ctr", &["-n", ns, "images", "ls", &format!("name=={image}")]);
         let digest = listed.lines().nth(1).and_then(|l| l.split_whitespace().nth(2)).unwrap().to_string();
-        watch.wait_until(WAIT, "create", |seen| seen.iter().any(|e| e["args"]["container_id"] == id.as_str()));
+        watch.wait_for("container_create", &id);
         let create = watch.about(&id)[0].clone();
         assert_eq!(create["enriched"], true, "{create}");
         assert_eq!(create["args"]["container_image"], image.as_str());
@@ -159,9 +152,7 @@ fn runc_create_then_start() {
     let bundle = runc_bundle(&id);
     // `runc create` makes the cgroup before the container's process runs.
     run_detached("runc", &["create", "--bundle", bundle.to_str().unwrap(), &id]);
-    watch.wait_until(WAIT, "create before start", |seen| {
-        seen.iter().any(|e| e["event"] == "container_create" && e["args"]["container_id"] == id.as_str())
-    });
+    watch.wait_for("container_create", &id);
     run("runc", &["start", &id]);
     assert_created_then_removed(&mut watch, &id, "runc", || {
         run("runc", &["delete", "-f", &id]);

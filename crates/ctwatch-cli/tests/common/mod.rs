@@ -231,6 +231,19 @@ impl Watch {
         }
     }
 
+    /// Waits (a minute at most) for an `event` about container `id`.
+    pub fn wait_for(&mut self, event: &str, id: &str) {
+        self.wait_until(Duration::from_secs(60), &format!("{event} of {id}"), |seen| has_event(seen, event, id));
+    }
+
+    /// The first `event` seen about container `id` (panics if there is none).
+    pub fn event(&self, event: &str, id: &str) -> &Value {
+        self.seen
+            .iter()
+            .find(|e| e["event"] == event && e["args"]["container_id"] == id)
+            .unwrap_or_else(|| panic!("no {event} of {id} among {:#?}", self.seen))
+    }
+
     /// Collects whatever arrives within `quiet` more time.
     pub fn drain_for(&mut self, quiet: Duration) {
         let deadline = Instant::now() + quiet;
@@ -250,6 +263,11 @@ impl Drop for Watch {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// True when `seen` holds an `event` about container `id`.
+pub fn has_event(seen: &[Value], event: &str, id: &str) -> bool {
+    seen.iter().any(|e| e["event"] == event && e["args"]["container_id"] == id)
 }
 
 /// Counts events by (event name, container id).
