@@ -15,4 +15,4 @@ pub mod source;
 
 pub use loader::{preflight, EbpfUnavailable};
 pub use pinned_map::ContainersMap;
-pub use source::{EbpfConfig, EbpfSource, EbpfStats};
+pub use source::{EbpfConfig, EbpfSource, EbpfStats, DEFAULT_RING_BUFFER_BYTES};

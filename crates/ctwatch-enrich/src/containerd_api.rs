@@ -62,7 +62,7 @@ impl ContainerdApi {
             let mut m = Metadata { runtime: Some(Runtime::Containerd), ..Metadata::default() };
             m.image = clean(&container.image, MAX_IMAGE);
             let labels = &container.labels;
-            m.add_kubelet_labels(labels);
+            m.add_labels(labels);
             if m.name.is_empty() {
                 let nerdctl = labels.get("nerdctl/name").map(String::as_str).unwrap_or("");
                 m.name = clean(if nerdctl.is_empty() { id } else { nerdctl }, MAX_NAME);

@@ -52,7 +52,7 @@ impl CriApi {
         let mut m = Metadata { runtime: Some(self.runtime()), ..Metadata::default() };
         let sandbox_id = match listed.containers.into_iter().find(|c| c.id == id) {
             Some(container) => {
-                m.add_kubelet_labels(&container.labels);
+                m.add_labels(&container.labels);
                 if let Some(meta) = &container.metadata {
                     m.name = clean(&meta.name, MAX_NAME);
                 }

@@ -109,7 +109,7 @@ impl DockerApi {
         let config = inspect.config.unwrap_or_default();
         m.image = clean(config.image.as_deref().unwrap_or(""), MAX_IMAGE);
         if let Some(labels) = &config.labels {
-            m.add_kubelet_labels(labels);
+            m.add_labels(labels);
         }
         let image_id = inspect.image.unwrap_or_default();
         let cached = self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(&image_id).cloned();
@@ -145,7 +145,7 @@ impl DockerApi {
         m.name = clean(config.name.trim_start_matches('/'), MAX_NAME);
         m.image = clean(&config.config.image, MAX_IMAGE);
         if let Some(labels) = &config.config.labels {
-            m.add_kubelet_labels(labels);
+            m.add_labels(labels);
         }
         m.image_digest = self.cached_image_digest(client, &config.image, &m.image).await;
         Some(m)

@@ -148,6 +148,7 @@ mod tests {
             image_digest: String::new(),
             name: String::new(),
             pod: PodInfo::default(),
+            labels: Default::default(),
             state: ContainerState::Created,
         };
         ContainerEvent {

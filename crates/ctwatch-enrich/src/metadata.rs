@@ -2,7 +2,7 @@
 //! made safe: names, labels and annotations come from whoever started the
 //! container.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ctwatch::{Container, Runtime};
 
@@ -12,6 +12,12 @@ pub const MAX_NAME: usize = 253;
 pub const MAX_IMAGE: usize = 1024;
 /// Longest digest or UID kept.
 pub const MAX_ID: usize = 128;
+/// Most labels kept per container.
+pub const MAX_LABELS: usize = 256;
+/// Longest label key kept.
+pub const MAX_LABEL_KEY: usize = 253;
+/// Longest label value kept.
+pub const MAX_LABEL_VALUE: usize = 4096;
 
 /// Fields learned about a container; empty strings mean "not known".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub struct Metadata {
     pub pod_uid: String,
     /// True for a pod's sandbox (pause) container, when known.
     pub pod_sandbox: Option<bool>,
+    /// The runtime's labels for the container (cleaned, at most [`MAX_LABELS`]).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Metadata {
@@ -49,6 +57,9 @@ impl Metadata {
         take(&mut self.pod_namespace, other.pod_namespace);
         take(&mut self.pod_uid, other.pod_uid);
         self.pod_sandbox = other.pod_sandbox.or(self.pod_sandbox);
+        if !other.labels.is_empty() {
+            self.labels = other.labels;
+        }
         self.runtime = other.runtime.or(self.runtime);
     }
 
@@ -68,14 +79,29 @@ impl Metadata {
         if let Some(sandbox) = self.pod_sandbox {
             container.pod.sandbox = sandbox;
         }
+        if !self.labels.is_empty() {
+            container.labels = self.labels.clone();
+        }
         if let (Runtime::Unknown, Some(runtime)) = (container.runtime, self.runtime) {
             container.runtime = runtime;
         }
     }
 
-    /// Pod data from kubelet-style labels (as cri-dockerd sets them on Docker
-    /// containers, and CRI clients on containerd's).
-    pub fn add_kubelet_labels(&mut self, labels: &HashMap<String, String>) {
+    /// Keeps the runtime's labels: cleaned, the first [`MAX_LABELS`] in key order.
+    pub fn set_labels(&mut self, labels: &HashMap<String, String>) {
+        let mut sorted: Vec<_> = labels.iter().collect();
+        sorted.sort();
+        self.labels = sorted
+            .into_iter()
+            .take(MAX_LABELS)
+            .map(|(k, v)| (clean(k, MAX_LABEL_KEY), clean(v, MAX_LABEL_VALUE)))
+            .collect();
+    }
+
+    /// The runtime's labels, and the pod data in kubelet-style ones (as
+    /// cri-dockerd sets them on Docker containers, and CRI clients on containerd's).
+    pub fn add_labels(&mut self, labels: &HashMap<String, String>) {
+        self.set_labels(labels);
         let get = |k: &str| labels.get(k).map(String::as_str).unwrap_or("");
         self.pod_name = clean(get("io.kubernetes.pod.name"), MAX_NAME);
         self.pod_namespace = clean(get("io.kubernetes.pod.namespace"), MAX_NAME);
@@ -162,6 +188,7 @@ mod tests {
             image_digest: String::new(),
             name: String::new(),
             pod: ctwatch::PodInfo::default(),
+            labels: Default::default(),
             state: ctwatch::ContainerState::Created,
         };
         let m = Metadata { runtime: Some(Runtime::Containerd), name: "app".into(), ..Metadata::default() };

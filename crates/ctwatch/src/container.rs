@@ -1,5 +1,7 @@
 //! What ctwatch knows about one container.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::runtime::Runtime;
@@ -50,6 +52,8 @@ pub struct Container {
     pub name: String,
     /// Pod data, when the container belongs to a Kubernetes pod.
     pub pod: PodInfo,
+    /// The labels its runtime reports (Docker/Podman/containerd/CRI labels), bounded and cleaned.
+    pub labels: BTreeMap<String, String>,
     /// Where it is in its life.
     pub state: ContainerState,
 }

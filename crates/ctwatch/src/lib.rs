@@ -17,11 +17,15 @@
 //! - [`tracker`]: cgroup changes in, container events out, store kept.
 //! - [`store`]: the containers data source's core.
 //! - [`event`]: the derived events and their JSON form.
+//! - [`proc`]: which cgroup and namespaces a process is in, a container's init.
+//! - [`resolve`]: paths inside a container resolved without leaving its root.
 
 pub mod cgroupfs;
 pub mod classify;
 pub mod container;
 pub mod event;
+pub mod proc;
+pub mod resolve;
 pub mod runtime;
 pub mod sources;
 pub mod state_dirs;

@@ -52,6 +52,12 @@ impl Runtime {
             Runtime::Unknown => "unknown",
         }
     }
+
+    /// The runtime with this printed name (`cri-o` is accepted for `crio`).
+    pub fn from_name(name: &str) -> Option<Runtime> {
+        let name = if name.eq_ignore_ascii_case("cri-o") { "crio" } else { name };
+        Runtime::ALL.into_iter().find(|r| r.as_str().eq_ignore_ascii_case(name))
+    }
 }
 
 impl fmt::Display for Runtime {

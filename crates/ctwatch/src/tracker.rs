@@ -222,6 +222,7 @@ impl Ctx<'_> {
             image_digest: String::new(),
             name: String::new(),
             pod: PodInfo { uid: c.pod_uid.unwrap_or_default(), ..PodInfo::default() },
+            labels: Default::default(),
             state,
         });
         for o in self.observers.iter_mut() {

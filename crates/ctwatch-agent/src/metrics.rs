@@ -1,0 +1,170 @@
+//! The agent's Prometheus metrics, in the text exposition format.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ctwatch::{EventKind, Runtime};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuntimeLabel {
+    runtime: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    code: String,
+}
+
+/// Every metric the agent keeps.
+pub struct Metrics {
+    registry: Registry,
+    containers: Family<RuntimeLabel, Gauge>,
+    events: Family<KindLabel, Counter>,
+    enrichment_seconds: Family<RuntimeLabel, Histogram>,
+    enrichment_failures: Family<RuntimeLabel, Counter>,
+    ring_buffer_dropped: Counter,
+    resyncs: Counter,
+    api_requests: Family<RequestLabels, Counter>,
+    subscribers: Gauge,
+    subscribers_dropped: Counter,
+    /// Serialises encoding (the registry is read-only after setup).
+    encode_lock: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn runtime_label(runtime: Runtime) -> RuntimeLabel {
+    RuntimeLabel { runtime: runtime.as_str().to_string() }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, all zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ctwatch");
+        let containers = Family::<RuntimeLabel, Gauge>::default();
+        registry.register("containers", "Live containers tracked, by runtime", containers.clone());
+        let events = Family::<KindLabel, Counter>::default();
+        registry.register("events", "Events published, by kind", events.clone());
+        let enrichment_seconds = Family::<RuntimeLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register(
+            "enrichment_duration_seconds",
+            "Time from a container's create to its runtime's complete answer, by runtime",
+            enrichment_seconds.clone(),
+        );
+        let enrichment_failures = Family::<RuntimeLabel, Counter>::default();
+        registry.register(
+            "enrichment_failures",
+            "Enrichment answers that were incomplete (a runtime down or too slow), by runtime",
+            enrichment_failures.clone(),
+        );
+        let ring_buffer_dropped = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "ring_buffer_dropped",
+            "eBPF records the kernel could not put in the ring buffer (repaired by a rescan)",
+            ring_buffer_dropped.clone(),
+        );
+        let resyncs = Counter::<u64, AtomicU64>::default();
+        registry.register("resyncs", "Rescans of cgroupfs made to repair lost kernel events", resyncs.clone());
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        registry.register("api_requests", "API requests, by method and gRPC status code", api_requests.clone());
+        let subscribers = Gauge::default();
+        registry.register("subscribers", "Event subscribers connected (Watch streams included)", subscribers.clone());
+        let subscribers_dropped = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "subscribers_dropped",
+            "Subscribers dropped because they fell too far behind or went away",
+            subscribers_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            containers,
+            events,
+            enrichment_seconds,
+            enrichment_failures,
+            ring_buffer_dropped,
+            resyncs,
+            api_requests,
+            subscribers,
+            subscribers_dropped,
+            encode_lock: Mutex::new(()),
+        }
+    }
+
+    /// Counts a published event.
+    pub fn event(&self, kind: EventKind) {
+        self.events.get_or_create(&KindLabel { kind: kind.as_str().to_string() }).inc();
+    }
+
+    /// One more live container of `runtime`.
+    pub fn container_seen(&self, runtime: Runtime) {
+        self.containers.get_or_create(&runtime_label(runtime)).inc();
+    }
+
+    /// One live container of `runtime` fewer.
+    pub fn container_gone(&self, runtime: Runtime) {
+        self.containers.get_or_create(&runtime_label(runtime)).dec();
+    }
+
+    /// A complete enrichment answer after `elapsed`.
+    pub fn enrichment_done(&self, runtime: Runtime, elapsed: Duration) {
+        self.enrichment_seconds.get_or_create(&runtime_label(runtime)).observe(elapsed.as_secs_f64());
+    }
+
+    /// An incomplete enrichment answer.
+    pub fn enrichment_failed(&self, runtime: Runtime) {
+        self.enrichment_failures.get_or_create(&runtime_label(runtime)).inc();
+    }
+
+    /// `n` more records lost by the ring buffer.
+    pub fn ring_buffer_dropped(&self, n: u64) {
+        self.ring_buffer_dropped.inc_by(n);
+    }
+
+    /// One more rescan.
+    pub fn resync(&self) {
+        self.resyncs.inc();
+    }
+
+    /// An API request answered with gRPC status `code` (for example `OK`, `NOT_FOUND`).
+    pub fn api_request(&self, method: &str, code: &str) {
+        self.api_requests.get_or_create(&RequestLabels { method: method.to_string(), code: code.to_string() }).inc();
+    }
+
+    /// How many subscribers are connected now.
+    pub fn set_subscribers(&self, n: usize) {
+        self.subscribers.set(n as i64);
+    }
+
+    /// `n` subscribers were dropped.
+    pub fn subscribers_dropped(&self, n: usize) {
+        self.subscribers_dropped.inc_by(n as u64);
+    }
+
+    /// Everything, in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let _guard = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,461 @@
+//! The running pipeline: a kernel source thread feeds the tracker; creates
+//! wait in the enrichment gate for their runtime's answer (or the deadline);
+//! what is ready is published to the hub, where subscribers take it.
+//!
+//! ```text
+//! source thread ──SourceMessage──▶ tracker ──▶ gate ◀── enrichment answers
+//!                                     │          │
+//!                                   store        ▼
+//!                                          hub ──▶ subscribers (CLI, gRPC, Rust code)
+//! ```
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+use ctwatch::cgroupfs::{self, CgroupVersion, Hierarchy};
+use ctwatch::sources::inotify::{InotifyError, InotifySource};
+use ctwatch::sources::SourceMessage;
+use ctwatch::state_dirs::HostStateDirs;
+use ctwatch::{ContainerEvent, ContainerState, EventKind, SharedStore, Store, Tracker};
+use ctwatch_ebpf::{ContainersMap, EbpfConfig, EbpfSource, EbpfStats, DEFAULT_RING_BUFFER_BYTES};
+use ctwatch_enrich::{EnrichConfig, EnrichResult, Enrichment, Gate};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::datasource::{DataSource, HostView};
+use crate::metrics::Metrics;
+
+/// How long the loop waits when nothing is due (expiry of removed containers).
+const IDLE_TICK: Duration = Duration::from_millis(250);
+
+/// Which kernel source to read cgroup changes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceChoice {
+    /// eBPF when the kernel and privileges allow it, else inotify.
+    #[default]
+    Auto,
+    /// eBPF only (fail if it cannot load).
+    Ebpf,
+    /// inotify only.
+    Inotify,
+}
+
+/// The cgroup tree the agent scans and follows.
+#[derive(Debug, Clone)]
+pub struct WatchedTree {
+    /// The hierarchy it is in.
+    pub hierarchy: Hierarchy,
+    /// The directory to follow (the mount point, or a directory inside it).
+    pub start: PathBuf,
+}
+
+/// The pinned map of container cgroups for other eBPF programs.
+#[derive(Debug, Clone)]
+pub struct PinConfig {
+    /// Directory on bpffs.
+    pub path: PathBuf,
+    /// Entries at most.
+    pub max_entries: u32,
+    /// Leave it pinned when the agent stops.
+    pub keep_on_exit: bool,
+}
+
+/// How the agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// What to watch.
+    pub tree: WatchedTree,
+    /// Which kernel source.
+    pub source: SourceChoice,
+    /// eBPF ring buffer size in bytes.
+    pub ring_buffer_bytes: u32,
+    /// The pinned map, or `None` for none.
+    pub pin: Option<PinConfig>,
+    /// How long removed containers stay readable.
+    pub grace: Duration,
+    /// Runtime enrichment, or `None` for none.
+    pub enrich: Option<EnrichConfig>,
+    /// The runtimes' state directories (confirm ambiguous cgroup names).
+    pub state_dirs: HostStateDirs,
+    /// The proc mount (normally `/proc`).
+    pub proc_root: PathBuf,
+}
+
+impl AgentConfig {
+    /// Defaults for following `tree`: auto source, no pinned map, 5 s grace, no enrichment.
+    pub fn new(tree: WatchedTree) -> Self {
+        AgentConfig {
+            tree,
+            source: SourceChoice::Auto,
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            pin: None,
+            grace: ctwatch::store::DEFAULT_GRACE,
+            enrich: None,
+            state_dirs: HostStateDirs::default(),
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+
+    /// The host's default hierarchy, whole.
+    pub fn for_host() -> Result<Self, AgentError> {
+        let hierarchies = cgroupfs::mounted_hierarchies().map_err(|e| AgentError::Cgroups(e.to_string()))?;
+        let hierarchy = cgroupfs::default_hierarchy(&hierarchies)
+            .cloned()
+            .ok_or_else(|| AgentError::Cgroups("no cgroup hierarchy is mounted".into()))?;
+        Ok(AgentConfig::new(WatchedTree { start: hierarchy.mount_point.clone(), hierarchy }))
+    }
+}
+
+/// Why the agent could not start or stopped.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The cgroup hierarchies could not be read.
+    #[error("cgroups: {0}")]
+    Cgroups(String),
+    /// `SourceChoice::Ebpf` was asked for and cannot load.
+    #[error("the eBPF source cannot load: {0}")]
+    Ebpf(String),
+    /// The inotify source could not start.
+    #[error(transparent)]
+    Inotify(#[from] InotifyError),
+    /// A thread could not start, or the source failed while running.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// A thread panicked (a bug).
+    #[error("the {0} thread panicked")]
+    Panicked(&'static str),
+}
+
+/// A running agent. Dropping it without [`Agent::stop`] and [`Agent::join`] leaves it running.
+pub struct Agent {
+    data_source: DataSource,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Result<(), AgentError>>>,
+}
+
+/// The kernel source picked for this run.
+enum Source {
+    Ebpf(Box<EbpfSource>),
+    Inotify(Box<InotifySource>),
+}
+
+impl Agent {
+    /// Loads the kernel source and starts the pipeline: the scan at start,
+    /// then live events, published to the data source's subscribers.
+    pub fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        let mirror = mirror_hierarchy(&config.tree);
+        let no_pin = config.pin.is_none();
+        let source = choose_source(&config, if no_pin { None } else { mirror.as_ref().map(|(id, _)| *id) })?;
+        let containers_map = config.pin.as_ref().and_then(|pin| open_containers_map(pin, mirror.map(|(_, r)| r)));
+        let metrics = Arc::new(Metrics::new());
+        let store = SharedStore::new(Store::new(config.grace));
+        let host = HostView { hierarchy: config.tree.hierarchy.clone(), proc_root: config.proc_root.clone() };
+        let data_source = DataSource::new(store.clone(), host, metrics.clone());
+        let mut tracker = Tracker::new(store, Box::new(config.state_dirs.clone()));
+        if let Some(map) = &containers_map {
+            tracker.add_observer(map.observer());
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let ebpf_stats = match &source {
+            Source::Ebpf(s) => Some(s.stats()),
+            Source::Inotify(_) => None,
+        };
+        let source_thread = spawn_source(source, &config.tree, tx, stop.clone())?;
+        let (enriched_tx, enriched_rx) = crossbeam_channel::unbounded();
+        let enrichment = match config.enrich.clone() {
+            Some(c) => {
+                Some(Enrichment::start(c, enriched_tx).map_err(|source| AgentError::Io { what: "enrichment", source })?)
+            }
+            None => None,
+        };
+        let gate = Gate::new(config.enrich.as_ref().map_or(Duration::ZERO, |c| c.deadline));
+        let pipeline = Pipeline {
+            tracker,
+            containers_map,
+            data_source: data_source.clone(),
+            metrics,
+            enrichment,
+            gate,
+            submitted: HashMap::new(),
+            ebpf_stats,
+            dropped_seen: 0,
+        };
+        let thread_stop = stop.clone();
+        let thread = thread::Builder::new()
+            .name("tracker".into())
+            .spawn(move || pipeline.run(rx, enriched_rx, source_thread, thread_stop))
+            .map_err(|source| AgentError::Io { what: "cannot start the tracker thread", source })?;
+        Ok(Agent { data_source, stop, thread: Some(thread) })
+    }
+
+    /// The containers data source this agent keeps current.
+    pub fn data_source(&self) -> DataSource {
+        self.data_source.clone()
+    }
+
+    /// The flag that stops the agent when set (for signal handlers).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Asks the agent to stop (returns at once; see [`Agent::join`]).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the agent to stop: the source ends, subscriptions end, the
+    /// pinned map is unpinned (unless kept). Returns why it stopped if it failed.
+    pub fn join(mut self) -> Result<(), AgentError> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(AgentError::Panicked("tracker")),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Pipeline {
+    tracker: Tracker,
+    containers_map: Option<ContainersMap>,
+    data_source: DataSource,
+    metrics: Arc<Metrics>,
+    enrichment: Option<Enrichment>,
+    gate: Gate,
+    /// When each container's enrichment was asked for (for the latency histogram).
+    submitted: HashMap<(String, u64), Instant>,
+    ebpf_stats: Option<Arc<EbpfStats>>,
+    dropped_seen: u64,
+}
+
+impl Pipeline {
+    fn run(
+        mut self,
+        rx: Receiver<SourceMessage>,
+        enriched_rx: Receiver<EnrichResult>,
+        source_thread: thread::JoinHandle<io::Result<()>>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(), AgentError> {
+        let mut events = Vec::new();
+        let mut ready = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = self.gate.next_due().map_or(IDLE_TICK, |due| due.saturating_duration_since(now).min(IDLE_TICK));
+            let mut source_done = false;
+            crossbeam_channel::select! {
+                recv(rx) -> message => {
+                    let Ok(message) = message else { break };
+                    // Take everything already queued, then publish once.
+                    let mut next = Some(message);
+                    while let Some(message) = next {
+                        self.apply_message(message, &mut events);
+                        next = match rx.try_recv() {
+                            Ok(message) => Some(message),
+                            Err(crossbeam_channel::TryRecvError::Empty) => None,
+                            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                                source_done = true;
+                                None
+                            }
+                        };
+                    }
+                    self.pass_through_gate(&mut events, &mut ready);
+                },
+                recv(enriched_rx) -> result => {
+                    if let Ok(result) = result {
+                        self.apply_enrichment(result, &mut ready);
+                    }
+                },
+                default(wait) => {
+                    self.tracker.expire();
+                },
+            }
+            self.gate.expire(Instant::now(), &mut ready);
+            self.publish(&mut ready);
+            if source_done {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        self.data_source.hub().close();
+        drop(self); // unpins the map unless kept
+        match source_thread.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(AgentError::Io { what: "the cgroup source failed", source }),
+            Err(_) => Err(AgentError::Panicked("cgroup source")),
+        }
+    }
+
+    fn publish(&mut self, ready: &mut Vec<ContainerEvent>) {
+        if let Some(stats) = &self.ebpf_stats {
+            let dropped = stats.dropped.load(Ordering::Relaxed);
+            if dropped > self.dropped_seen {
+                self.metrics.ring_buffer_dropped(dropped - self.dropped_seen);
+                self.dropped_seen = dropped;
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        for event in ready.iter().filter(|e| e.kind == EventKind::ContainerRemove) {
+            self.submitted.remove(&(event.container.id.clone(), event.cgroup_id));
+        }
+        self.data_source.hub().publish(ready);
+        ready.clear();
+    }
+
+    /// Applies one message from the source to the tracker (and the pinned map).
+    fn apply_message(&mut self, message: SourceMessage, events: &mut Vec<ContainerEvent>) {
+        match message {
+            SourceMessage::Events(batch) => self.tracker.apply(&batch, events),
+            SourceMessage::Resync(present) => {
+                self.metrics.resync();
+                self.tracker.reconcile(&present, events)
+            }
+            SourceMessage::Mirror(batch) => {
+                if let Some(map) = &self.containers_map {
+                    map.apply_mirror(&batch);
+                }
+            }
+            SourceMessage::ScanComplete => {
+                if let Some(map) = &self.containers_map {
+                    map.prune_stale();
+                }
+                info!(containers = self.tracker.store().read().len(), "scan at start complete");
+                self.data_source.set_scanned();
+            }
+        }
+    }
+
+    /// With enrichment on, creates wait in the gate (and their enrichment is
+    /// asked for); everything else, and all events without enrichment, is ready.
+    fn pass_through_gate(&mut self, events: &mut Vec<ContainerEvent>, ready: &mut Vec<ContainerEvent>) {
+        let Some(enrichment) = &self.enrichment else {
+            ready.append(events);
+            return;
+        };
+        let now = Instant::now();
+        for event in events.drain(..) {
+            let container = event.container.clone();
+            if self.gate.push(event, now, ready) {
+                enrichment.submit(&container);
+                self.submitted.insert((container.id.clone(), container.cgroup_id), now);
+            }
+        }
+    }
+
+    /// Puts an enrichment answer in the store, releases the create it held, or,
+    /// when the create went out already and the answer changed the record,
+    /// emits a `container_update`.
+    fn apply_enrichment(&mut self, result: EnrichResult, ready: &mut Vec<ContainerEvent>) {
+        let store = self.tracker.store().clone();
+        let before = store.read().get(&result.container_id).cloned();
+        let updated =
+            self.tracker.update_container(&result.container_id, result.cgroup_id, |c| result.metadata.apply_to(c));
+        let (id, cgroup_id) = (result.container_id.as_str(), result.cgroup_id);
+        if let Some(c) = &updated {
+            let key = (result.container_id.clone(), cgroup_id);
+            if result.complete {
+                if let Some(asked) = self.submitted.remove(&key) {
+                    self.metrics.enrichment_done(c.runtime, asked.elapsed());
+                }
+            } else {
+                self.metrics.enrichment_failed(c.runtime);
+            }
+        }
+        if self.gate.resolve(id, cgroup_id, updated.clone(), result.complete, ready) {
+            return;
+        }
+        let Some(container) = updated else { return };
+        let changed = before.is_some_and(|b| *b != *container);
+        if changed && container.state != ContainerState::Removed {
+            ready.push(ContainerEvent {
+                time: SystemTime::now(),
+                kind: EventKind::ContainerUpdate,
+                cgroup_id: container.cgroup_id,
+                container,
+                kernel_time: None,
+                enriched: Some(result.complete),
+            });
+        }
+    }
+}
+
+/// On a hybrid host, the unified hierarchy: its IDs are what
+/// `bpf_get_current_cgroup_id()` returns, so the pinned map holds them too.
+fn mirror_hierarchy(tree: &WatchedTree) -> Option<(u32, PathBuf)> {
+    if tree.hierarchy.version == CgroupVersion::V2 {
+        return None;
+    }
+    let hierarchies = cgroupfs::mounted_hierarchies().ok()?;
+    hierarchies.into_iter().find(|h| h.version == CgroupVersion::V2).map(|h| (h.hierarchy_id, h.mount_point))
+}
+
+fn choose_source(config: &AgentConfig, mirror: Option<u32>) -> Result<Source, AgentError> {
+    let tree = &config.tree;
+    let inotify =
+        || -> Result<Source, AgentError> { Ok(Source::Inotify(Box::new(InotifySource::new(&tree.hierarchy.mount_point, &tree.start)?))) };
+    let ebpf = EbpfConfig {
+        tracked_hierarchy: tree.hierarchy.hierarchy_id,
+        mirror_hierarchy: mirror,
+        ring_buffer_bytes: config.ring_buffer_bytes,
+    };
+    let root = tree.start.display();
+    match config.source {
+        SourceChoice::Inotify => {
+            info!(%root, "source: inotify (--source inotify)");
+            inotify()
+        }
+        SourceChoice::Ebpf => {
+            let source = EbpfSource::load(ebpf).map_err(|e| AgentError::Ebpf(e.to_string()))?;
+            info!(%root, hierarchy_id = tree.hierarchy.hierarchy_id, "source: ebpf (--source ebpf)");
+            Ok(Source::Ebpf(Box::new(source)))
+        }
+        SourceChoice::Auto => match EbpfSource::load(ebpf) {
+            Ok(source) => {
+                info!(%root, hierarchy_id = tree.hierarchy.hierarchy_id, "source: ebpf (kernel and privileges allow it)");
+                Ok(Source::Ebpf(Box::new(source)))
+            }
+            Err(why) => {
+                info!(%root, "source: inotify, because eBPF is unavailable: {why}");
+                inotify()
+            }
+        },
+    }
+}
+
+fn open_containers_map(pin: &PinConfig, mirror_root: Option<PathBuf>) -> Option<ContainersMap> {
+    match ContainersMap::open(&pin.path, pin.max_entries, pin.keep_on_exit, mirror_root) {
+        Ok(map) => Some(map),
+        Err(e) => {
+            warn!("no pinned map of container cgroups: {e} (pass --no-pin to silence this)");
+            None
+        }
+    }
+}
+
+fn spawn_source(
+    source: Source,
+    tree: &WatchedTree,
+    tx: Sender<SourceMessage>,
+    stop: Arc<AtomicBool>,
+) -> Result<thread::JoinHandle<io::Result<()>>, AgentError> {
+    let (mount_point, start) = (tree.hierarchy.mount_point.clone(), tree.start.clone());
+    thread::Builder::new()
+        .name("cgroup-source".into())
+        .spawn(move || match source {
+            Source::Ebpf(s) => s.run(&mount_point, &start, tx, stop),
+            Source::Inotify(s) => s.run(tx, stop),
+        })
+        .map_err(|source| AgentError::Io { what: "cannot start the source thread", source })
+}

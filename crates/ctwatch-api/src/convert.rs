@@ -1,0 +1,167 @@
+//! Records and events to and from their protobuf messages.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ctwatch::{Container, ContainerEvent, ContainerState, EventKind, PodInfo, Runtime};
+use ctwatch_agent::{ContainerFilter, ContainerRecord, DataSourceError, SubscriptionError};
+use tonic::Status;
+
+use crate::pb;
+
+/// A record as a message.
+pub fn container_message(r: ContainerRecord) -> pb::Container {
+    pb::Container {
+        container_id: r.container_id,
+        container_ctime: r.container_ctime,
+        container_name: r.container_name,
+        container_image: r.container_image,
+        container_image_digest: r.container_image_digest,
+        runtime: r.runtime.as_str().to_string(),
+        k8s_pod_id: r.k8s_pod_id,
+        k8s_pod_name: r.k8s_pod_name,
+        k8s_pod_namespace: r.k8s_pod_namespace,
+        k8s_pod_sandbox: r.k8s_pod_sandbox,
+        cgroup_id: r.cgroup_id,
+        cgroup_path: r.cgroup_path,
+        init_pid: r.init_pid,
+        mount_ns: r.mount_ns,
+        net_ns: r.net_ns,
+        labels: r.labels.into_iter().collect(),
+        state: state_message(r.state) as i32,
+    }
+}
+
+fn state_message(state: ContainerState) -> pb::ContainerState {
+    match state {
+        ContainerState::Existing => pb::ContainerState::Existing,
+        ContainerState::Created => pb::ContainerState::Created,
+        ContainerState::Removed => pb::ContainerState::Removed,
+    }
+}
+
+/// A message back as a container (what the CLI prints). Unknown runtimes
+/// and states from a newer agent become `unknown` and `created`.
+pub fn container_from_message(m: &pb::Container) -> Container {
+    let state = match pb::ContainerState::try_from(m.state) {
+        Ok(pb::ContainerState::Existing) => ContainerState::Existing,
+        Ok(pb::ContainerState::Removed) => ContainerState::Removed,
+        _ => ContainerState::Created,
+    };
+    Container {
+        id: m.container_id.clone(),
+        runtime: Runtime::from_name(&m.runtime).unwrap_or(Runtime::Unknown),
+        cgroup_id: m.cgroup_id,
+        cgroup_path: m.cgroup_path.clone(),
+        ctime_ns: m.container_ctime,
+        image: m.container_image.clone(),
+        image_digest: m.container_image_digest.clone(),
+        name: m.container_name.clone(),
+        pod: PodInfo {
+            name: m.k8s_pod_name.clone(),
+            namespace: m.k8s_pod_namespace.clone(),
+            uid: m.k8s_pod_id.clone(),
+            sandbox: m.k8s_pod_sandbox,
+        },
+        labels: m.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        state,
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+fn from_unix_nanos(ns: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
+}
+
+/// An event as a message (`ns` fills the container's namespaces when known).
+pub fn event_message(e: &ContainerEvent, record: ContainerRecord) -> pb::Event {
+    pb::Event {
+        event: e.kind.as_str().to_string(),
+        time_unix_nano: unix_nanos(e.time),
+        kernel_time_unix_nano: e.kernel_time.map(unix_nanos),
+        cgroup_id: e.cgroup_id,
+        enriched: e.enriched,
+        container: Some(container_message(record)),
+    }
+}
+
+/// A message back as an event; `None` for an event kind this client does not know.
+pub fn event_from_message(m: &pb::Event) -> Option<ContainerEvent> {
+    let kind = match m.event.as_str() {
+        "container_create" => EventKind::ContainerCreate,
+        "container_remove" => EventKind::ContainerRemove,
+        "existing_container" => EventKind::ExistingContainer,
+        "container_update" => EventKind::ContainerUpdate,
+        _ => return None,
+    };
+    Some(ContainerEvent {
+        time: from_unix_nanos(m.time_unix_nano),
+        kind,
+        cgroup_id: m.cgroup_id,
+        container: Arc::new(container_from_message(m.container.as_ref()?)),
+        kernel_time: m.kernel_time_unix_nano.map(from_unix_nanos),
+        enriched: m.enriched,
+    })
+}
+
+/// A list request as a filter.
+pub fn filter_from_request(r: &pb::ListRequest) -> Result<ContainerFilter, Status> {
+    let set = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let runtime = match r.runtime.as_str() {
+        "" => None,
+        name => Some(Runtime::from_name(name).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown runtime {name:?} (one of: {})",
+                Runtime::ALL.map(Runtime::as_str).join(", ")
+            ))
+        })?),
+    };
+    let labels = r
+        .labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (l.clone(), None),
+        })
+        .collect();
+    Ok(ContainerFilter {
+        name: set(&r.name),
+        image: set(&r.image),
+        runtime,
+        pod_name: set(&r.pod_name),
+        pod_namespace: set(&r.pod_namespace),
+        labels,
+        include_removed: r.include_removed,
+    })
+}
+
+/// A data source error as a gRPC status.
+pub fn status(e: DataSourceError) -> Status {
+    use ctwatch::proc::ProcError;
+    use ctwatch::resolve::ResolveError;
+    let message = e.to_string();
+    match e {
+        DataSourceError::NotFound(_)
+        | DataSourceError::Proc(ProcError::NoSuchProcess(_) | ProcError::NotInHierarchy(_))
+        | DataSourceError::Resolve(ResolveError::NotFound { .. }) => Status::not_found(message),
+        DataSourceError::AmbiguousPrefix { .. }
+        | DataSourceError::UnsupportedKey(_)
+        | DataSourceError::InvalidKey { .. }
+        | DataSourceError::Resolve(ResolveError::InvalidPath(_)) => Status::invalid_argument(message),
+        DataSourceError::NotRunning(_) => Status::failed_precondition(message),
+        DataSourceError::Resolve(ResolveError::Changed { .. }) => Status::aborted(message),
+        DataSourceError::Resolve(ResolveError::Unsupported) => Status::unimplemented(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// A subscription error as a gRPC status.
+pub fn subscription_status(e: SubscriptionError) -> Status {
+    Status::resource_exhausted(e.to_string())
+}

@@ -1,0 +1,297 @@
+//! The gRPC service over a [`DataSource`], and the unix socket it listens on.
+
+use std::fs::{self, File};
+use std::future::Future;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ctwatch_agent::{DataSource, DataSourceError};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use crate::convert::{self, container_message, event_message};
+use crate::pb;
+use crate::pb::containers_server::{Containers, ContainersServer};
+
+/// How long a Watch client may leave a message unread before it is dropped.
+const STALLED_CLIENT: Duration = Duration::from_secs(10);
+
+/// Messages queued per Watch stream between the subscription and the connection.
+const STREAM_QUEUE: usize = 64;
+
+/// Why the API could not be served.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// Another `ctwatch serve` holds the socket.
+    #[error("another ctwatch serve is running on {0} (stop it first, or pass a different --socket)")]
+    AlreadyServing(PathBuf),
+    /// The socket could not be set up.
+    #[error("cannot set up the socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("the API server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The bound unix socket; removed (with its lock file) when dropped.
+pub struct UnixSocket {
+    path: PathBuf,
+    lock_path: PathBuf,
+    listener: Option<std::os::unix::net::UnixListener>,
+    _lock: File,
+}
+
+impl UnixSocket {
+    /// Binds `path` with `mode` (for example 0o660) and group `gid` (if given).
+    /// A lock file next to it makes a second server on the same path fail
+    /// with [`ServeError::AlreadyServing`]; a stale socket left by a killed
+    /// server is replaced.
+    pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<Self, ServeError> {
+        let err = |source| ServeError::Socket { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                fs::create_dir_all(dir).map_err(err)?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(err)?;
+            }
+        }
+        let mut lock_name = path.as_os_str().to_owned();
+        lock_name.push(".lock");
+        let lock_path = PathBuf::from(lock_name);
+        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(err)?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(ServeError::AlreadyServing(path.to_path_buf()));
+        }
+        match fs::remove_file(path) {
+            Ok(()) => debug!(path = %path.display(), "removed a stale socket"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+        }
+        listener.set_nonblocking(true).map_err(err)?;
+        Ok(UnixSocket { path: path.to_path_buf(), lock_path, listener: Some(listener), _lock: lock })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn take_listener(&mut self) -> Option<std::os::unix::net::UnixListener> {
+        self.listener.take()
+    }
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        let _ = fs::remove_file(&self.lock_path);
+    }
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct ContainersService {
+    data_source: DataSource,
+    default_buffer: usize,
+}
+
+impl ContainersService {
+    /// A service answering from `data_source`; Watch clients get `default_buffer` events of slack.
+    pub fn new(data_source: DataSource, default_buffer: usize) -> Self {
+        ContainersService { data_source, default_buffer }
+    }
+
+    fn counted<T>(&self, method: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.data_source.metrics().api_request(method, &format!("{code:?}"));
+        result.map(Response::new)
+    }
+
+    /// Runs a lookup that may read /proc off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(DataSource) -> Result<T, DataSourceError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let ds = self.data_source.clone();
+        match tokio::task::spawn_blocking(move || f(ds)).await {
+            Ok(result) => result.map_err(convert::status),
+            Err(e) => Err(Status::internal(format!("lookup failed: {e}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Containers for ContainersService {
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Container>, Status> {
+        let id = request.into_inner().id;
+        let result = if id.is_empty() {
+            Err(Status::invalid_argument("give a container ID or prefix"))
+        } else {
+            self.blocking(move |ds| ds.get(&id)).await.map(container_message)
+        };
+        self.counted("Get", result)
+    }
+
+    async fn get_by_cgroup_id(
+        &self,
+        request: Request<pb::GetByCgroupIdRequest>,
+    ) -> Result<Response<pb::Container>, Status> {
+        let id = request.into_inner().cgroup_id;
+        let result = self.blocking(move |ds| ds.get_by_cgroup_id(id)).await.map(container_message);
+        self.counted("GetByCgroupId", result)
+    }
+
+    async fn get_by_pid(&self, request: Request<pb::GetByPidRequest>) -> Result<Response<pb::Container>, Status> {
+        let pid = request.into_inner().pid;
+        let result = self.blocking(move |ds| ds.get_by_pid(pid)).await.map(container_message);
+        self.counted("GetByPid", result)
+    }
+
+    async fn get_by_mount_ns(
+        &self,
+        request: Request<pb::GetByMountNsRequest>,
+    ) -> Result<Response<pb::Container>, Status> {
+        let ns = request.into_inner().mount_ns;
+        let result = self.blocking(move |ds| ds.get_by_mount_ns(ns)).await.map(container_message);
+        self.counted("GetByMountNs", result)
+    }
+
+    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let result = match convert::filter_from_request(request.get_ref()) {
+            Ok(filter) => self
+                .blocking(move |ds| Ok(ds.list(&filter)))
+                .await
+                .map(|records| pb::ListResponse { containers: records.into_iter().map(container_message).collect() }),
+            Err(status) => Err(status),
+        };
+        self.counted("List", result)
+    }
+
+    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        let buffer = if request.buffer == 0 { self.default_buffer } else { request.buffer as usize };
+        let mut subscription = self.data_source.subscribe_with_buffer(buffer);
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let ds = self.data_source.clone();
+        tokio::spawn(async move {
+            use pb::watch_response::Item;
+            let send = |item: Result<pb::WatchResponse, Status>| {
+                let tx = tx.clone();
+                async move { matches!(tokio::time::timeout(STALLED_CLIENT, tx.send(item)).await, Ok(Ok(()))) }
+            };
+            let current = subscription.take_current();
+            let count = if request.skip_current { 0 } else { current.len() };
+            for event in current.iter().take(count) {
+                let message = event_message(event, ds.record_cached(&event.container));
+                if !send(Ok(pb::WatchResponse { item: Some(Item::Current(message)) })).await {
+                    return;
+                }
+            }
+            let synced = Item::Synced(pb::Synced { current_count: count as u32 });
+            if !send(Ok(pb::WatchResponse { item: Some(synced) })).await {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    next = subscription.next() => next,
+                };
+                match next {
+                    Ok(Some(event)) => {
+                        let message = event_message(&event, ds.record_cached(&event.container));
+                        if !send(Ok(pb::WatchResponse { item: Some(Item::Event(message)) })).await {
+                            debug!("a Watch client stopped reading; dropped");
+                            return;
+                        }
+                    }
+                    Ok(None) => return, // the agent is stopping
+                    Err(lagged) => {
+                        warn!("a Watch client fell behind and was dropped: {lagged}");
+                        let _ = tx.try_send(Err(convert::subscription_status(lagged)));
+                        return;
+                    }
+                }
+            }
+        });
+        self.counted("Watch", Ok(ReceiverStream::new(rx)))
+    }
+
+    async fn resolve_path(
+        &self,
+        request: Request<pb::ResolvePathRequest>,
+    ) -> Result<Response<pb::ResolvePathResponse>, Status> {
+        let pb::ResolvePathRequest { container, path } = request.into_inner();
+        let result = self
+            .blocking(move |ds| ds.resolve_path(&container, &path))
+            .await
+            .map(|r| pb::ResolvePathResponse {
+                container_path: r.container_path.to_string_lossy().into_owned(),
+                host_path: r.host_path.to_string_lossy().into_owned(),
+            });
+        self.counted("ResolvePath", result)
+    }
+}
+
+/// Serves `service` on the unix socket (and on `tcp` when given) until `shutdown` completes.
+pub async fn serve(
+    service: ContainersService,
+    socket: &mut UnixSocket,
+    tcp: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let path = socket.path().to_path_buf();
+    let listener = socket.take_listener().ok_or_else(|| ServeError::Socket {
+        path: path.clone(),
+        source: io::Error::other("the socket was already served"),
+    })?;
+    let listener =
+        tokio::net::UnixListener::from_std(listener).map_err(|source| ServeError::Socket { path: path.clone(), source })?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    info!(socket = %path.display(), "API listening");
+    let unix = tonic::transport::Server::builder()
+        .add_service(ContainersServer::new(service.clone()))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
+    match tcp {
+        None => unix.await?,
+        Some(tcp) => {
+            if let Ok(addr) = tcp.local_addr() {
+                warn!(%addr, "API also listening on TCP: anyone who can reach it can list this host's containers");
+            }
+            let tcp = tonic::transport::Server::builder()
+                .add_service(ContainersServer::new(service))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx));
+            let (a, b) = tokio::join!(unix, tcp);
+            a?;
+            b?;
+        }
+    }
+    Ok(())
+}

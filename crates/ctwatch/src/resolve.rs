@@ -1,0 +1,190 @@
+//! Paths as a container sees them, resolved to what they reach on the host.
+//!
+//! The container's root is `/proc/<pid>/root` of a process in it. Every
+//! component of the path, symlinks and `..` included, is resolved by the
+//! kernel *inside* that root (`openat2` with `RESOLVE_IN_ROOT`): an absolute
+//! symlink or a `../../..` chain in the container stops at the container's
+//! root, so a link can never lead ctwatch to a host file. Magic links
+//! (`/proc/self/root`-style) are refused.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, Mode};
+use thiserror::Error;
+
+/// Why a path could not be resolved.
+#[derive(Debug, Error)]
+pub enum ResolveError {
+    /// The container's root could not be opened (its process is gone, or no permission).
+    #[error("cannot open the root of process {pid}: {source}")]
+    NoRoot {
+        /// The process whose root was asked for.
+        pid: u32,
+        /// Why.
+        source: io::Error,
+    },
+    /// Nothing is at that path inside the container.
+    #[error("{path:?} does not exist in the container")]
+    NotFound {
+        /// The path asked for.
+        path: String,
+    },
+    /// The path is not usable (empty, or with a NUL byte).
+    #[error("invalid path {0:?}")]
+    InvalidPath(String),
+    /// The kernel lacks `openat2` (Linux 5.6+), so safe resolution is impossible.
+    #[error("this kernel has no openat2 (Linux 5.6 or later is needed to resolve paths safely)")]
+    Unsupported,
+    /// The file changed while its host path was being made (a rename or a link swapped in).
+    #[error("{path:?} changed while it was being resolved; try again")]
+    Changed {
+        /// The path asked for.
+        path: String,
+    },
+    /// Another failure of the kernel call.
+    #[error("cannot resolve {path:?}: {source}")]
+    Io {
+        /// The path asked for.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// A path resolved inside a container's root.
+#[derive(Debug)]
+pub struct ResolvedPath {
+    /// The path inside the container, with every symlink and `..` resolved.
+    pub container_path: PathBuf,
+    /// A host path that reaches the same file (through `/proc/<pid>/root`).
+    /// Only a name: to read the file, use [`ResolvedPath::file`], which cannot be raced.
+    pub host_path: PathBuf,
+    /// The file itself, opened `O_PATH` (no read access; reopen through
+    /// `/proc/self/fd/<fd>` with the mode wanted).
+    pub file: OwnedFd,
+}
+
+/// Opens `path` inside `root` (a directory), resolving every component inside it.
+pub fn open_in_root(root: &Path, path: &str) -> Result<OwnedFd, ResolveError> {
+    if path.is_empty() || path.contains('\0') {
+        return Err(ResolveError::InvalidPath(path.to_string()));
+    }
+    let root_fd = open_dir(root).map_err(|source| ResolveError::Io { path: root.display().to_string(), source })?;
+    open_beneath(&root_fd, path)
+}
+
+/// Resolves `path` as process `pid` (read under `proc_root`, normally `/proc`) sees it.
+pub fn resolve_in_process_root(proc_root: &Path, pid: u32, path: &str) -> Result<ResolvedPath, ResolveError> {
+    if path.is_empty() || path.contains('\0') {
+        return Err(ResolveError::InvalidPath(path.to_string()));
+    }
+    let root = proc_root.join(pid.to_string()).join("root");
+    let root_fd = open_dir(&root).map_err(|source| ResolveError::NoRoot { pid, source })?;
+    let file = open_beneath(&root_fd, path)?;
+    let io_err = |source| ResolveError::Io { path: path.to_string(), source };
+    // The kernel's name for the file: relative to the container's root when
+    // the container has its own mount namespace, else a host path already.
+    let named = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(io_err)?;
+    let same_mounts = same_mount_namespace(proc_root, pid);
+    let host_path = if same_mounts { named.clone() } else { join_under(&root, &named) };
+    let container_path = if same_mounts { strip_root(proc_root, pid, &named) } else { named };
+    // The name must reach this very file; a swap in between is refused.
+    let want = fstat(file.as_raw_fd()).map_err(|e| io_err(e.into()))?;
+    match fs::symlink_metadata(&host_path) {
+        Ok(m) if m.dev() == want.st_dev && m.ino() == want.st_ino => {}
+        _ => return Err(ResolveError::Changed { path: path.to_string() }),
+    }
+    Ok(ResolvedPath { container_path, host_path, file })
+}
+
+fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    let fd = nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    // SAFETY: `open` just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_beneath(root: &OwnedFd, path: &str) -> Result<OwnedFd, ResolveError> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match nix::fcntl::openat2(root.as_raw_fd(), path, how) {
+        // SAFETY: `openat2` just returned this descriptor and nothing else owns it.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => {
+            Err(ResolveError::NotFound { path: path.to_string() })
+        }
+        Err(nix::errno::Errno::ENOSYS) => Err(ResolveError::Unsupported),
+        Err(e) => Err(ResolveError::Io { path: path.to_string(), source: e.into() }),
+    }
+}
+
+fn same_mount_namespace(proc_root: &Path, pid: u32) -> bool {
+    let ns = |p: PathBuf| fs::metadata(p).map(|m| m.ino()).ok();
+    let theirs = ns(proc_root.join(pid.to_string()).join("ns/mnt"));
+    theirs.is_some() && theirs == ns(proc_root.join("self/ns/mnt"))
+}
+
+/// `root` + an absolute in-container path.
+fn join_under(root: &Path, inner: &Path) -> PathBuf {
+    let relative = inner.strip_prefix("/").unwrap_or(inner);
+    if relative.as_os_str().is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(relative)
+    }
+}
+
+/// The in-container form of a host path, for a process chrooted in our mount namespace.
+fn strip_root(proc_root: &Path, pid: u32, host: &Path) -> PathBuf {
+    let Ok(root) = fs::read_link(proc_root.join(pid.to_string()).join("root")) else {
+        return host.to_path_buf();
+    };
+    match host.strip_prefix(&root) {
+        Ok(rest) => {
+            let mut bytes = b"/".to_vec();
+            bytes.extend(rest.as_os_str().as_encoded_bytes());
+            PathBuf::from(OsString::from_vec(bytes))
+        }
+        Err(_) => host.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_and_dotdots_stay_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/hostname"), "inside\n").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("abs-link")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/hostname", root.join("etc/rel-link")).unwrap();
+        for path in ["/abs-link", "etc/rel-link", "/../../etc/hostname", "/etc/../../etc/hostname"] {
+            let fd = open_in_root(root, path).unwrap();
+            let name = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+            assert_eq!(name, root.join("etc/hostname"), "{path}");
+        }
+        // A link to something the root does not have is "not found", never the host's file.
+        std::os::unix::fs::symlink("/etc/shadow", root.join("shadow-link")).unwrap();
+        assert!(matches!(open_in_root(root, "/shadow-link"), Err(ResolveError::NotFound { .. })));
+        assert!(matches!(open_in_root(root, ""), Err(ResolveError::InvalidPath(_))));
+        assert!(matches!(open_in_root(root, "a\0b"), Err(ResolveError::InvalidPath(_))));
+    }
+
+    #[test]
+    fn magic_links_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/proc/self/root/etc/passwd", dir.path().join("magic")).unwrap();
+        // Inside the root, /proc does not exist: not found.
+        assert!(open_in_root(dir.path(), "/magic").is_err());
+    }
+}
