@@ -327,10 +327,30 @@ impl DataSource {
         ContainerRecord::new(c, self.0.namespaces.cached(c))
     }
 
-    /// The container with this ID, or the only one whose ID starts with it.
+    /// The container with this ID, or the only one whose ID starts with it,
+    /// or else the only live one with this name (as `docker inspect` accepts).
     pub fn get(&self, id_or_prefix: &str) -> Result<ContainerRecord, DataSourceError> {
-        let c = self.0.store.read().get_by_prefix(id_or_prefix)?.clone();
+        let c = self.find(id_or_prefix)?;
         Ok(self.record(&c))
+    }
+
+    fn find(&self, id_or_prefix: &str) -> Result<Arc<Container>, DataSourceError> {
+        let store = self.0.store.read();
+        match store.get_by_prefix(id_or_prefix) {
+            Ok(c) => Ok(c.clone()),
+            Err(LookupError::NotFound(key)) => {
+                let mut named = store.live().filter(|c| !c.name.is_empty() && c.name == id_or_prefix);
+                match (named.next(), named.next()) {
+                    (Some(c), None) => Ok(c.clone()),
+                    (Some(_), Some(_)) => Err(DataSourceError::AmbiguousPrefix {
+                        prefix: id_or_prefix.to_string(),
+                        count: 2 + named.count(),
+                    }),
+                    (None, _) => Err(LookupError::NotFound(key).into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The container a cgroup (its root or a sub-cgroup) belongs to.
@@ -378,7 +398,9 @@ impl DataSource {
     pub fn list(&self, filter: &ContainerFilter) -> Vec<ContainerRecord> {
         let matching: Vec<Arc<Container>> = self.0.store.read().iter().filter(|c| filter.matches(c)).cloned().collect();
         let mut records: Vec<ContainerRecord> = matching.iter().map(|c| self.record(c)).collect();
-        records.sort_by(|a, b| b.container_ctime.cmp(&a.container_ctime).then_with(|| a.container_id.cmp(&b.container_id)));
+        records.sort_by(|a, b| {
+            b.container_ctime.cmp(&a.container_ctime).then_with(|| a.container_id.cmp(&b.container_id))
+        });
         records
     }
 
@@ -397,7 +419,7 @@ impl DataSource {
     /// Resolves `path` as the container sees it (symlinks and `..` never
     /// leave its root) to a host path and an open file.
     pub fn resolve_path(&self, id_or_prefix: &str, path: &str) -> Result<ResolvedPath, DataSourceError> {
-        let c = self.0.store.read().get_by_prefix(id_or_prefix)?.clone();
+        let c = self.find(id_or_prefix)?;
         let ns = self.0.namespaces.live_init(&c).ok_or_else(|| DataSourceError::NotRunning(c.id.clone()))?;
         Ok(resolve::resolve_in_process_root(&self.0.host.proc_root, ns.init_pid, path)?)
     }

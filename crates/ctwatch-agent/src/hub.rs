@@ -177,6 +177,17 @@ impl Subscription {
         self.outcome(event)
     }
 
+    /// The next event if one is already queued (never blocks; the end of the
+    /// subscription is reported by the next [`Subscription::blocking_next`]).
+    pub fn try_next(&mut self) -> Option<ContainerEvent> {
+        self.rx.try_recv().ok()
+    }
+
+    /// True once the subscriber has been dropped for falling behind.
+    pub fn is_lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+
     fn outcome(&self, event: Option<ContainerEvent>) -> Result<Option<ContainerEvent>, SubscriptionError> {
         match event {
             Some(event) => Ok(Some(event)),

@@ -175,9 +175,9 @@ impl Agent {
         let source_thread = spawn_source(source, &config.tree, tx, stop.clone())?;
         let (enriched_tx, enriched_rx) = crossbeam_channel::unbounded();
         let enrichment = match config.enrich.clone() {
-            Some(c) => {
-                Some(Enrichment::start(c, enriched_tx).map_err(|source| AgentError::Io { what: "enrichment", source })?)
-            }
+            Some(c) => Some(
+                Enrichment::start(c, enriched_tx).map_err(|source| AgentError::Io { what: "enrichment", source })?,
+            ),
             None => None,
         };
         let gate = Gate::new(config.enrich.as_ref().map_or(Duration::ZERO, |c| c.deadline));
@@ -403,8 +403,9 @@ fn mirror_hierarchy(tree: &WatchedTree) -> Option<(u32, PathBuf)> {
 
 fn choose_source(config: &AgentConfig, mirror: Option<u32>) -> Result<Source, AgentError> {
     let tree = &config.tree;
-    let inotify =
-        || -> Result<Source, AgentError> { Ok(Source::Inotify(Box::new(InotifySource::new(&tree.hierarchy.mount_point, &tree.start)?))) };
+    let inotify = || -> Result<Source, AgentError> {
+        Ok(Source::Inotify(Box::new(InotifySource::new(&tree.hierarchy.mount_point, &tree.start)?)))
+    };
     let ebpf = EbpfConfig {
         tracked_hierarchy: tree.hierarchy.hierarchy_id,
         mirror_hierarchy: mirror,

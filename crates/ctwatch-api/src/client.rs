@@ -24,7 +24,8 @@ pub enum ConnectError {
 /// Connects to the agent listening on `socket`.
 pub async fn connect(socket: &Path) -> Result<ContainersClient<Channel>, ConnectError> {
     let path = socket.to_path_buf();
-    let no_agent = |e: &dyn std::fmt::Display| ConnectError::NoAgent { path: socket.to_path_buf(), reason: e.to_string() };
+    let no_agent =
+        |e: &dyn std::fmt::Display| ConnectError::NoAgent { path: socket.to_path_buf(), reason: e.to_string() };
     // The URI is required by the API but unused: the connector dials the socket.
     let endpoint = Endpoint::try_from("http://ctwatch.local").map_err(|e| no_agent(&e))?;
     let channel = endpoint

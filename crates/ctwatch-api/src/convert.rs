@@ -165,3 +165,13 @@ pub fn status(e: DataSourceError) -> Status {
 pub fn subscription_status(e: SubscriptionError) -> Status {
     Status::resource_exhausted(e.to_string())
 }
+
+/// A message back as a data source record (what `ctwatch get` prints).
+pub fn record_from_message(m: &pb::Container) -> ContainerRecord {
+    let c = container_from_message(m);
+    let mut record = ContainerRecord::new(&c, None);
+    record.init_pid = m.init_pid;
+    record.mount_ns = m.mount_ns;
+    record.net_ns = m.net_ns;
+    record
+}

@@ -35,7 +35,8 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, shutdow
                 let metrics = metrics.clone();
                 async move { Ok::<_, Infallible>(answer(&request, &metrics)) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
+            if let Err(e) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
             {
                 debug!("metrics: connection ended: {e}");
             }

@@ -242,10 +242,8 @@ impl Containers for ContainersService {
         request: Request<pb::ResolvePathRequest>,
     ) -> Result<Response<pb::ResolvePathResponse>, Status> {
         let pb::ResolvePathRequest { container, path } = request.into_inner();
-        let result = self
-            .blocking(move |ds| ds.resolve_path(&container, &path))
-            .await
-            .map(|r| pb::ResolvePathResponse {
+        let result =
+            self.blocking(move |ds| ds.resolve_path(&container, &path)).await.map(|r| pb::ResolvePathResponse {
                 container_path: r.container_path.to_string_lossy().into_owned(),
                 host_path: r.host_path.to_string_lossy().into_owned(),
             });
@@ -265,8 +263,8 @@ pub async fn serve(
         path: path.clone(),
         source: io::Error::other("the socket was already served"),
     })?;
-    let listener =
-        tokio::net::UnixListener::from_std(listener).map_err(|source| ServeError::Socket { path: path.clone(), source })?;
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .map_err(|source| ServeError::Socket { path: path.clone(), source })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

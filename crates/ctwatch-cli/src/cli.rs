@@ -39,6 +39,17 @@ pub enum Command {
     /// List the containers on this host now.
     #[command(visible_alias = "ps")]
     Ls(LsArgs),
+    /// Run the agent: keep the containers store current and answer the API
+    /// (gRPC on a unix socket; see proto/ctwatch/v1/ctwatch.proto).
+    Serve(ServeArgs),
+    /// Show one container as JSON: by ID or prefix, cgroup ID, PID or mount namespace.
+    #[command(visible_alias = "inspect")]
+    Get(GetArgs),
+    /// Show the container a process is in (exit status 1 if it is in none).
+    Pid(PidArgs),
+    /// Resolve a path as a container sees it to the host path that reaches it,
+    /// following symlinks and `..` inside the container's root only.
+    Resolve(ResolveArgs),
 }
 
 /// Where to look for cgroups.
@@ -101,33 +112,13 @@ pub enum Format {
     Table,
 }
 
-/// Options of `ctwatch watch`.
-#[derive(Debug, Args)]
-pub struct WatchArgs {
-    /// Where to look for cgroups.
-    #[command(flatten)]
-    pub cgroups: CgroupArgs,
-
-    /// Runtime enrichment.
-    #[command(flatten)]
-    pub enrich: EnrichArgs,
-
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t = Format::Json)]
-    pub format: Format,
-
+/// How the agent reads the kernel (`watch` without an agent, and `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
     /// How long a removed container stays in the store for late lookups
     /// (for example `5s`, `500ms`, `1m`).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
-
-    /// Do not print `existing_container` events for what runs at start.
-    #[arg(long)]
-    pub no_existing: bool,
-
-    /// Show full container IDs in the table.
-    #[arg(long)]
-    pub no_trunc: bool,
 
     /// Where cgroup changes come from: `ebpf` (kernel tracepoints), `inotify`
     /// (cgroupfs watches), or `auto` (eBPF when the kernel and privileges
@@ -156,6 +147,154 @@ pub struct WatchArgs {
     /// How many cgroups the pinned map holds at most.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub map_max_entries: u32,
+}
+
+/// Whether to ask a running `ctwatch serve`.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// The agent's socket. When an agent answers there, the command shows the
+    /// agent's view (and needs no root, only access to the socket).
+    /// Default: /run/ctwatch/ctwatch.sock.
+    #[arg(long, value_name = "PATH", env = "CTWATCH_SOCKET")]
+    pub socket: Option<PathBuf>,
+
+    /// Do the work in this process even if an agent is running.
+    #[arg(long)]
+    pub standalone: bool,
+}
+
+/// Options of `ctwatch watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Where to look for cgroups.
+    #[command(flatten)]
+    pub cgroups: CgroupArgs,
+
+    /// Runtime enrichment.
+    #[command(flatten)]
+    pub enrich: EnrichArgs,
+
+    /// The kernel source (without an agent).
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// A running agent.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+
+    /// Do not print `existing_container` events for what runs at start.
+    #[arg(long)]
+    pub no_existing: bool,
+
+    /// Show full container IDs in the table.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+/// Options of `ctwatch serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to look for cgroups.
+    #[command(flatten)]
+    pub cgroups: CgroupArgs,
+
+    /// Runtime enrichment.
+    #[command(flatten)]
+    pub enrich: EnrichArgs,
+
+    /// The kernel source.
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// The unix socket to serve the API on (mode 0660).
+    #[arg(long, value_name = "PATH", env = "CTWATCH_SOCKET", default_value = ctwatch_api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// The group that may use the socket (name or GID). Default: root's group only.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Also serve the API on TCP at this address (for example 127.0.0.1:7850).
+    /// It has no authentication: anyone who can reach it can list the host's
+    /// containers, their images, labels and PIDs.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (for example 127.0.0.1:9750).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Events a Watch client may fall behind before it is dropped.
+    #[arg(long, value_name = "N", default_value_t = ctwatch_agent::DEFAULT_SUBSCRIBER_BUFFER)]
+    pub client_buffer: usize,
+}
+
+/// Options of `ctwatch get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// A container ID or unique prefix; or `cgroup:<ID>`, `pid:<PID>`, `mntns:<inode>`.
+    #[arg(value_name = "KEY")]
+    pub key: String,
+
+    /// Where to look for cgroups (without an agent).
+    #[command(flatten)]
+    pub cgroups: CgroupArgs,
+
+    /// Runtime enrichment (without an agent).
+    #[command(flatten)]
+    pub enrich: EnrichArgs,
+
+    /// A running agent.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Options of `ctwatch pid`.
+#[derive(Debug, Args)]
+pub struct PidArgs {
+    /// A process ID, as the host sees it.
+    #[arg(value_name = "PID")]
+    pub pid: u32,
+
+    /// Where to look for cgroups (without an agent).
+    #[command(flatten)]
+    pub cgroups: CgroupArgs,
+
+    /// Runtime enrichment (without an agent).
+    #[command(flatten)]
+    pub enrich: EnrichArgs,
+
+    /// A running agent.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Options of `ctwatch resolve`.
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// The container: ID or unique prefix.
+    #[arg(value_name = "CONTAINER")]
+    pub container: String,
+
+    /// The path as the container sees it.
+    #[arg(value_name = "PATH")]
+    pub path: String,
+
+    /// Output format: the host path alone, or JSON with both paths.
+    #[arg(long, short = 'o', value_enum)]
+    pub format: Option<Format>,
+
+    /// Where to look for cgroups (without an agent).
+    #[command(flatten)]
+    pub cgroups: CgroupArgs,
+
+    /// A running agent.
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 /// Kernel sources `ctwatch watch` can read.
@@ -191,6 +330,23 @@ pub struct LsArgs {
     /// Print only container IDs.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+
+    /// Only containers that match (repeatable): `name=`, `image=`, `runtime=`,
+    /// `pod=`, `namespace=`, `label=KEY` or `label=KEY=VALUE`.
+    #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
+    pub filter: Vec<(String, String)>,
+
+    /// A running agent.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+fn parse_filter(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KEY=VALUE (for example name=web)"))?;
+    match k {
+        "name" | "image" | "runtime" | "pod" | "namespace" | "label" => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("unknown filter {k:?} (name, image, runtime, pod, namespace, label)")),
+    }
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -1,29 +1,26 @@
-//! What ctwatch needs from the host before it starts: privileges and the
-//! cgroup hierarchy to watch.
+//! What ctwatch needs from the host before it starts: privileges, the
+//! cgroup hierarchy to watch, and the agent's configuration from the flags.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use ctwatch::cgroupfs::{self, CgroupFsError, Hierarchy};
+use ctwatch::cgroupfs::{self, CgroupFsError};
+use ctwatch::sources::{scan, Origin};
 use ctwatch::state_dirs::HostStateDirs;
+use ctwatch::{Container, SharedStore, Store, Tracker};
+use ctwatch_agent::{AgentConfig, DataSource, HostView, Metrics, PinConfig, SourceChoice, WatchedTree};
+use ctwatch_enrich::{EnrichConfig, Enrichment};
 
-use ctwatch_enrich::{EnrichConfig, EnrichResult, Enrichment};
-
-use crate::cli::{CgroupArgs, EnrichArgs};
-
-/// The cgroup tree ctwatch will scan and watch.
-#[derive(Debug, Clone)]
-pub struct WatchedTree {
-    /// The hierarchy it is in.
-    pub hierarchy: Hierarchy,
-    /// The directory to follow (the mount point, or a directory inside it).
-    pub start: PathBuf,
-}
+use crate::cli::{CgroupArgs, EnrichArgs, SourceArgs, SourceKind};
 
 /// Fails with a clear message unless ctwatch runs as root.
 pub fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("must run as root: it watches cgroupfs and reads the runtimes' state under /run (try: sudo ctwatch ...)");
+        bail!(
+            "must run as root: it watches cgroupfs and reads the runtimes' state under /run (try: sudo ctwatch ..., \
+             or ask a running 'ctwatch serve' through a socket you may use)"
+        );
     }
     Ok(())
 }
@@ -53,14 +50,10 @@ pub fn state_dirs(args: &CgroupArgs) -> HostStateDirs {
     HostStateDirs::under(&args.state_root)
 }
 
-/// Starts runtime enrichment as the flags say (`None` with `--no-enrich`).
-pub fn start_enrichment(
-    args: &EnrichArgs,
-    cgroups: &CgroupArgs,
-    results: crossbeam_channel::Sender<EnrichResult>,
-) -> Result<Option<Enrichment>> {
+/// The enrichment the flags ask for (`None` with `--no-enrich`).
+pub fn enrich_config(args: &EnrichArgs, cgroups: &CgroupArgs) -> Option<EnrichConfig> {
     if args.no_enrich {
-        return Ok(None);
+        return None;
     }
     let mut config = EnrichConfig {
         deadline: args.enrich_deadline,
@@ -80,5 +73,70 @@ pub fn start_enrichment(
     if !args.cri_socket.is_empty() {
         config.cri_sockets = args.cri_socket.clone();
     }
-    Ok(Some(Enrichment::start(config, results).context("cannot start the enrichment threads")?))
+    Some(config)
+}
+
+/// The agent's configuration from the flags.
+pub fn agent_config(cgroups: &CgroupArgs, enrich: &EnrichArgs, source: &SourceArgs) -> Result<AgentConfig> {
+    let mut config = AgentConfig::new(watched_tree(cgroups)?);
+    config.source = match source.source {
+        SourceKind::Auto => SourceChoice::Auto,
+        SourceKind::Ebpf => SourceChoice::Ebpf,
+        SourceKind::Inotify => SourceChoice::Inotify,
+    };
+    config.ring_buffer_bytes = source.ring_buffer_size;
+    config.pin = (!source.no_pin).then(|| PinConfig {
+        path: source.pin_path.clone(),
+        max_entries: source.map_max_entries,
+        keep_on_exit: source.keep_pinned,
+    });
+    config.grace = source.grace;
+    config.enrich = enrich_config(enrich, cgroups);
+    config.state_dirs = state_dirs(cgroups);
+    Ok(config)
+}
+
+/// A data source from one scan of cgroupfs (what `ls`, `get`, `pid` and
+/// `resolve` use when no agent runs); see [`enrich_now`].
+pub fn snapshot(cgroups: &CgroupArgs) -> Result<DataSource> {
+    require_root()?;
+    let tree = watched_tree(cgroups)?;
+    let store = SharedStore::new(Store::default());
+    let mut tracker = Tracker::new(store.clone(), Box::new(state_dirs(cgroups)));
+    let mut found = Vec::new();
+    tracker.apply(&scan::scan(&tree.hierarchy.mount_point, &tree.start, Origin::Existing), &mut found);
+    let host = HostView { hierarchy: tree.hierarchy, proc_root: PathBuf::from("/proc") };
+    let ds = DataSource::new(store, host, Arc::new(Metrics::new()));
+    ds.set_scanned();
+    Ok(ds)
+}
+
+/// Asks the runtimes about `containers` (within the deadline) and records
+/// the answers in the snapshot's store.
+pub fn enrich_now(
+    ds: &DataSource,
+    args: &EnrichArgs,
+    cgroups: &CgroupArgs,
+    containers: &[Arc<Container>],
+) -> Result<()> {
+    let Some(config) = enrich_config(args, cgroups) else {
+        return Ok(());
+    };
+    if containers.is_empty() {
+        return Ok(());
+    }
+    let (results_tx, results) = crossbeam_channel::unbounded();
+    let deadline = std::time::Instant::now() + config.deadline;
+    let enrichment = Enrichment::start(config, results_tx).context("cannot start the enrichment threads")?;
+    for c in containers {
+        enrichment.submit(c);
+    }
+    let mut tracker = Tracker::new(ds.store().clone(), Box::new(state_dirs(cgroups)));
+    for _ in 0..containers.len() {
+        let Ok(result) = results.recv_deadline(deadline) else {
+            break;
+        };
+        tracker.update_container(&result.container_id, result.cgroup_id, |c| result.metadata.apply_to(c));
+    }
+    Ok(())
 }

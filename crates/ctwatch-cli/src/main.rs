@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod host;
 mod output;
+mod remote;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -40,9 +41,17 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Watch(args) => commands::watch::run(args),
         Command::Ls(args) => commands::ls::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Get(args) => commands::get::run_get(args),
+        Command::Pid(args) => commands::get::run_pid(args),
+        Command::Resolve(args) => commands::get::run_resolve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<commands::NotFound>().is_some() => {
+            eprintln!("ctwatch: {}", one_line(&format!("{e:#}")));
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("ctwatch: {}", one_line(&format!("{e:#}")));
             ExitCode::from(2)
@@ -53,8 +62,14 @@ fn main() -> ExitCode {
 /// A clap error on one line: what is wrong, and where to read more.
 fn usage_error(e: &clap::Error) -> ExitCode {
     let rendered = e.to_string();
-    let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-    let first = first.trim_start_matches("error: ");
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut first = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
+    if first.ends_with(':') {
+        // "the following required arguments were not provided:" names them on the next line.
+        if let Some(next) = lines.next().filter(|l| !l.starts_with("Usage:")) {
+            first = format!("{first} {next}");
+        }
+    }
     let tip =
         rendered.lines().find_map(|l| l.trim().strip_prefix("tip: ")).map(|t| format!("; {t}")).unwrap_or_default();
     eprintln!("ctwatch: {first}{tip} (see 'ctwatch --help')");

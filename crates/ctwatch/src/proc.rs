@@ -167,9 +167,6 @@ mod tests {
     fn this_process_has_namespaces_and_a_cgroup_line() {
         let me = std::process::id();
         assert!(namespace_of(Path::new("/proc"), me, Namespace::Mount).unwrap() > 0);
-        assert!(matches!(
-            namespace_of(Path::new("/proc"), u32::MAX, Namespace::Net),
-            Err(ProcError::NoSuchProcess(_))
-        ));
+        assert!(matches!(namespace_of(Path::new("/proc"), u32::MAX, Namespace::Net), Err(ProcError::NoSuchProcess(_))));
     }
 }

@@ -1,45 +1,55 @@
-//! `ctwatch ls`: the containers on this host now, from one scan, enriched
-//! from their runtimes (within the deadline).
+//! `ctwatch ls`: the containers on this host now, from the agent when one
+//! runs, else from one scan enriched from the runtimes (within the deadline).
 
 use std::io::{self, Write};
-use std::time::Instant;
 
 use anyhow::Result;
-use ctwatch::sources::{scan, Origin};
-use ctwatch::{SharedStore, Store, Tracker};
+use ctwatch::Container;
+use ctwatch_api::convert::{container_from_message, filter_from_request};
+use ctwatch_api::pb;
 
 use crate::cli::LsArgs;
-use crate::host;
-use crate::output;
+use crate::{host, output, remote};
 
 /// Runs `ctwatch ls`.
 pub fn run(args: &LsArgs) -> Result<()> {
-    host::require_root()?;
-    let tree = host::watched_tree(&args.cgroups)?;
-    let store = SharedStore::new(Store::default());
-    let mut tracker = Tracker::new(store.clone(), Box::new(host::state_dirs(&args.cgroups)));
-    let mut found = Vec::new();
-    tracker.apply(&scan::scan(&tree.hierarchy.mount_point, &tree.start, Origin::Existing), &mut found);
-
-    let (results_tx, results) = crossbeam_channel::unbounded();
-    if let Some(enrichment) = host::start_enrichment(&args.enrich, &args.cgroups, results_tx)? {
-        for event in &found {
-            enrichment.submit(&event.container);
+    let request = list_request(&args.filter);
+    let mut containers: Vec<Container> = match remote::connect(&args.agent)? {
+        Some(remote) => {
+            let answer =
+                remote.call(|mut client| async move { client.list(request).await.map(tonic::Response::into_inner) })?;
+            answer.containers.iter().map(container_from_message).collect()
         }
-        let deadline = Instant::now() + args.enrich.enrich_deadline;
-        for _ in 0..found.len() {
-            let Ok(result) = results.recv_deadline(deadline) else {
-                break;
-            };
-            tracker.update_container(&result.container_id, result.cgroup_id, |c| result.metadata.apply_to(c));
+        None => {
+            let filter = filter_from_request(&request).map_err(remote::status_error)?;
+            let ds = host::snapshot(&args.cgroups)?;
+            let live: Vec<_> = ds.store().read().live().cloned().collect();
+            host::enrich_now(&ds, &args.enrich, &args.cgroups, &live)?;
+            let store = ds.store().read();
+            store.iter().filter(|c| filter.matches(c)).map(|c| (**c).clone()).collect()
         }
-    }
-
-    let store = store.read();
-    let mut containers: Vec<_> = store.live().map(|c| c.as_ref()).collect();
-    containers.sort_by_key(|c| std::cmp::Reverse(c.ctime_ns));
+    };
+    containers.sort_by(|a, b| b.ctime_ns.cmp(&a.ctime_ns).then_with(|| a.id.cmp(&b.id)));
+    let rows: Vec<&Container> = containers.iter().collect();
     let mut out = io::BufWriter::new(io::stdout().lock());
-    output::write_containers(&mut out, &containers, args.format, args.no_trunc, args.quiet)?;
+    output::write_containers(&mut out, &rows, args.format, args.no_trunc, args.quiet)?;
     out.flush()?;
     Ok(())
+}
+
+/// `--filter` pairs as the API's list request (one format for both paths).
+fn list_request(filters: &[(String, String)]) -> pb::ListRequest {
+    let mut request = pb::ListRequest::default();
+    for (key, value) in filters {
+        let value = value.clone();
+        match key.as_str() {
+            "name" => request.name = value,
+            "image" => request.image = value,
+            "runtime" => request.runtime = value,
+            "pod" => request.pod_name = value,
+            "namespace" => request.pod_namespace = value,
+            _ => request.labels.push(value),
+        }
+    }
+    request
 }

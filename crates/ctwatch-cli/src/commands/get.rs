@@ -1,0 +1,93 @@
+//! `ctwatch get`, `ctwatch pid` and `ctwatch resolve`: one container, from
+//! the agent when one runs, else from a scan made here.
+
+use std::io::{self, Write};
+
+use anyhow::{Context, Result};
+use ctwatch_agent::{ContainerRecord, LookupKey};
+use ctwatch_api::convert::record_from_message;
+use ctwatch_api::pb;
+
+use crate::cli::{AgentArgs, CgroupArgs, EnrichArgs, Format, GetArgs, PidArgs, ResolveArgs};
+use crate::commands::lookup_error;
+use crate::{host, remote};
+
+/// Runs `ctwatch get`.
+pub fn run_get(args: &GetArgs) -> Result<()> {
+    let key: LookupKey = args.key.parse().map_err(lookup_error)?;
+    show(&key, &args.cgroups, &args.enrich, &args.agent)
+}
+
+/// Runs `ctwatch pid`.
+pub fn run_pid(args: &PidArgs) -> Result<()> {
+    show(&LookupKey::Pid(args.pid), &args.cgroups, &args.enrich, &args.agent)
+}
+
+fn show(key: &LookupKey, cgroups: &CgroupArgs, enrich: &EnrichArgs, agent: &AgentArgs) -> Result<()> {
+    let record = match remote::connect(agent)? {
+        Some(remote) => {
+            let key = key.clone();
+            let message = remote.call(|mut client| async move {
+                let response = match key {
+                    LookupKey::Id(id) => client.get(pb::GetRequest { id }).await,
+                    LookupKey::CgroupId(cgroup_id) => {
+                        client.get_by_cgroup_id(pb::GetByCgroupIdRequest { cgroup_id }).await
+                    }
+                    LookupKey::Pid(pid) => client.get_by_pid(pb::GetByPidRequest { pid }).await,
+                    LookupKey::MountNs(mount_ns) => client.get_by_mount_ns(pb::GetByMountNsRequest { mount_ns }).await,
+                };
+                response.map(tonic::Response::into_inner)
+            })?;
+            record_from_message(&message)
+        }
+        None => {
+            let ds = host::snapshot(cgroups)?;
+            let found = ds.lookup(key).map_err(lookup_error)?;
+            let container = ds.store().read().get(&found.container_id).cloned();
+            host::enrich_now(&ds, enrich, cgroups, container.as_slice())?;
+            ds.lookup(&LookupKey::Id(found.container_id)).map_err(lookup_error)?
+        }
+    };
+    print_record(&record)
+}
+
+fn print_record(record: &ContainerRecord) -> Result<()> {
+    let mut out = io::stdout().lock();
+    let mut text = serde_json::to_string_pretty(record).context("cannot format the record")?;
+    text.push('\n');
+    quiet_pipe(out.write_all(text.as_bytes()).and_then(|()| out.flush()))
+}
+
+/// A closed pipe (`ctwatch get x | head -1`) is not an error.
+fn quiet_pipe(written: io::Result<()>) -> Result<()> {
+    match written {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e).context("cannot write to stdout"),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `ctwatch resolve`.
+pub fn run_resolve(args: &ResolveArgs) -> Result<()> {
+    let (container_path, host_path) = match remote::connect(&args.agent)? {
+        Some(remote) => {
+            let request = pb::ResolvePathRequest { container: args.container.clone(), path: args.path.clone() };
+            let answer = remote.call(|mut client| async move {
+                client.resolve_path(request).await.map(tonic::Response::into_inner)
+            })?;
+            (answer.container_path, answer.host_path)
+        }
+        None => {
+            let ds = host::snapshot(&args.cgroups)?;
+            let resolved = ds.resolve_path(&args.container, &args.path).map_err(lookup_error)?;
+            (resolved.container_path.to_string_lossy().into_owned(), resolved.host_path.to_string_lossy().into_owned())
+        }
+    };
+    let line = match args.format {
+        Some(Format::Json) => {
+            serde_json::json!({ "container_path": container_path, "host_path": host_path }).to_string()
+        }
+        Some(Format::Table) | None => host_path,
+    };
+    let mut out = io::stdout().lock();
+    quiet_pipe(writeln!(out, "{line}").and_then(|()| out.flush()))
+}

@@ -1,0 +1,95 @@
+//! `ctwatch serve`: the agent, answering the API on a unix socket.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ctwatch_agent::Agent;
+use ctwatch_api::metrics_endpoint::serve_metrics;
+use ctwatch_api::server::{self, ContainersService, UnixSocket};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::cli::ServeArgs;
+use crate::host;
+
+/// How long the API waits for the scan at start before it answers anyway.
+const SCAN_WAIT: Duration = Duration::from_secs(60);
+
+/// Runs `ctwatch serve` until SIGINT/SIGTERM or a source failure.
+pub fn run(args: &ServeArgs) -> Result<()> {
+    host::require_root()?;
+    let gid = args.socket_group.as_deref().map(group_id).transpose()?;
+    // The socket first: a second serve stops here, before touching the kernel.
+    let mut socket = UnixSocket::bind(&args.socket, 0o660, gid)?;
+    let agent = Agent::start(host::agent_config(&args.cgroups, &args.enrich, &args.source)?)?;
+    let data_source = agent.data_source();
+    if !data_source.wait_scanned(SCAN_WAIT) {
+        warn!("the scan at start is not done after {SCAN_WAIT:?}; answering anyway");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("api")
+        .enable_all()
+        .build()
+        .context("cannot start the API runtime")?;
+    let stop_flag = agent.stop_flag();
+    let served = runtime.block_on(async {
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let agent_stopped = stop_flag.clone();
+        let shutdown = async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tokio::select! {
+                    _ = sigterm.recv() => { info!("SIGTERM: stopping"); break }
+                    _ = sigint.recv() => { info!("SIGINT: stopping"); break }
+                    _ = tick.tick() => if agent_stopped.load(std::sync::atomic::Ordering::Relaxed) { break },
+                }
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(addr) = args.metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
+            tokio::spawn(serve_metrics(listener, data_source.metrics().clone(), wait_stop(stop_rx.clone())));
+        }
+        let tcp = match args.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--listen {addr}: cannot listen"))?,
+            ),
+            None => None,
+        };
+        tokio::spawn(shutdown);
+        let service = ContainersService::new(data_source.clone(), args.client_buffer);
+        server::serve(service, &mut socket, tcp, wait_stop(stop_rx)).await?;
+        anyhow::Ok(())
+    });
+    agent.stop();
+    let stopped = agent.join();
+    drop(socket); // removes the socket and its lock file
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served?;
+    stopped?;
+    info!("stopped");
+    Ok(())
+}
+
+/// A group name or number as a GID.
+fn group_id(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => bail!("--socket-group {group:?}: no such group (create it with: groupadd {group})"),
+        Err(e) => bail!("--socket-group {group:?}: cannot read the group database: {e}"),
+    }
+}
