@@ -173,12 +173,15 @@ impl Agent {
             Source::Inotify(_) => None,
         };
         let source_thread = spawn_source(source, &config.tree, tx, stop.clone())?;
-        let (enriched_tx, enriched_rx) = crossbeam_channel::unbounded();
-        let enrichment = match config.enrich.clone() {
-            Some(c) => Some(
-                Enrichment::start(c, enriched_tx).map_err(|source| AgentError::Io { what: "enrichment", source })?,
-            ),
-            None => None,
+        let (enrichment, enriched_rx) = match config.enrich.clone() {
+            Some(c) => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let enrichment =
+                    Enrichment::start(c, tx).map_err(|source| AgentError::Io { what: "enrichment", source })?;
+                (Some(enrichment), rx)
+            }
+            // Never ready (a dropped sender would make the loop spin on "disconnected").
+            None => (None, crossbeam_channel::never()),
         };
         let gate = Gate::new(config.enrich.as_ref().map_or(Duration::ZERO, |c| c.deadline));
         let pipeline = Pipeline {

@@ -15,6 +15,9 @@ use crate::host;
 /// How long the API waits for the scan at start before it answers anyway.
 const SCAN_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a stopping server waits for connected clients to go.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs `ctwatch serve` until SIGINT/SIGTERM or a source failure.
 pub fn run(args: &ServeArgs) -> Result<()> {
     host::require_root()?;
@@ -48,8 +51,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             }
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let agent_stop = stop_flag.clone();
         let shutdown = async move {
             shutdown.await;
+            // Stop the agent first: its hub closes, so every Watch stream ends
+            // and the server's graceful shutdown has nothing to wait for.
+            agent_stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = stop_tx.send(true);
         };
         let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -69,7 +76,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         };
         tokio::spawn(shutdown);
         let service = ContainersService::new(data_source.clone(), args.client_buffer);
-        server::serve(service, &mut socket, tcp, wait_stop(stop_rx)).await?;
+        let stopping = wait_stop(stop_rx.clone());
+        tokio::select! {
+            served = server::serve(service, &mut socket, tcp, wait_stop(stop_rx)) => served?,
+            // Clients that keep idle connections open do not hold the shutdown up.
+            _ = async { stopping.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                warn!("clients still connected after {SHUTDOWN_GRACE:?}; closing anyway");
+            }
+        }
         anyhow::Ok(())
     });
     agent.stop();

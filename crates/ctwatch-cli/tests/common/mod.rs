@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cri;
+pub mod serve;
+
 /// The `ctwatch` binary built for these tests.
 pub fn ctwatch_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ctwatch"))
@@ -153,7 +156,8 @@ impl Watch {
     /// Starts `ctwatch watch --source <source>` with `args`. The pinned map is
     /// off unless `args` names a `--pin-path` (tests run in parallel).
     pub fn start_with(source: &str, args: &[&str]) -> Watch {
-        let mut all = vec!["watch", "--source", source];
+        // --standalone: the test is about this process's own kernel source, whatever agent may run.
+        let mut all = vec!["watch", "--standalone", "--source", source];
         if !args.contains(&"--pin-path") {
             all.push("--no-pin");
         }
