@@ -267,11 +267,24 @@ fn table_format_prints_aligned_columns() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Header + the existing container's row (it waits up to the enrichment deadline).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
     let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
+    let _ = child.wait();
+    let text = lines.join("\n");
     assert!(lines.len() >= 2, "{text}");
     assert!(lines[0].starts_with("TIME") && lines[0].contains("CONTAINER ID"), "{text}");
     assert!(lines[1].contains("existing_container") && lines[1].contains(&id[..12]), "{text}");

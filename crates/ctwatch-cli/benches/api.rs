@@ -1,0 +1,164 @@
+//! The agent's API under load, against baselines measured in the same run:
+//!
+//! - Get round trip over the unix socket, p50/p99, against containerd's
+//!   `Version` (a minimal gRPC round trip on this machine's other daemon).
+//! - Watch fan-out: N container cgroups made and removed as fast as one
+//!   thread can (the churn bench's rate) with 100 clients watching, each on
+//!   its own connection; delivery latency (agent's event time → client
+//!   receipt) p50/p99 and lost events, against the same run with 1 client.
+//!
+//! Run as root: `cargo bench -p ctwatch-cli --bench api`. `API_N` sets N (default 2000).
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ctwatch_api::pb;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    assert!(nix::unistd::geteuid().is_root(), "the API bench runs ctwatch serve and makes cgroups: run it as root");
+    let n: usize = std::env::var("API_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ctwatch.sock");
+    let mut serve = start_serve(&socket);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+
+    // Some containers in the store to look up.
+    let hierarchy = default_hierarchy();
+    let parent = hierarchy.join(format!("ctwatch-apibench-{}", std::process::id()));
+    fs::create_dir_all(parent.join("docker")).unwrap();
+    let held: Vec<PathBuf> = (0..1000).map(|i| parent.join(format!("docker/{:064x}", 0xa11_0000u64 + i))).collect();
+    held.iter().for_each(|d| fs::create_dir(d).unwrap());
+    std::thread::sleep(Duration::from_secs(1));
+
+    let (get, version) = rt.block_on(async {
+        let mut client = ctwatch_api::client::connect(&socket).await.unwrap();
+        let mut containerd = containerd_client::services::v1::version_client::VersionClient::new(
+            containerd_client::connect("/run/containerd/containerd.sock").await.expect("containerd"),
+        );
+        let mut get = Vec::new();
+        let mut version = Vec::new();
+        for i in 0..5000u64 {
+            let id = format!("{:064x}", 0xa11_0000u64 + i % 1000)[..16].to_string();
+            let t = Instant::now();
+            client.get(pb::GetRequest { id }).await.unwrap();
+            get.push(t.elapsed().as_secs_f64() * 1e6);
+            let t = Instant::now();
+            containerd.version(()).await.unwrap();
+            version.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        (get, version)
+    });
+    println!("Get round trip (5000 calls, 1000 containers tracked)");
+    println!("  ctwatch Get:           p50 {:>7.1} µs  p99 {:>7.1} µs", pct(&get, 50.0), pct(&get, 99.0));
+    println!(
+        "  containerd Version:    p50 {:>7.1} µs  p99 {:>7.1} µs (baseline)",
+        pct(&version, 50.0),
+        pct(&version, 99.0)
+    );
+    println!("  ratio p50: {:.2}x the baseline", pct(&get, 50.0) / pct(&version, 50.0));
+    held.iter().for_each(|d| fs::remove_dir(d).unwrap());
+
+    println!("Watch fan-out: {n} containers made and removed ({} events) as fast as one thread can", 2 * n);
+    for clients in [1usize, 100] {
+        let (took, lat, lost) = rt.block_on(fan_out(&socket, &parent, n, clients));
+        println!(
+            "  {clients:>3} clients: churn {:>7.0} ops/s, delivery p50 {:>8.1} µs p99 {:>9.1} µs, lost {lost}",
+            (2 * n) as f64 / took.as_secs_f64(),
+            pct(&lat, 50.0),
+            pct(&lat, 99.0)
+        );
+    }
+    let _ = fs::remove_dir(parent.join("docker"));
+    let _ = fs::remove_dir(&parent);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(serve.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = serve.wait();
+}
+
+async fn fan_out(socket: &Path, parent: &Path, n: usize, clients: usize) -> (Duration, Vec<f64>, usize) {
+    let tag = 0xfa0_0000u64 + clients as u64 * 0x10_0000;
+    let ids: Vec<String> = (0..n).map(|i| format!("{:064x}", tag + i as u64)).collect();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut client = ctwatch_api::client::connect(socket).await.unwrap();
+        let mut stream =
+            client.watch(pb::WatchRequest { skip_current: true, buffer: 1 << 20 }).await.unwrap().into_inner();
+        let want = 2 * n;
+        let prefix = format!("{tag:064x}")[..50].to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(want);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            while lat.len() < want {
+                let Ok(Ok(Some(m))) = tokio::time::timeout_at(deadline, stream.message()).await else { break };
+                if let Some(pb::watch_response::Item::Event(e)) = m.item {
+                    if e.container.as_ref().is_some_and(|c| c.container_id.starts_with(&prefix)) {
+                        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64;
+                        lat.push((now - e.time_unix_nano) as f64 / 1e3);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let dirs: Vec<PathBuf> = ids.iter().map(|id| parent.join(format!("docker/{id}"))).collect();
+    let started = Instant::now();
+    let made = dirs.clone();
+    let took = tokio::task::spawn_blocking(move || {
+        made.iter().for_each(|d| fs::create_dir(d).unwrap());
+        made.iter().for_each(|d| fs::remove_dir(d).unwrap());
+    });
+    took.await.unwrap();
+    let took = started.elapsed();
+    let mut all = Vec::new();
+    let mut lost = 0;
+    for t in tasks {
+        let lat = t.await.unwrap();
+        lost += 2 * n - lat.len();
+        all.extend(lat);
+    }
+    (took, all, lost)
+}
+
+fn start_serve(socket: &Path) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ctwatch"))
+        .args(["serve", "--no-pin", "--no-enrich", "--log-level", "warn,ctwatch_api=info", "--socket"])
+        .arg(socket)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        if line.contains("API listening") {
+            break;
+        }
+    }
+    child
+}
+
+fn pct(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p / 100.0).round() as usize]
+}
+
+fn default_hierarchy() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let v1 = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup") && f[3].split(',').any(|o| o == "cpuset")).then(|| PathBuf::from(f[1]))
+    });
+    let v2 = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    });
+    v1.or(v2).expect("a cgroup hierarchy")
+}
