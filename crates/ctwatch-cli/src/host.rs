@@ -9,7 +9,9 @@ use ctwatch::cgroupfs::{self, CgroupFsError};
 use ctwatch::sources::{scan, Origin};
 use ctwatch::state_dirs::HostStateDirs;
 use ctwatch::{Container, SharedStore, Store, Tracker};
-use ctwatch_agent::{AgentConfig, DataSource, HostView, Metrics, PinConfig, SourceChoice, WatchedTree};
+use ctwatch_agent::{
+    Agent, AgentConfig, AgentError, DataSource, HostView, Metrics, PinConfig, SourceChoice, WatchedTree,
+};
 use ctwatch_enrich::{EnrichConfig, Enrichment};
 
 use crate::cli::{CgroupArgs, EnrichArgs, SourceArgs, SourceKind};
@@ -94,6 +96,14 @@ pub fn agent_config(cgroups: &CgroupArgs, enrich: &EnrichArgs, source: &SourceAr
     config.enrich = enrich_config(enrich, cgroups);
     config.state_dirs = state_dirs(cgroups);
     Ok(config)
+}
+
+/// Starts the agent; errors name the flag that asked for what failed.
+pub fn start_agent(config: AgentConfig) -> Result<Agent> {
+    Agent::start(config).map_err(|e| match e {
+        AgentError::Ebpf(why) => anyhow::anyhow!("--source ebpf: {why}"),
+        other => other.into(),
+    })
 }
 
 /// A data source from one scan of cgroupfs (what `ls`, `get`, `pid` and

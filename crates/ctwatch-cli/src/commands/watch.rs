@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use ctwatch::{ContainerEvent, EventKind};
 use ctwatch_agent::hub::MAX_SUBSCRIBER_BUFFER;
-use ctwatch_agent::Agent;
 use ctwatch_api::convert::event_from_message;
 use ctwatch_api::pb;
 
@@ -27,7 +26,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         return watch_agent(&remote, args, &mut writer);
     }
     host::require_root()?;
-    let agent = Agent::start(host::agent_config(&args.cgroups, &args.enrich, &args.source)?)?;
+    let agent = host::start_agent(host::agent_config(&args.cgroups, &args.enrich, &args.source)?)?;
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, agent.stop_flag()).context("cannot handle signals")?;
     }
