@@ -146,7 +146,8 @@ impl Containers for ContainersService {
         let result = if id.is_empty() {
             Err(Status::invalid_argument("give a container ID or prefix"))
         } else {
-            self.blocking(move |ds| ds.get(&id)).await.map(container_message)
+            // A map lookup (plus, once per container, a few /proc reads): answered inline.
+            self.data_source.get(&id).map(container_message).map_err(convert::status)
         };
         self.counted("Get", result)
     }
@@ -156,7 +157,7 @@ impl Containers for ContainersService {
         request: Request<pb::GetByCgroupIdRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = request.into_inner().cgroup_id;
-        let result = self.blocking(move |ds| ds.get_by_cgroup_id(id)).await.map(container_message);
+        let result = self.data_source.get_by_cgroup_id(id).map(container_message).map_err(convert::status);
         self.counted("GetByCgroupId", result)
     }
 

@@ -32,7 +32,7 @@ fn main() {
     let hierarchy = default_hierarchy();
     let parent = hierarchy.join(format!("ctwatch-apibench-{}", std::process::id()));
     fs::create_dir_all(parent.join("docker")).unwrap();
-    let held: Vec<PathBuf> = (0..1000).map(|i| parent.join(format!("docker/{:064x}", 0xa11_0000u64 + i))).collect();
+    let held: Vec<PathBuf> = (0..1000).map(|i| parent.join(format!("docker/{}", held_id(i)))).collect();
     held.iter().for_each(|d| fs::create_dir(d).unwrap());
     std::thread::sleep(Duration::from_secs(1));
 
@@ -44,7 +44,7 @@ fn main() {
         let mut get = Vec::new();
         let mut version = Vec::new();
         for i in 0..5000u64 {
-            let id = format!("{:064x}", 0xa11_0000u64 + i % 1000)[..16].to_string();
+            let id = held_id(i % 1000)[..12].to_string(); // a prefix, as users type them
             let t = Instant::now();
             client.get(pb::GetRequest { id }).await.unwrap();
             get.push(t.elapsed().as_secs_f64() * 1e6);
@@ -139,6 +139,11 @@ fn start_serve(socket: &Path) -> Child {
         }
     }
     child
+}
+
+/// A 64-hex ID whose first 12 characters tell it apart.
+fn held_id(i: u64) -> String {
+    format!("{:012x}{}", 0xa11_0000_0000u64 + i, "e".repeat(52))
 }
 
 fn pct(values: &[f64], p: f64) -> f64 {
