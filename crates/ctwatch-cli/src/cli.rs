@@ -233,13 +233,9 @@ pub struct ServeArgs {
     pub client_buffer: usize,
 }
 
-/// Options of `ctwatch get`.
+/// Where `get` and `pid` find their answer: a running agent, else a scan here.
 #[derive(Debug, Args)]
-pub struct GetArgs {
-    /// A container ID or unique prefix; or `cgroup:<ID>`, `pid:<PID>`, `mntns:<inode>`.
-    #[arg(value_name = "KEY")]
-    pub key: String,
-
+pub struct LookupArgs {
     /// Where to look for cgroups (without an agent).
     #[command(flatten)]
     pub cgroups: CgroupArgs,
@@ -253,6 +249,18 @@ pub struct GetArgs {
     pub agent: AgentArgs,
 }
 
+/// Options of `ctwatch get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// A container ID, unique ID prefix or name; or `cgroup:<ID>`, `pid:<PID>`, `mntns:<inode>`.
+    #[arg(value_name = "KEY")]
+    pub key: String,
+
+    /// Where the answer comes from.
+    #[command(flatten)]
+    pub from: LookupArgs,
+}
+
 /// Options of `ctwatch pid`.
 #[derive(Debug, Args)]
 pub struct PidArgs {
@@ -260,17 +268,9 @@ pub struct PidArgs {
     #[arg(value_name = "PID")]
     pub pid: u32,
 
-    /// Where to look for cgroups (without an agent).
+    /// Where the answer comes from.
     #[command(flatten)]
-    pub cgroups: CgroupArgs,
-
-    /// Runtime enrichment (without an agent).
-    #[command(flatten)]
-    pub enrich: EnrichArgs,
-
-    /// A running agent.
-    #[command(flatten)]
-    pub agent: AgentArgs,
+    pub from: LookupArgs,
 }
 
 /// Options of `ctwatch resolve`.

@@ -183,6 +183,12 @@ fn the_cli_asks_the_agent_and_not_found_exits_1() {
     let filtered = ctwatch(&["ls", "-q", "--no-trunc", "--filter", &format!("name={name}")]);
     assert_eq!(String::from_utf8_lossy(&filtered.stdout).trim(), id);
 
+    // Without the agent, the same answers from a scan made by the command itself.
+    let alone: serde_json::Value = serde_json::from_slice(&ctwatch(&["pid", "--standalone", &pid]).stdout).unwrap();
+    assert_eq!(
+        (&alone["container_id"], &alone["container_name"]),
+        (&by_pid["container_id"], &by_pid["container_name"])
+    );
     let host = ctwatch(&["pid", "1"]);
     assert_eq!(host.status.code(), Some(1), "{host:?}");
     assert!(String::from_utf8_lossy(&host.stderr).starts_with("ctwatch: no container matches PID 1"));

@@ -8,23 +8,23 @@ use ctwatch_agent::{ContainerRecord, LookupKey};
 use ctwatch_api::convert::record_from_message;
 use ctwatch_api::pb;
 
-use crate::cli::{AgentArgs, CgroupArgs, EnrichArgs, Format, GetArgs, PidArgs, ResolveArgs};
+use crate::cli::{Format, GetArgs, LookupArgs, PidArgs, ResolveArgs};
 use crate::commands::lookup_error;
 use crate::{host, remote};
 
 /// Runs `ctwatch get`.
 pub fn run_get(args: &GetArgs) -> Result<()> {
     let key: LookupKey = args.key.parse().map_err(lookup_error)?;
-    show(&key, &args.cgroups, &args.enrich, &args.agent)
+    show(&key, &args.from)
 }
 
 /// Runs `ctwatch pid`.
 pub fn run_pid(args: &PidArgs) -> Result<()> {
-    show(&LookupKey::Pid(args.pid), &args.cgroups, &args.enrich, &args.agent)
+    show(&LookupKey::Pid(args.pid), &args.from)
 }
 
-fn show(key: &LookupKey, cgroups: &CgroupArgs, enrich: &EnrichArgs, agent: &AgentArgs) -> Result<()> {
-    let record = match remote::connect(agent)? {
+fn show(key: &LookupKey, from: &LookupArgs) -> Result<()> {
+    let record = match remote::connect(&from.agent)? {
         Some(remote) => {
             let key = key.clone();
             let message = remote.call(|mut client| async move {
@@ -41,10 +41,10 @@ fn show(key: &LookupKey, cgroups: &CgroupArgs, enrich: &EnrichArgs, agent: &Agen
             record_from_message(&message)
         }
         None => {
-            let ds = host::snapshot(cgroups)?;
+            let ds = host::snapshot(&from.cgroups)?;
             let found = ds.lookup(key).map_err(lookup_error)?;
             let container = ds.store().read().get(&found.container_id).cloned();
-            host::enrich_now(&ds, enrich, cgroups, container.as_slice())?;
+            host::enrich_now(&ds, &from.enrich, &from.cgroups, container.as_slice())?;
             ds.lookup(&LookupKey::Id(found.container_id)).map_err(lookup_error)?
         }
     };
