@@ -167,7 +167,9 @@ fn the_cli_asks_the_agent_and_not_found_exits_1() {
         output(ctwatch_bin().to_str().unwrap(), &all)
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !String::from_utf8_lossy(&ctwatch(&["ls", "-q", "--no-trunc"]).stdout).contains(&id) {
+    // Listed by name once enrichment has answered (the store has it from the mkdir on).
+    let by_name = format!("name={name}");
+    while !String::from_utf8_lossy(&ctwatch(&["ls", "-q", "--no-trunc", "-f", &by_name]).stdout).contains(&id) {
         assert!(Instant::now() < deadline, "ls never listed the container");
         std::thread::sleep(Duration::from_millis(100));
     }
