@@ -79,15 +79,15 @@ impl Hub {
         let mut inner = self.lock();
         for event in events {
             self.metrics.event(event.kind);
-            let id: Arc<str> = Arc::from(event.container.id.as_str());
+            let id = event.container.id.as_str();
             match event.kind {
                 EventKind::ContainerRemove => {
-                    if let Some(old) = inner.view.remove(&id) {
+                    if let Some(old) = inner.view.remove(id) {
                         self.metrics.container_gone(old.container.runtime);
                     }
                 }
                 EventKind::ContainerUpdate => {
-                    if let Some(slot) = inner.view.get_mut(&id) {
+                    if let Some(slot) = inner.view.get_mut(id) {
                         self.metrics.container_gone(slot.container.runtime);
                         self.metrics.container_seen(event.container.runtime);
                         // Keep the kind that introduced it, with the new record.
@@ -96,7 +96,7 @@ impl Hub {
                     }
                 }
                 EventKind::ContainerCreate | EventKind::ExistingContainer => {
-                    if let Some(old) = inner.view.insert(id, event.clone()) {
+                    if let Some(old) = inner.view.insert(Arc::from(id), event.clone()) {
                         self.metrics.container_gone(old.container.runtime);
                     }
                     self.metrics.container_seen(event.container.runtime);

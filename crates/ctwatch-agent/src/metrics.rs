@@ -31,8 +31,6 @@ struct RequestLabels {
 /// Every metric the agent keeps.
 pub struct Metrics {
     registry: Registry,
-    containers: Family<RuntimeLabel, Gauge>,
-    events: Family<KindLabel, Counter>,
     enrichment_seconds: Family<RuntimeLabel, Histogram>,
     enrichment_failures: Family<RuntimeLabel, Counter>,
     ring_buffer_dropped: Counter,
@@ -40,6 +38,9 @@ pub struct Metrics {
     api_requests: Family<RequestLabels, Counter>,
     subscribers: Gauge,
     subscribers_dropped: Counter,
+    /// The per-kind and per-runtime series, made once (no label allocation per event).
+    events_by_kind: [Counter; 4],
+    containers_by_runtime: [Gauge; Runtime::ALL.len()],
     /// Serialises encoding (the registry is read-only after setup).
     encode_lock: Mutex<()>,
 }
@@ -94,10 +95,18 @@ impl Metrics {
             "Subscribers dropped because they fell too far behind or went away",
             subscribers_dropped.clone(),
         );
+        let kinds = [
+            EventKind::ContainerCreate,
+            EventKind::ContainerRemove,
+            EventKind::ExistingContainer,
+            EventKind::ContainerUpdate,
+        ];
+        let events_by_kind = kinds.map(|k| events.get_or_create(&KindLabel { kind: k.as_str().to_string() }).clone());
+        let containers_by_runtime = Runtime::ALL.map(|r| containers.get_or_create(&runtime_label(r)).clone());
         Metrics {
+            events_by_kind,
+            containers_by_runtime,
             registry,
-            containers,
-            events,
             enrichment_seconds,
             enrichment_failures,
             ring_buffer_dropped,
@@ -111,17 +120,28 @@ impl Metrics {
 
     /// Counts a published event.
     pub fn event(&self, kind: EventKind) {
-        self.events.get_or_create(&KindLabel { kind: kind.as_str().to_string() }).inc();
+        let i = match kind {
+            EventKind::ContainerCreate => 0,
+            EventKind::ContainerRemove => 1,
+            EventKind::ExistingContainer => 2,
+            EventKind::ContainerUpdate => 3,
+        };
+        self.events_by_kind[i].inc();
     }
 
     /// One more live container of `runtime`.
     pub fn container_seen(&self, runtime: Runtime) {
-        self.containers.get_or_create(&runtime_label(runtime)).inc();
+        self.runtime_gauge(runtime).inc();
     }
 
     /// One live container of `runtime` fewer.
     pub fn container_gone(&self, runtime: Runtime) {
-        self.containers.get_or_create(&runtime_label(runtime)).dec();
+        self.runtime_gauge(runtime).dec();
+    }
+
+    fn runtime_gauge(&self, runtime: Runtime) -> &Gauge {
+        let i = Runtime::ALL.iter().position(|r| *r == runtime).unwrap_or(Runtime::ALL.len() - 1);
+        &self.containers_by_runtime[i]
     }
 
     /// A complete enrichment answer after `elapsed`.
