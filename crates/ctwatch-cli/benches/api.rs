@@ -25,7 +25,7 @@ fn main() {
     let n: usize = std::env::var("API_N").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("ctwatch.sock");
-    let mut serve = start_serve(&socket);
+    let serve = Serve(start_serve(&socket));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 
     // Some containers in the store to look up.
@@ -76,8 +76,18 @@ fn main() {
     }
     let _ = fs::remove_dir(parent.join("docker"));
     let _ = fs::remove_dir(&parent);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(serve.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = serve.wait();
+    drop(serve);
+}
+
+/// The agent under test, stopped (SIGTERM) however the bench ends, a panic included.
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
 }
 
 async fn fan_out(socket: &Path, parent: &Path, n: usize, clients: usize) -> (Duration, Vec<f64>, usize) {
