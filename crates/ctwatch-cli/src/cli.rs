@@ -163,9 +163,9 @@ pub struct AgentArgs {
     pub standalone: bool,
 }
 
-/// Options of `ctwatch watch`.
+/// How an agent's pipeline is set up (`watch` without an agent, and `serve`).
 #[derive(Debug, Args)]
-pub struct WatchArgs {
+pub struct PipelineArgs {
     /// Where to look for cgroups.
     #[command(flatten)]
     pub cgroups: CgroupArgs,
@@ -174,9 +174,17 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub enrich: EnrichArgs,
 
-    /// The kernel source (without an agent).
+    /// The kernel source.
     #[command(flatten)]
     pub source: SourceArgs,
+}
+
+/// Options of `ctwatch watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The agent run in this process when none answers on the socket.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 
     /// A running agent.
     #[command(flatten)]
@@ -198,17 +206,9 @@ pub struct WatchArgs {
 /// Options of `ctwatch serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Where to look for cgroups.
+    /// What the agent watches and how.
     #[command(flatten)]
-    pub cgroups: CgroupArgs,
-
-    /// Runtime enrichment.
-    #[command(flatten)]
-    pub enrich: EnrichArgs,
-
-    /// The kernel source.
-    #[command(flatten)]
-    pub source: SourceArgs,
+    pub pipeline: PipelineArgs,
 
     /// The unix socket to serve the API on (mode 0660).
     #[arg(long, value_name = "PATH", env = "CTWATCH_SOCKET", default_value = ctwatch_api::DEFAULT_SOCKET)]

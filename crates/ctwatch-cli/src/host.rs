@@ -14,7 +14,7 @@ use ctwatch_agent::{
 };
 use ctwatch_enrich::{EnrichConfig, Enrichment};
 
-use crate::cli::{CgroupArgs, EnrichArgs, SourceArgs, SourceKind};
+use crate::cli::{CgroupArgs, EnrichArgs, PipelineArgs, SourceKind};
 
 /// Fails with a clear message unless ctwatch runs as root.
 pub fn require_root() -> Result<()> {
@@ -79,7 +79,8 @@ pub fn enrich_config(args: &EnrichArgs, cgroups: &CgroupArgs) -> Option<EnrichCo
 }
 
 /// The agent's configuration from the flags.
-pub fn agent_config(cgroups: &CgroupArgs, enrich: &EnrichArgs, source: &SourceArgs) -> Result<AgentConfig> {
+pub fn agent_config(args: &PipelineArgs) -> Result<AgentConfig> {
+    let PipelineArgs { cgroups, enrich, source } = args;
     let mut config = AgentConfig::new(watched_tree(cgroups)?);
     config.source = match source.source {
         SourceKind::Auto => SourceChoice::Auto,

@@ -23,7 +23,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let gid = args.socket_group.as_deref().map(group_id).transpose()?;
     // The socket first: a second serve stops here, before touching the kernel.
     let mut socket = UnixSocket::bind(&args.socket, 0o660, gid)?;
-    let agent = host::start_agent(host::agent_config(&args.cgroups, &args.enrich, &args.source)?)?;
+    let agent = host::start_agent(host::agent_config(&args.pipeline)?)?;
     let data_source = agent.data_source();
     if !data_source.wait_scanned(SCAN_WAIT) {
         warn!("the scan at start is not done after {SCAN_WAIT:?}; answering anyway");

@@ -26,7 +26,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         return watch_agent(&remote, args, &mut writer);
     }
     host::require_root()?;
-    let agent = host::start_agent(host::agent_config(&args.cgroups, &args.enrich, &args.source)?)?;
+    let agent = host::start_agent(host::agent_config(&args.pipeline)?)?;
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, agent.stop_flag()).context("cannot handle signals")?;
     }
