@@ -61,6 +61,20 @@ pub enum DataSourceError {
     Resolve(#[from] ResolveError),
 }
 
+impl DataSourceError {
+    /// True when the answer is "nothing there" (no such container, process,
+    /// or file in the container) rather than a failure: the API says
+    /// `NOT_FOUND`, the CLI exits 1.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            DataSourceError::NotFound(_)
+                | DataSourceError::Proc(ProcError::NoSuchProcess(_) | ProcError::NotInHierarchy(_))
+                | DataSourceError::Resolve(ResolveError::NotFound { .. })
+        )
+    }
+}
+
 impl From<LookupError> for DataSourceError {
     fn from(e: LookupError) -> Self {
         match e {

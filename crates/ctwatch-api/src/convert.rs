@@ -143,13 +143,12 @@ pub fn filter_from_request(r: &pb::ListRequest) -> Result<ContainerFilter, Statu
 
 /// A data source error as a gRPC status.
 pub fn status(e: DataSourceError) -> Status {
-    use ctwatch::proc::ProcError;
     use ctwatch::resolve::ResolveError;
     let message = e.to_string();
+    if e.is_not_found() {
+        return Status::not_found(message);
+    }
     match e {
-        DataSourceError::NotFound(_)
-        | DataSourceError::Proc(ProcError::NoSuchProcess(_) | ProcError::NotInHierarchy(_))
-        | DataSourceError::Resolve(ResolveError::NotFound { .. }) => Status::not_found(message),
         DataSourceError::AmbiguousPrefix { .. }
         | DataSourceError::UnsupportedKey(_)
         | DataSourceError::InvalidKey { .. }

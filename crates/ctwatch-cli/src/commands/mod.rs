@@ -22,13 +22,9 @@ impl std::error::Error for NotFound {}
 
 /// A data source error, with "not found" kept apart.
 pub fn lookup_error(e: ctwatch_agent::DataSourceError) -> anyhow::Error {
-    use ctwatch::proc::ProcError;
-    use ctwatch::resolve::ResolveError;
-    use ctwatch_agent::DataSourceError as E;
-    match e {
-        E::NotFound(_)
-        | E::Proc(ProcError::NoSuchProcess(_) | ProcError::NotInHierarchy(_))
-        | E::Resolve(ResolveError::NotFound { .. }) => NotFound(e.to_string()).into(),
-        other => other.into(),
+    if e.is_not_found() {
+        NotFound(e.to_string()).into()
+    } else {
+        e.into()
     }
 }
