@@ -101,6 +101,8 @@ impl Hub {
                     }
                     self.metrics.container_seen(event.container.runtime);
                 }
+                // Before the container exists: not part of the current state.
+                EventKind::ContainerPrecreate | EventKind::ContainerPolicyViolation => {}
             }
         }
         let before = inner.subscribers.len();

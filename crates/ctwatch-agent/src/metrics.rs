@@ -39,7 +39,7 @@ pub struct Metrics {
     subscribers: Gauge,
     subscribers_dropped: Counter,
     /// The per-kind and per-runtime series, made once (no label allocation per event).
-    events_by_kind: [Counter; 4],
+    events_by_kind: [Counter; 6],
     containers_by_runtime: [Gauge; Runtime::ALL.len()],
     /// Serialises encoding (the registry is read-only after setup).
     encode_lock: Mutex<()>,
@@ -100,6 +100,8 @@ impl Metrics {
             EventKind::ContainerRemove,
             EventKind::ExistingContainer,
             EventKind::ContainerUpdate,
+            EventKind::ContainerPrecreate,
+            EventKind::ContainerPolicyViolation,
         ];
         let events_by_kind = kinds.map(|k| events.get_or_create(&KindLabel { kind: k.as_str().to_string() }).clone());
         let containers_by_runtime = Runtime::ALL.map(|r| containers.get_or_create(&runtime_label(r)).clone());
@@ -125,6 +127,8 @@ impl Metrics {
             EventKind::ContainerRemove => 1,
             EventKind::ExistingContainer => 2,
             EventKind::ContainerUpdate => 3,
+            EventKind::ContainerPrecreate => 4,
+            EventKind::ContainerPolicyViolation => 5,
         };
         self.events_by_kind[i].inc();
     }

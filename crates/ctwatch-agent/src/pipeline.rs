@@ -389,6 +389,7 @@ impl Pipeline {
                 container,
                 kernel_time: None,
                 enriched: Some(result.complete),
+                hook: None,
             });
         }
     }

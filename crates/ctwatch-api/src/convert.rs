@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ctwatch::hook::{HookInfo, OciSummary, PolicyVerdict};
 use ctwatch::{Container, ContainerEvent, ContainerState, EventKind, PodInfo, Runtime};
 use ctwatch_agent::{ContainerFilter, ContainerRecord, DataSourceError, SubscriptionError};
 use tonic::Status;
@@ -88,6 +89,81 @@ pub fn event_message(e: &ContainerEvent, record: ContainerRecord) -> pb::Event {
         cgroup_id: e.cgroup_id,
         enriched: e.enriched,
         container: Some(container_message(record)),
+        hook: e.hook.as_deref().map(hook_message),
+    }
+}
+
+/// The runtime hook's findings as a message.
+pub fn hook_message(h: &HookInfo) -> pb::HookInfo {
+    pb::HookInfo {
+        runtime_binary: h.runtime_binary.clone(),
+        runtime_pid: h.runtime_pid,
+        command: h.command.clone(),
+        bundle: h.bundle.clone(),
+        pid_file: h.pid_file.clone(),
+        state_root: h.state_root.clone(),
+        oci: h.oci.as_ref().map(|o| pb::OciSummary {
+            oci_version: o.oci_version.clone(),
+            args: o.args.clone(),
+            cwd: o.cwd.clone(),
+            uid: o.uid,
+            gid: o.gid,
+            hostname: o.hostname.clone(),
+            root_path: o.root_path.clone(),
+            root_readonly: o.root_readonly,
+            cgroups_path: o.cgroups_path.clone(),
+            namespaces: o.namespaces.clone(),
+            mounts: o.mounts as u64,
+            capabilities: o.capabilities.clone(),
+            annotations: o.annotations.clone().into_iter().collect(),
+        }),
+        oci_error: h.oci_error.clone(),
+        verdict: h.verdict.as_ref().map(|v| pb::PolicyVerdict {
+            mode: v.mode.clone(),
+            denied: v.denied,
+            rule: v.rule.clone(),
+            reason: v.reason.clone(),
+        }),
+        answer_us: h.answer_us,
+        answered_by_deadline: h.answered_by_deadline,
+        init_pid: h.init_pid,
+    }
+}
+
+/// A hook message back as the hook's findings.
+pub fn hook_from_message(m: &pb::HookInfo) -> HookInfo {
+    HookInfo {
+        runtime_binary: m.runtime_binary.clone(),
+        runtime_pid: m.runtime_pid,
+        command: m.command.clone(),
+        bundle: m.bundle.clone(),
+        pid_file: m.pid_file.clone(),
+        state_root: m.state_root.clone(),
+        oci: m.oci.as_ref().map(|o| OciSummary {
+            oci_version: o.oci_version.clone(),
+            args: o.args.clone(),
+            cwd: o.cwd.clone(),
+            uid: o.uid,
+            gid: o.gid,
+            hostname: o.hostname.clone(),
+            root_path: o.root_path.clone(),
+            root_readonly: o.root_readonly,
+            cgroups_path: o.cgroups_path.clone(),
+            namespaces: o.namespaces.clone(),
+            mounts: usize::try_from(o.mounts).unwrap_or(usize::MAX),
+            capabilities: o.capabilities.clone(),
+            annotations: o.annotations.clone().into_iter().collect(),
+        }),
+        oci_error: m.oci_error.clone(),
+        verdict: m.verdict.as_ref().map(|v| PolicyVerdict {
+            mode: v.mode.clone(),
+            denied: v.denied,
+            rule: v.rule.clone(),
+            reason: v.reason.clone(),
+        }),
+        answer_us: m.answer_us,
+        answered_by_deadline: m.answered_by_deadline,
+        init_pid: m.init_pid,
     }
 }
 
@@ -98,6 +174,8 @@ pub fn event_from_message(m: &pb::Event) -> Option<ContainerEvent> {
         "container_remove" => EventKind::ContainerRemove,
         "existing_container" => EventKind::ExistingContainer,
         "container_update" => EventKind::ContainerUpdate,
+        "container_precreate" => EventKind::ContainerPrecreate,
+        "container_policy_violation" => EventKind::ContainerPolicyViolation,
         _ => return None,
     };
     Some(ContainerEvent {
@@ -107,6 +185,7 @@ pub fn event_from_message(m: &pb::Event) -> Option<ContainerEvent> {
         container: Arc::new(container_from_message(m.container.as_ref()?)),
         kernel_time: m.kernel_time_unix_nano.map(from_unix_nanos),
         enriched: m.enriched,
+        hook: m.hook.as_ref().map(|h| Arc::new(hook_from_message(h))),
     })
 }
 

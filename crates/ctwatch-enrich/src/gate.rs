@@ -48,7 +48,7 @@ impl Gate {
                 self.held.insert(id, Held { event, seq: self.next_seq });
                 true
             }
-            EventKind::ContainerUpdate => {
+            EventKind::ContainerUpdate | EventKind::ContainerPrecreate | EventKind::ContainerPolicyViolation => {
                 out.push(event);
                 false
             }
@@ -158,6 +158,7 @@ mod tests {
             container: Arc::new(container),
             kernel_time: None,
             enriched: None,
+            hook: None,
         }
     }
 

@@ -8,6 +8,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use crate::container::Container;
+use crate::hook::HookInfo;
 
 /// Which derived event this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,6 +22,12 @@ pub enum EventKind {
     /// What is known about a container changed after its create went out
     /// (a runtime that was down answered later). Same arguments as a create.
     ContainerUpdate,
+    /// A runtime is about to create the container (the runtime hook saw its
+    /// exec, before the container's first instruction). Same arguments as a create.
+    ContainerPrecreate,
+    /// A container broke the policy (`--policy`): reported in audit mode,
+    /// refused in enforce mode. Same arguments as a create; `hook.verdict` says why.
+    ContainerPolicyViolation,
 }
 
 impl EventKind {
@@ -31,6 +38,8 @@ impl EventKind {
             EventKind::ContainerRemove => "container_remove",
             EventKind::ExistingContainer => "existing_container",
             EventKind::ContainerUpdate => "container_update",
+            EventKind::ContainerPrecreate => "container_precreate",
+            EventKind::ContainerPolicyViolation => "container_policy_violation",
         }
     }
 }
@@ -51,6 +60,9 @@ pub struct ContainerEvent {
     /// Whether runtime enrichment finished before the event went out
     /// (`None` when enrichment is off, or for removals).
     pub enriched: Option<bool>,
+    /// What the runtime hook learned (bundle, OCI config, init PID, policy
+    /// verdict), when it saw this container being created.
+    pub hook: Option<Arc<HookInfo>>,
 }
 
 /// Formats a time as RFC 3339 with nanoseconds, in UTC.
@@ -98,6 +110,9 @@ impl Serialize for ContainerEvent {
             map.serialize_entry("enriched", &enriched)?;
         }
         map.serialize_entry("args", &Args(self))?;
+        if let Some(hook) = &self.hook {
+            map.serialize_entry("hook", hook.as_ref())?;
+        }
         map.end()
     }
 }

@@ -17,6 +17,7 @@
 //! - [`tracker`]: cgroup changes in, container events out, store kept.
 //! - [`store`]: the containers data source's core.
 //! - [`event`]: the derived events and their JSON form.
+//! - [`hook`]: what the runtime hook learns before a container starts.
 //! - [`proc`]: which cgroup and namespaces a process is in, a container's init.
 //! - [`resolve`]: paths inside a container resolved without leaving its root.
 
@@ -24,6 +25,7 @@ pub mod cgroupfs;
 pub mod classify;
 pub mod container;
 pub mod event;
+pub mod hook;
 pub mod proc;
 pub mod resolve;
 pub mod runtime;

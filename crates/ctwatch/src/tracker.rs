@@ -235,6 +235,7 @@ impl Ctx<'_> {
             container,
             kernel_time: event.kernel_time,
             enriched: None,
+            hook: None,
         });
     }
 
@@ -253,6 +254,7 @@ impl Ctx<'_> {
                 container,
                 kernel_time: event.kernel_time,
                 enriched: None,
+                hook: None,
             });
         }
     }

@@ -8,6 +8,8 @@ pub mod scan;
 
 use std::time::SystemTime;
 
+use crate::hook::HookMessage;
+
 /// Whether a cgroup was created or removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupChange {
@@ -58,4 +60,7 @@ pub enum SourceMessage {
     /// Changes in a mirror hierarchy (the unified one on a hybrid host): not
     /// tracked, but their IDs are what `bpf_get_current_cgroup_id()` returns.
     Mirror(Vec<CgroupEvent>),
+    /// What the runtime hook saw (a container about to be created, its init
+    /// starting or exiting).
+    Hook(Box<HookMessage>),
 }

@@ -1,0 +1,542 @@
+//! The hook: one fanotify group with `FAN_OPEN_EXEC_PERM` marks on the
+//! runtime binaries, a reader thread that only reads events and answers the
+//! ones whose deadline passed, workers that decide, and the lifecycle thread.
+//!
+//! ```text
+//!  execve(runc) ─▶ kernel holds it ─▶ reader ──job──▶ worker: argv, config.json, identity, policy
+//!                        ▲              │ deadline          │
+//!                        └── FAN_ALLOW/FAN_DENY ◀───────────┘ (whoever claims the event first)
+//!                                                            └─▶ precreate event, lifecycle
+//! ```
+//!
+//! Every permission event is answered exactly once: the worker or the
+//! deadline claims it from the pending table, and only the claimer writes the
+//! response. The reader never waits on anything but `poll`, so a stuck worker
+//! (a slow disk, a daemon that does not answer) cannot hold a runtime past
+//! the deadline. If ctwatch dies, the kernel answers: closing a fanotify
+//! group allows every event still pending on it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+use ctwatch::cgroupfs::Hierarchy;
+use ctwatch::hook::{HookInfo, HookMessage};
+use ctwatch::sources::SourceMessage;
+use nix::errno::Errno;
+use nix::sys::fanotify::{
+    EventFFlags, Fanotify, FanotifyEvent, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
+};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::binaries::{candidate_paths, find_runtime_binaries, RuntimeBinary, RuntimeTool};
+use crate::bundle::{caller_path, read_config};
+use crate::exec_args::exec_argv;
+use crate::identity::{identify, IdentitySources};
+use crate::invocation::{parse, CreateCall, Invocation};
+use crate::lifecycle::{pidfd_open, Lifecycle, Track};
+use crate::policy::{Policy, Subject};
+
+/// The default time a runtime may wait for ctwatch's answer.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
+/// How long a container ID is remembered so conmon and the runc it runs make one precreate.
+const SAME_CREATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// How the hook is set up.
+#[derive(Debug, Clone)]
+pub struct HookConfig {
+    /// Runtime binaries to mark besides (or, with `replace_default_paths`, instead of) the usual ones.
+    pub runtime_paths: Vec<PathBuf>,
+    /// Mark only `runtime_paths`.
+    pub replace_default_paths: bool,
+    /// How long a runtime may wait for the answer.
+    pub deadline: Duration,
+    /// Answer `FAN_DENY` when the deadline passes (default: allow).
+    pub fail_closed: bool,
+    /// The admission policy, if any.
+    pub policy: Option<Policy>,
+    /// Where the runtimes' records are.
+    pub identity: IdentitySources,
+    /// The proc mount.
+    pub proc_root: PathBuf,
+    /// When set, the hook reports containers' cgroups in this hierarchy (it is the only source).
+    pub hierarchy: Option<Hierarchy>,
+    /// Worker threads that decide.
+    pub workers: usize,
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        HookConfig {
+            runtime_paths: Vec::new(),
+            replace_default_paths: false,
+            deadline: DEFAULT_DEADLINE,
+            fail_closed: false,
+            policy: None,
+            identity: IdentitySources::default(),
+            proc_root: PathBuf::from("/proc"),
+            hierarchy: None,
+            workers: 4,
+        }
+    }
+}
+
+/// Why the hook could not start.
+#[derive(Debug, Error)]
+pub enum HookError {
+    /// fanotify is not usable here.
+    #[error("fanotify is not available: {reason}")]
+    Fanotify {
+        /// What is missing and how to fix it.
+        reason: String,
+    },
+    /// None of the runtime binaries exists.
+    #[error("no runtime binary to hook: none of {0} exists (add one with --runtime-path)")]
+    NoBinaries(String),
+    /// Every binary found failed to be marked.
+    #[error("no runtime binary could be marked: {0}")]
+    Mark(String),
+    /// A thread could not start.
+    #[error("cannot start the hook's {what} thread: {source}")]
+    Thread {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Counters, for tests, metrics and the closing log line.
+#[derive(Debug, Default)]
+pub struct HookStats {
+    /// Permission events read.
+    pub events: AtomicU64,
+    /// Of them, container creates.
+    pub creates: AtomicU64,
+    /// Events the deadline answered (ctwatch was too slow).
+    pub deadline_answers: AtomicU64,
+    /// Creates refused by the policy.
+    pub denied: AtomicU64,
+    /// Execs whose argv could not be read (answered with the default).
+    pub unreadable: AtomicU64,
+}
+
+struct Pending {
+    event: FanotifyEvent,
+    deadline: Instant,
+    read_at: Instant,
+}
+
+/// What the reader, the workers and the deadline share.
+struct Shared {
+    group: Fanotify,
+    pending: Mutex<BTreeMap<u64, Pending>>,
+    default_allow: bool,
+    stats: Arc<HookStats>,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, BTreeMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes event `seq` out of the table: whoever gets it answers it.
+    fn claim(&self, seq: u64) -> Option<Pending> {
+        self.pending().remove(&seq)
+    }
+
+    /// Writes the answer for a claimed event (and closes its fd).
+    fn answer(&self, pending: Pending, allow: bool) {
+        let Some(fd) = pending.event.fd() else { return };
+        let response = if allow { Response::FAN_ALLOW } else { Response::FAN_DENY };
+        if let Err(e) = self.group.write_response(FanotifyResponse::new(fd, response)) {
+            // ENOENT: the process was killed while it waited; the kernel dropped the event.
+            debug!(error = %e, "fanotify response not taken");
+        }
+    }
+
+    /// Answers every event whose deadline has passed with the default.
+    fn expire(&self, now: Instant) {
+        let expired: Vec<Pending> = {
+            let mut pending = self.pending();
+            let due: Vec<u64> = pending.iter().take_while(|(_, p)| p.deadline <= now).map(|(s, _)| *s).collect();
+            due.iter().filter_map(|s| pending.remove(s)).collect()
+        };
+        for p in expired {
+            self.stats.deadline_answers.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                waited_ms = p.read_at.elapsed().as_millis() as u64,
+                allow = self.default_allow,
+                "a runtime exec reached the deadline; answered with the default"
+            );
+            self.answer(p, self.default_allow);
+        }
+    }
+}
+
+struct Job {
+    seq: u64,
+    tid: u32,
+    tool: RuntimeTool,
+    binary: PathBuf,
+    read_at: Instant,
+    time: SystemTime,
+}
+
+/// A running hook. [`Hook::stop`] unmarks the binaries and closes the group.
+pub struct Hook {
+    shared: Arc<Shared>,
+    marked: Vec<RuntimeBinary>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Hook {
+    /// Creates the fanotify group, marks the runtime binaries found, and
+    /// starts the threads. Events go to `tx`.
+    pub fn start(config: HookConfig, tx: Sender<SourceMessage>) -> Result<Hook, HookError> {
+        let candidates = candidate_paths(&config.runtime_paths, config.replace_default_paths);
+        let binaries = find_runtime_binaries(&candidates);
+        if binaries.is_empty() {
+            let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            return Err(HookError::NoBinaries(list.join(", ")));
+        }
+        let group = Fanotify::init(
+            InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK | InitFlags::FAN_REPORT_TID,
+            EventFFlags::O_RDONLY | EventFFlags::O_CLOEXEC | EventFFlags::O_LARGEFILE,
+        )
+        .map_err(|e| HookError::Fanotify { reason: init_hint(e) })?;
+        let mut marked = Vec::new();
+        let mut failures = Vec::new();
+        for binary in binaries {
+            match group.mark(MarkFlags::FAN_MARK_ADD, MaskFlags::FAN_OPEN_EXEC_PERM, None, Some(&binary.path)) {
+                Ok(()) => marked.push(binary),
+                Err(e) => failures.push(format!("{}: {e}", binary.path.display())),
+            }
+        }
+        for failure in &failures {
+            warn!("cannot hook a runtime binary: {failure}");
+        }
+        if marked.is_empty() {
+            return Err(HookError::Mark(failures.join("; ")));
+        }
+        for b in &marked {
+            info!(path = %b.path.display(), tool = b.tool.as_str(), "runtime binary hooked");
+        }
+        let stats = Arc::new(HookStats::default());
+        let shared =
+            Arc::new(Shared { group, pending: Mutex::new(BTreeMap::new()), default_allow: !config.fail_closed, stats });
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut hook = Hook { shared: shared.clone(), marked, stop: stop.clone(), threads: Vec::new() };
+        let (jobs_tx, jobs) = crossbeam_channel::unbounded::<Job>();
+        let (track_tx, tracks) = crossbeam_channel::unbounded::<Track>();
+        let lifecycle = Lifecycle {
+            tracks,
+            tx: tx.clone(),
+            stop: stop.clone(),
+            proc_root: config.proc_root.clone(),
+            hierarchy: config.hierarchy.clone(),
+        };
+        hook.spawn("hook-lifecycle", move || lifecycle.run())?;
+        let by_inode: HashMap<(u64, u64), RuntimeBinary> =
+            hook.marked.iter().map(|b| (b.dev_ino, b.clone())).collect();
+        let recent = Arc::new(Mutex::new(HashMap::new()));
+        let config = Arc::new(config);
+        for i in 0..config.workers.max(1) {
+            let worker = Worker {
+                shared: shared.clone(),
+                config: config.clone(),
+                tx: tx.clone(),
+                tracks: track_tx.clone(),
+                recent: recent.clone(),
+                tokio: None,
+            };
+            let jobs = jobs.clone();
+            hook.spawn(if i == 0 { "hook-worker" } else { "hook-worker-n" }, move || worker.run(jobs))?;
+        }
+        let reader_shared = shared.clone();
+        let deadline = config.deadline;
+        hook.spawn("hook-reader", move || read_events(&reader_shared, &by_inode, deadline, jobs_tx, &stop))?;
+        Ok(hook)
+    }
+
+    fn spawn(&mut self, name: &'static str, f: impl FnOnce() + Send + 'static) -> Result<(), HookError> {
+        match thread::Builder::new().name(name.into()).spawn(f) {
+            Ok(handle) => {
+                self.threads.push(handle);
+                Ok(())
+            }
+            Err(source) => {
+                self.stop_threads();
+                Err(HookError::Thread { what: name, source })
+            }
+        }
+    }
+
+    /// The binaries that were marked.
+    pub fn marked(&self) -> &[RuntimeBinary] {
+        &self.marked
+    }
+
+    /// The hook's counters.
+    pub fn stats(&self) -> Arc<HookStats> {
+        self.shared.stats.clone()
+    }
+
+    /// A flag that stops the hook's threads when set.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    fn stop_threads(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Hook {
+    /// Stops the threads, answers what is still pending, unmarks every binary.
+    fn drop(&mut self) {
+        self.stop_threads();
+        let leftover: Vec<Pending> = std::mem::take(&mut *self.shared.pending()).into_values().collect();
+        for p in leftover {
+            self.shared.answer(p, self.shared.default_allow);
+        }
+        for b in &self.marked {
+            if let Err(e) =
+                self.shared.group.mark(MarkFlags::FAN_MARK_REMOVE, MaskFlags::FAN_OPEN_EXEC_PERM, None, Some(&b.path))
+            {
+                debug!(path = %b.path.display(), error = %e, "unmark");
+            }
+        }
+        // The group's fd closes when the last Arc goes (the threads are joined: this is it).
+    }
+}
+
+/// What to tell the user when `fanotify_init` fails.
+fn init_hint(e: Errno) -> String {
+    match e {
+        Errno::EPERM => "permission denied: the hook needs CAP_SYS_ADMIN (run ctwatch as root)".into(),
+        Errno::EINVAL => {
+            "the kernel refused a permission-class group (it needs CONFIG_FANOTIFY_ACCESS_PERMISSIONS=y)".into()
+        }
+        Errno::ENOSYS => "the kernel has no fanotify (CONFIG_FANOTIFY)".into(),
+        Errno::EMFILE => "too many fanotify groups for this user (the limit is 128)".into(),
+        e => format!("fanotify_init: {e}"),
+    }
+}
+
+/// The reader: reads events, queues them for the workers, answers the overdue ones.
+fn read_events(
+    shared: &Shared,
+    binaries: &HashMap<(u64, u64), RuntimeBinary>,
+    deadline: Duration,
+    jobs: Sender<Job>,
+    stop: &AtomicBool,
+) {
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let next_due = shared.pending().values().next().map(|p| p.deadline);
+        let wait = next_due.map_or(Duration::from_millis(100), |d| d.saturating_duration_since(now)).min(Duration::from_millis(100));
+        let mut pfd = libc::pollfd { fd: shared.group.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, wait.as_millis().max(1) as i32) };
+        if ready > 0 {
+            loop {
+                let events = match shared.group.read_events() {
+                    Ok(events) if !events.is_empty() => events,
+                    Ok(_) | Err(Errno::EAGAIN) => break,
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => {
+                        warn!(error = %e, "reading fanotify events failed");
+                        break;
+                    }
+                };
+                for event in events {
+                    let Some(fd) = event.fd() else {
+                        warn!("the fanotify queue overflowed");
+                        continue;
+                    };
+                    shared.stats.events.fetch_add(1, Ordering::Relaxed);
+                    let binary = dev_ino(fd.as_raw_fd()).and_then(|key| binaries.get(&key));
+                    let (tool, path) = binary.map_or((RuntimeTool::Runc, PathBuf::new()), |b| (b.tool, b.path.clone()));
+                    seq += 1;
+                    let read_at = Instant::now();
+                    let tid = u32::try_from(event.pid()).unwrap_or(0);
+                    shared.pending().insert(seq, Pending { event, deadline: read_at + deadline, read_at });
+                    let job = Job { seq, tid, tool, binary: path, read_at, time: SystemTime::now() };
+                    if jobs.send(job).is_err() {
+                        // No worker left (stopping): answer now.
+                        if let Some(p) = shared.claim(seq) {
+                            shared.answer(p, shared.default_allow);
+                        }
+                    }
+                }
+            }
+        }
+        shared.expire(Instant::now());
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    config: Arc<HookConfig>,
+    tx: Sender<SourceMessage>,
+    tracks: Sender<Track>,
+    recent: Arc<Mutex<HashMap<String, Instant>>>,
+    tokio: Option<tokio::runtime::Runtime>,
+}
+
+impl Worker {
+    fn run(mut self, jobs: Receiver<Job>) {
+        loop {
+            match jobs.recv_timeout(Duration::from_millis(200)) {
+                Ok(job) => self.handle(job),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        let proc_root = self.config.proc_root.clone();
+        let argv = match exec_argv(&proc_root, job.tid) {
+            Ok(argv) => argv,
+            Err(e) => {
+                self.shared.stats.unreadable.fetch_add(1, Ordering::Relaxed);
+                debug!(tid = job.tid, error = %e, "exec argv unreadable; default answer");
+                if let Some(p) = self.shared.claim(job.seq) {
+                    self.shared.answer(p, self.shared.default_allow);
+                }
+                return;
+            }
+        };
+        let call = match parse(job.tool, &argv) {
+            Invocation::Create(call) => call,
+            Invocation::Other { .. } => {
+                if let Some(p) = self.shared.claim(job.seq) {
+                    self.shared.answer(p, true);
+                }
+                return;
+            }
+        };
+        self.shared.stats.creates.fetch_add(1, Ordering::Relaxed);
+        self.handle_create(job, call);
+    }
+
+    fn handle_create(&mut self, job: Job, call: CreateCall) {
+        let proc_root = self.config.proc_root.clone();
+        let pid = tgid_of(&proc_root, job.tid).unwrap_or(job.tid);
+        // Taken while the runtime is held, so it is the right process.
+        let owner = pidfd_open(pid);
+        let bundle_arg = call.bundle.clone().unwrap_or_else(|| ".".into());
+        let bundle_path = caller_path(&proc_root, pid, &bundle_arg);
+        let config_path = match &call.config {
+            Some(c) => caller_path(&proc_root, pid, c),
+            None => bundle_path.join("config.json"),
+        };
+        let (config, oci_error) = match read_config(&config_path) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let bundle = bundle_path.display().to_string();
+        if self.tokio.is_none() && self.config.identity.containerd_socket.is_some() {
+            self.tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().ok();
+        }
+        let container = identify(&call, &bundle, config.as_ref(), &self.config.identity, self.tokio.as_ref());
+        let empty = HashMap::new();
+        let annotations = config.as_ref().map_or(&empty, |c| &c.annotations);
+        let mut verdict =
+            self.config.policy.as_ref().and_then(|p| p.check(Subject { container: &container, annotations }));
+        let allow = !verdict.as_ref().is_some_and(|v| v.denied);
+        let first = self.first_sight(&container.id);
+        let claimed = self.shared.claim(job.seq);
+        let answer_us = job.read_at.elapsed().as_micros() as u64;
+        if claimed.is_none() {
+            if let Some(v) = verdict.as_mut().filter(|v| v.denied) {
+                v.denied = !self.shared.default_allow;
+                v.reason.push_str(" (decided after the deadline: the deadline's default answered)");
+            }
+        }
+        let allowed = if claimed.is_some() { allow } else { self.shared.default_allow };
+        if !allowed {
+            self.shared.stats.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        let pid_file = call.pid_file.as_ref().map(|p| caller_path(&proc_root, pid, p));
+        let info = HookInfo {
+            runtime_binary: job.binary.display().to_string(),
+            runtime_pid: pid,
+            command: call.command.clone(),
+            bundle,
+            pid_file: pid_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            state_root: call.root.clone().unwrap_or_default(),
+            oci: config.map(|c| c.summary),
+            oci_error,
+            verdict,
+            answer_us,
+            answered_by_deadline: claimed.is_none(),
+            init_pid: None,
+        };
+        // The event goes out before the answer, so it is ahead of the cgroup's mkdir.
+        if first || info.verdict.is_some() {
+            let message = HookMessage::Precreate { container, info, time: job.time };
+            let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
+        }
+        if let Some(p) = claimed {
+            self.shared.answer(p, allow);
+        }
+        if allowed {
+            let default_root = match job.tool {
+                RuntimeTool::Crun => Some("/run/crun"),
+                RuntimeTool::Runc => Some("/run/runc"),
+                RuntimeTool::Conmon => None,
+            };
+            let state_json = call
+                .root
+                .as_deref()
+                .or(default_root)
+                .map(|root| caller_path(&proc_root, pid, root).join(&call.id).join("state.json"));
+            let _ = self.tracks.send(Track { id: call.id, owner_pid: pid, owner, pid_file, state_json });
+        }
+    }
+
+    /// Whether this is the first create seen for `id` lately (conmon then runc report the same container).
+    fn first_sight(&self, id: &str) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if recent.len() > 4096 {
+            recent.retain(|_, at| now.duration_since(*at) < SAME_CREATE_WINDOW);
+        }
+        match recent.insert(id.to_string(), now) {
+            Some(at) => now.duration_since(at) >= SAME_CREATE_WINDOW,
+            None => true,
+        }
+    }
+}
+
+/// The thread group (process) a task belongs to.
+fn tgid_of(proc_root: &Path, tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(proc_root.join(tid.to_string()).join("status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// The device and inode of an open file.
+fn dev_ino(fd: i32) -> Option<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills `st` when it returns 0.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded.
+    let st = unsafe { st.assume_init() };
+    Some((st.st_dev, st.st_ino))
+}

@@ -1,0 +1,254 @@
+//! After a create was allowed: the container's init PID from the pid file (or
+//! the runtime's `state.json`), and its end, seen with a pidfd (ctwatch runs
+//! in the host PID namespace) or, where pidfds are not available, by polling
+//! `/proc`. One thread, no fanotify group per container: a create that fails
+//! leaves nothing behind but a closed pidfd.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+use ctwatch::cgroupfs::{self, Hierarchy};
+use ctwatch::hook::HookMessage;
+use ctwatch::sources::{CgroupChange, CgroupEvent, Origin, SourceMessage};
+use tracing::debug;
+
+/// How often pid files are looked at while a create is under way.
+const WAITING_TICK: Duration = Duration::from_millis(5);
+/// How often the loop wakes when only running containers are followed.
+const IDLE_TICK: Duration = Duration::from_millis(200);
+/// A create whose runtime is still alive but has written no pid file after this long is given up on.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// A create to follow.
+#[derive(Debug)]
+pub struct Track {
+    /// The container ID.
+    pub id: String,
+    /// The runtime process (runc/crun/conmon) that was allowed to run.
+    pub owner_pid: u32,
+    /// A pidfd for it, when the kernel has them.
+    pub owner: Option<OwnedFd>,
+    /// Where the init PID will be written (host path).
+    pub pid_file: Option<PathBuf>,
+    /// The runtime's `state.json` for the container (holds `init_process_pid`).
+    pub state_json: Option<PathBuf>,
+}
+
+enum Followed {
+    Waiting { track: Track, since: Instant },
+    Running { id: String, init_pid: u32, pidfd: Option<OwnedFd>, start_time: Option<u64>, cgroup: Option<CgroupEvent> },
+}
+
+/// Opens a pidfd for `pid` (`None` when the kernel has no `pidfd_open` or the process is gone).
+pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this fd, owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether a pidfd says its process has exited (it polls readable then).
+fn has_exited(pidfd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+}
+
+/// A process's start time (field 22 of `/proc/<pid>/stat`): tells a PID's reuse apart.
+fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The PID in a pid file or a runc/crun `state.json`.
+fn read_init_pid(track: &Track) -> Option<u32> {
+    if let Some(file) = &track.pid_file {
+        let text = read_small(file)?;
+        return text.trim().parse().ok().filter(|&p| p > 0);
+    }
+    let text = read_small(track.state_json.as_ref()?)?;
+    let state: serde_json::Value = serde_json::from_str(&text).ok()?;
+    state.get("init_process_pid")?.as_u64().and_then(|p| u32::try_from(p).ok()).filter(|&p| p > 0)
+}
+
+/// Reads a small file without blocking on a FIFO.
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(1 << 20).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The lifecycle thread's state.
+pub struct Lifecycle {
+    /// Where new creates arrive.
+    pub tracks: Receiver<Track>,
+    /// Where `Started`/`Exited`/`Failed` go.
+    pub tx: Sender<SourceMessage>,
+    /// Set to stop.
+    pub stop: Arc<AtomicBool>,
+    /// The proc mount.
+    pub proc_root: PathBuf,
+    /// When set, `Started`/`Exited` carry the container's cgroup in this hierarchy (the hook is the only source).
+    pub hierarchy: Option<Hierarchy>,
+}
+
+impl Lifecycle {
+    /// Runs until stopped.
+    pub fn run(self) {
+        let mut followed: HashMap<String, Followed> = HashMap::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            let waiting = followed.values().any(|f| matches!(f, Followed::Waiting { .. }));
+            let tick = if waiting { WAITING_TICK } else { IDLE_TICK };
+            match self.tracks.recv_timeout(tick) {
+                Ok(track) => {
+                    // One follower per container (conmon and the runc it runs both report it).
+                    followed.entry(track.id.clone()).or_insert(Followed::Waiting { track, since: Instant::now() });
+                    while let Ok(track) = self.tracks.try_recv() {
+                        followed.entry(track.id.clone()).or_insert(Followed::Waiting { track, since: Instant::now() });
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+            let ids: Vec<String> = followed.keys().cloned().collect();
+            for id in ids {
+                let Some(state) = followed.remove(&id) else { continue };
+                if let Some(next) = self.step(state) {
+                    followed.insert(id, next);
+                }
+            }
+        }
+    }
+
+    /// Moves one followed container on; `None` when it is done with.
+    fn step(&self, state: Followed) -> Option<Followed> {
+        match state {
+            Followed::Waiting { track, since } => {
+                // Look at the owner first: a pid file written just before it exited is still read.
+                let owner_gone = match &track.owner {
+                    Some(pidfd) => has_exited(pidfd),
+                    None => !self.proc_root.join(track.owner_pid.to_string()).exists(),
+                };
+                if let Some(init_pid) = read_init_pid(&track) {
+                    return Some(self.started(track.id, init_pid));
+                }
+                if owner_gone || since.elapsed() > MAX_WAIT {
+                    debug!(id = %track.id, "the runtime exited without starting the container");
+                    self.send(HookMessage::Failed { id: track.id });
+                    return None;
+                }
+                Some(Followed::Waiting { track, since })
+            }
+            Followed::Running { id, init_pid, pidfd, start_time: started, cgroup } => {
+                let gone = match &pidfd {
+                    Some(pidfd) => has_exited(pidfd),
+                    None => start_time(&self.proc_root, init_pid) != started,
+                };
+                if !gone {
+                    return Some(Followed::Running { id, init_pid, pidfd, start_time: started, cgroup });
+                }
+                let cgroup = cgroup.map(|c| CgroupEvent {
+                    change: CgroupChange::Rmdir,
+                    observed: SystemTime::now(),
+                    kernel_time: None,
+                    ..c
+                });
+                self.send(HookMessage::Exited { id, init_pid, cgroup });
+                None
+            }
+        }
+    }
+
+    fn started(&self, id: String, init_pid: u32) -> Followed {
+        let pidfd = pidfd_open(init_pid);
+        let started = start_time(&self.proc_root, init_pid);
+        let cgroup = self.hierarchy.as_ref().and_then(|h| self.cgroup_of(h, init_pid));
+        self.send(HookMessage::Started { id: id.clone(), init_pid, cgroup: cgroup.clone() });
+        Followed::Running { id, init_pid, pidfd, start_time: started, cgroup }
+    }
+
+    /// The init's cgroup as a `Mkdir` event.
+    fn cgroup_of(&self, hierarchy: &Hierarchy, pid: u32) -> Option<CgroupEvent> {
+        let path = ctwatch::proc::cgroup_path_of(&self.proc_root, pid, hierarchy).ok()?;
+        let dir = hierarchy.mount_point.join(path.trim_start_matches('/'));
+        let info = cgroupfs::cgroup_dir_info(&dir).ok()?;
+        Some(CgroupEvent {
+            change: CgroupChange::Mkdir,
+            origin: Origin::Live,
+            cgroup_id: info.cgroup_id,
+            path,
+            ctime_ns: info.ctime_ns,
+            observed: SystemTime::now(),
+            kernel_time: None,
+        })
+    }
+
+    fn send(&self, message: HookMessage) {
+        // A closed channel means the agent is stopping.
+        let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_a_process_from_pid_file_to_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("init.pid");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let (track_tx, tracks) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let lifecycle = Lifecycle { tracks, tx, stop: stop.clone(), proc_root: "/proc".into(), hierarchy: None };
+        let thread = std::thread::spawn(move || lifecycle.run());
+        let mut owner = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let owner_pid = owner.id();
+        track_tx
+            .send(Track {
+                id: "c1".into(),
+                owner_pid,
+                owner: pidfd_open(owner_pid),
+                pid_file: Some(pid_file.clone()),
+                state_json: None,
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "nothing before the pid file");
+        std::fs::write(&pid_file, child.id().to_string()).unwrap();
+        let started = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(started, SourceMessage::Hook(m) if *m == HookMessage::Started { id: "c1".into(), init_pid: child.id(), cgroup: None }));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let exited = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(exited, SourceMessage::Hook(m) if matches!(*m, HookMessage::Exited { ref id, .. } if id == "c1")));
+        // A create whose runtime exits without a pid file fails.
+        let mut owner2 = std::process::Command::new("true").spawn().unwrap();
+        let pidfd = pidfd_open(owner2.id());
+        owner2.wait().unwrap();
+        track_tx
+            .send(Track { id: "c2".into(), owner_pid: owner2.id(), owner: pidfd, pid_file: Some(dir.path().join("none")), state_json: None })
+            .unwrap();
+        let failed = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(failed, SourceMessage::Hook(m) if *m == HookMessage::Failed { id: "c2".into() }));
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+        owner.kill().unwrap();
+        owner.wait().unwrap();
+    }
+}

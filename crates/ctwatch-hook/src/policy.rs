@@ -1,0 +1,301 @@
+//! The admission policy: rules on image, digest, runtime, pod namespace and
+//! annotations, checked before a container starts.
+//!
+//! ```toml
+//! mode = "enforce"            # or "audit" (report only)
+//!
+//! [[deny]]
+//! name = "only-our-registry"
+//! reason = "images must come from registry.example.com"
+//! image_not = ["registry.example.com/*"]
+//! pod_namespace = ["prod", "prod-*"]
+//!
+//! [[deny]]
+//! name = "no-privileged-annotation"
+//! annotations = { "io.podman.annotations.privileged" = "TRUE" }
+//! ```
+//!
+//! A rule matches when every condition it has matches; a condition with a
+//! list matches when any pattern does (`*` any run of characters, `?` one).
+//! `*_not` conditions match when no pattern does. An image that could not be
+//! identified is the empty string, so `image_not` rules deny it. The first
+//! matching rule decides.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ctwatch::hook::PolicyVerdict;
+use ctwatch::Container;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// What happens to a container that breaks a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// A `container_policy_violation` event; the container runs.
+    #[default]
+    Audit,
+    /// The runtime's exec is refused (`FAN_DENY`); the container never starts.
+    Enforce,
+}
+
+impl PolicyMode {
+    /// The mode's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Audit => "audit",
+            PolicyMode::Enforce => "enforce",
+        }
+    }
+}
+
+/// One deny rule.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rule {
+    /// Its name (reported; `rule-<n>` when absent).
+    pub name: String,
+    /// Why, in words (reported; made from the conditions when absent).
+    pub reason: String,
+    /// The image (as the user named it) matches one of these.
+    pub image: Vec<String>,
+    /// The image matches none of these.
+    pub image_not: Vec<String>,
+    /// The digest matches one of these.
+    pub digest: Vec<String>,
+    /// The digest matches none of these.
+    pub digest_not: Vec<String>,
+    /// The runtime (`docker`, `containerd`, `podman`, `crio`, `runc`) is one of these.
+    pub runtime: Vec<String>,
+    /// The pod namespace matches one of these (containers outside pods have "").
+    pub pod_namespace: Vec<String>,
+    /// The pod namespace matches none of these.
+    pub pod_namespace_not: Vec<String>,
+    /// Each listed annotation is present and matches its pattern.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A loaded policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Audit or enforce.
+    #[serde(default)]
+    pub mode: PolicyMode,
+    /// The deny rules, in order.
+    #[serde(default)]
+    pub deny: Vec<Rule>,
+}
+
+/// Why a policy file could not be loaded.
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    /// It could not be read.
+    #[error("cannot read the policy {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not valid TOML for a policy.
+    #[error("the policy {path} is invalid: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+}
+
+/// What the policy checks a container against.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The container (image, digest, runtime, pod).
+    pub container: &'a Container,
+    /// Its OCI annotations.
+    pub annotations: &'a std::collections::HashMap<String, String>,
+}
+
+impl Policy {
+    /// Loads and checks a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.into(), source })?;
+        Policy::parse(&text).map_err(|message| PolicyError::Invalid { path: path.into(), message })
+    }
+
+    /// Parses a policy from TOML text.
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let mut policy: Policy = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (i, rule) in policy.deny.iter_mut().enumerate() {
+            if rule.name.is_empty() {
+                rule.name = format!("rule-{}", i + 1);
+            }
+            let conditions = rule.image.len()
+                + rule.image_not.len()
+                + rule.digest.len()
+                + rule.digest_not.len()
+                + rule.runtime.len()
+                + rule.pod_namespace.len()
+                + rule.pod_namespace_not.len()
+                + rule.annotations.len();
+            if conditions == 0 {
+                return Err(format!("deny rule {:?} has no condition (it would deny every container)", rule.name));
+            }
+            if let Some(r) = rule.runtime.iter().find(|r| ctwatch::Runtime::from_name(r).is_none()) {
+                return Err(format!("deny rule {:?}: unknown runtime {r:?}", rule.name));
+            }
+        }
+        Ok(policy)
+    }
+
+    /// The verdict for a container, or `None` when no rule matches.
+    pub fn check(&self, subject: Subject<'_>) -> Option<PolicyVerdict> {
+        let rule = self.deny.iter().find(|rule| rule.matches(subject))?;
+        Some(PolicyVerdict {
+            mode: self.mode.as_str().to_string(),
+            denied: self.mode == PolicyMode::Enforce,
+            rule: rule.name.clone(),
+            reason: if rule.reason.is_empty() { rule.describe(subject) } else { rule.reason.clone() },
+        })
+    }
+}
+
+impl Rule {
+    fn matches(&self, s: Subject<'_>) -> bool {
+        let c = s.container;
+        let any = |patterns: &[String], value: &str| patterns.iter().any(|p| glob_match(p, value));
+        (self.image.is_empty() || any(&self.image, &c.image))
+            && (self.image_not.is_empty() || !any(&self.image_not, &c.image))
+            && (self.digest.is_empty() || any(&self.digest, &c.image_digest))
+            && (self.digest_not.is_empty() || !any(&self.digest_not, &c.image_digest))
+            && (self.runtime.is_empty() || self.runtime.iter().any(|r| r.eq_ignore_ascii_case(c.runtime.as_str())))
+            && (self.pod_namespace.is_empty() || any(&self.pod_namespace, &c.pod.namespace))
+            && (self.pod_namespace_not.is_empty() || !any(&self.pod_namespace_not, &c.pod.namespace))
+            && self.annotations.iter().all(|(k, p)| s.annotations.get(k).is_some_and(|v| glob_match(p, v)))
+    }
+
+    /// A reason made from what matched, for rules without one.
+    fn describe(&self, s: Subject<'_>) -> String {
+        let c = s.container;
+        let mut parts = Vec::new();
+        if !self.image.is_empty() || !self.image_not.is_empty() {
+            parts.push(format!("image {:?}", c.image));
+        }
+        if !self.digest.is_empty() || !self.digest_not.is_empty() {
+            parts.push(format!("digest {:?}", c.image_digest));
+        }
+        if !self.runtime.is_empty() {
+            parts.push(format!("runtime {}", c.runtime.as_str()));
+        }
+        if !self.pod_namespace.is_empty() || !self.pod_namespace_not.is_empty() {
+            parts.push(format!("pod namespace {:?}", c.pod.namespace));
+        }
+        for k in self.annotations.keys() {
+            parts.push(format!("annotation {k}={:?}", s.annotations.get(k).map_or("", String::as_str)));
+        }
+        format!("denied by rule {:?}: {}", self.name, parts.join(", "))
+    }
+}
+
+/// Shell-style matching: `*` any run of characters (including `/`), `?` one character.
+pub fn glob_match(pattern: &str, value: &str) -> bool {
+    let (p, v): (Vec<char>, Vec<char>) = (pattern.chars().collect(), value.chars().collect());
+    let (mut pi, mut vi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while vi < v.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
+            pi += 1;
+            vi += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, vi));
+            pi += 1;
+        } else if let Some((sp, sv)) = star {
+            pi = sp + 1;
+            vi = sv + 1;
+            star = Some((sp, sv + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctwatch::{ContainerState, PodInfo, Runtime};
+    use std::collections::HashMap;
+
+    fn container(image: &str, ns: &str) -> Container {
+        Container {
+            id: "x".into(),
+            runtime: Runtime::Docker,
+            cgroup_id: 0,
+            cgroup_path: String::new(),
+            ctime_ns: 0,
+            image: image.into(),
+            image_digest: "sha256:aa".into(),
+            name: String::new(),
+            pod: PodInfo { namespace: ns.into(), ..PodInfo::default() },
+            labels: Default::default(),
+            state: ContainerState::Created,
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("registry.example.com/*", "registry.example.com/a/b:1"));
+        assert!(!glob_match("registry.example.com/*", "evil.com/registry.example.com/a"));
+        assert!(glob_match("*:latest", "nginx:latest"));
+        assert!(glob_match("a?c", "abc") && !glob_match("a?c", "ac"));
+        assert!(glob_match("*", "") && !glob_match("?", ""));
+        assert!(glob_match("*a*b*", "xxaxxbxx") && !glob_match("*a*b", "xxbxxa"));
+    }
+
+    #[test]
+    fn first_matching_rule_decides_and_enforce_denies() {
+        let policy = Policy::parse(
+            r#"
+            mode = "enforce"
+            [[deny]]
+            name = "registry"
+            image_not = ["registry.example.com/*"]
+            pod_namespace = ["prod"]
+            [[deny]]
+            image = ["*:latest"]
+            reason = "no latest"
+            [[deny]]
+            annotations = { "risk" = "high*" }
+            "#,
+        )
+        .unwrap();
+        let none = HashMap::new();
+        let check = |c: &Container, a| policy.check(Subject { container: c, annotations: a });
+        let v = check(&container("docker.io/x:1", "prod"), &none).unwrap();
+        assert_eq!((v.rule.as_str(), v.denied, v.mode.as_str()), ("registry", true, "enforce"));
+        assert!(v.reason.contains("docker.io/x:1"), "{}", v.reason);
+        assert!(check(&container("registry.example.com/x:1", "prod"), &none).is_none());
+        assert!(check(&container("docker.io/x:1", "dev"), &none).is_none());
+        assert_eq!(check(&container("x:latest", ""), &none).unwrap().reason, "no latest");
+        let risky = HashMap::from([("risk".to_string(), "higher".to_string())]);
+        assert_eq!(check(&container("x:1", ""), &risky).unwrap().rule, "rule-3");
+        assert_eq!(check(&container("", "prod"), &none).unwrap().rule, "registry", "unknown image is denied");
+    }
+
+    #[test]
+    fn bad_policies_are_clear_errors() {
+        for (text, expect) in [
+            ("mode = \"block\"", "unknown variant"),
+            ("[[deny]]\nname = \"x\"", "no condition"),
+            ("[[deny]]\nimagee = [\"x\"]", "unknown field"),
+            ("[[deny]]\nruntime = [\"rkt\"]", "unknown runtime"),
+            ("[[deny]\n", "expected"),
+        ] {
+            let e = Policy::parse(text).unwrap_err();
+            assert!(e.contains(expect), "{text}: {e}");
+        }
+        assert!(Policy::parse("").unwrap().deny.is_empty());
+    }
+}
