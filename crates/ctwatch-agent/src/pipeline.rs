@@ -3,11 +3,14 @@
 //! what is ready is published to the hub, where subscribers take it.
 //!
 //! ```text
-//! source thread ──SourceMessage──▶ tracker ──▶ gate ◀── enrichment answers
-//!                                     │          │
-//!                                   store        ▼
-//!                                          hub ──▶ subscribers (CLI, gRPC, Rust code)
+//! kernel source thread ──SourceMessage──▶ tracker ──▶ gate ◀── enrichment answers
+//! runtime hook threads ──┘ (precreate,       │          │
+//!                           init PID, exit) store        ▼
+//!                                                  hub ──▶ subscribers (CLI, gRPC, Rust code)
 //! ```
+//!
+//! The hook's precreate events go straight to the hub; what it learns (bundle,
+//! OCI config, init PID) is attached to the same container's later events.
 
 use std::collections::HashMap;
 use std::io;
@@ -20,11 +23,13 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Sender};
 use ctwatch::cgroupfs::{self, CgroupVersion, Hierarchy};
 use ctwatch::sources::inotify::{InotifyError, InotifySource};
-use ctwatch::sources::SourceMessage;
+use ctwatch::hook::{HookInfo, HookMessage};
+use ctwatch::sources::{scan, Origin, SourceMessage};
 use ctwatch::state_dirs::HostStateDirs;
 use ctwatch::{ContainerEvent, ContainerState, EventKind, SharedStore, Store, Tracker};
 use ctwatch_ebpf::{ContainersMap, EbpfConfig, EbpfSource, EbpfStats, DEFAULT_RING_BUFFER_BYTES};
 use ctwatch_enrich::{EnrichConfig, EnrichResult, Enrichment, Gate};
+use ctwatch_hook::{Hook, HookConfig, HookError};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -44,6 +49,9 @@ pub enum SourceChoice {
     Ebpf,
     /// inotify only.
     Inotify,
+    /// No kernel source: the runtime hook alone (a scan at start, then what
+    /// the hook sees; containers made without a hooked runtime are missed).
+    HookOnly,
 }
 
 /// The cgroup tree the agent scans and follows.
@@ -85,6 +93,11 @@ pub struct AgentConfig {
     pub state_dirs: HostStateDirs,
     /// The proc mount (normally `/proc`).
     pub proc_root: PathBuf,
+    /// The runtime hook, or `None` for none.
+    pub hook: Option<HookConfig>,
+    /// Fail when the hook cannot start (else it is used when allowed, and a
+    /// warning says why not). Always true with [`SourceChoice::HookOnly`].
+    pub hook_required: bool,
 }
 
 impl AgentConfig {
@@ -99,6 +112,8 @@ impl AgentConfig {
             enrich: None,
             state_dirs: HostStateDirs::default(),
             proc_root: PathBuf::from("/proc"),
+            hook: None,
+            hook_required: false,
         }
     }
 
@@ -132,6 +147,9 @@ pub enum AgentError {
         /// Why.
         source: io::Error,
     },
+    /// The runtime hook was required and cannot start.
+    #[error("the runtime hook cannot start: {0}")]
+    Hook(#[from] HookError),
     /// A thread panicked (a bug).
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
@@ -148,6 +166,8 @@ pub struct Agent {
 enum Source {
     Ebpf(Box<EbpfSource>),
     Inotify(Box<InotifySource>),
+    /// A scan at start only (the hook reports the rest).
+    ScanOnly,
 }
 
 impl Agent {
@@ -170,8 +190,10 @@ impl Agent {
         let (tx, rx) = crossbeam_channel::unbounded();
         let ebpf_stats = match &source {
             Source::Ebpf(s) => Some(s.stats()),
-            Source::Inotify(_) => None,
+            Source::Inotify(_) | Source::ScanOnly => None,
         };
+        let hook_only = matches!(source, Source::ScanOnly);
+        let hook = start_hook(&config, hook_only, tx.clone())?;
         let source_thread = spawn_source(source, &config.tree, tx, stop.clone())?;
         let (enrichment, enriched_rx) = match config.enrich.clone() {
             Some(c) => {
@@ -194,6 +216,9 @@ impl Agent {
             submitted: HashMap::new(),
             ebpf_stats,
             dropped_seen: 0,
+            hook,
+            hook_only,
+            hooked: HashMap::new(),
         };
         let thread_stop = stop.clone();
         let thread = thread::Builder::new()
@@ -240,6 +265,12 @@ struct Pipeline {
     submitted: HashMap<(String, u64), Instant>,
     ebpf_stats: Option<Arc<EbpfStats>>,
     dropped_seen: u64,
+    /// The runtime hook; dropping it unmarks the runtime binaries.
+    hook: Option<Hook>,
+    /// The hook is the only live source: its init start/exit stand for cgroup mkdir/rmdir.
+    hook_only: bool,
+    /// What the hook learned, by container ID, until the container is removed.
+    hooked: HashMap<String, Arc<HookInfo>>,
 }
 
 impl Pipeline {
@@ -290,6 +321,16 @@ impl Pipeline {
             }
         }
         stop.store(true, Ordering::Relaxed);
+        if let Some(hook) = &self.hook {
+            let stats = hook.stats();
+            info!(
+                execs = stats.events.load(Ordering::Relaxed),
+                creates = stats.creates.load(Ordering::Relaxed),
+                denied = stats.denied.load(Ordering::Relaxed),
+                deadline_answers = stats.deadline_answers.load(Ordering::Relaxed),
+                "runtime hook stopping; unmarking the runtime binaries"
+            );
+        }
         self.data_source.hub().close();
         drop(self); // unpins the map unless kept
         match source_thread.join() {
@@ -312,6 +353,14 @@ impl Pipeline {
         }
         for event in ready.iter().filter(|e| e.kind == EventKind::ContainerRemove) {
             self.submitted.remove(&(event.container.id.clone(), event.cgroup_id));
+        }
+        if !self.hooked.is_empty() {
+            for event in ready.iter_mut().filter(|e| e.hook.is_none()) {
+                event.hook = self.hooked.get(&event.container.id).cloned();
+                if event.kind == EventKind::ContainerRemove {
+                    self.hooked.remove(&event.container.id);
+                }
+            }
         }
         self.data_source.hub().publish(ready);
         ready.clear();
@@ -336,6 +385,53 @@ impl Pipeline {
                 }
                 info!(containers = self.tracker.store().read().len(), "scan at start complete");
                 self.data_source.set_scanned();
+            }
+            SourceMessage::Hook(message) => self.apply_hook(*message, events),
+        }
+    }
+
+    /// What the hook saw: a precreate goes out as it is (with a policy
+    /// violation after it when a rule matched); an init's start and exit are
+    /// remembered, and stand for the cgroup's mkdir and rmdir when the hook is
+    /// the only source.
+    fn apply_hook(&mut self, message: HookMessage, events: &mut Vec<ContainerEvent>) {
+        match message {
+            HookMessage::Precreate { container, info, time } => {
+                let id = container.id.clone();
+                let info = Arc::new(info);
+                let violation = info.verdict.is_some();
+                let event = ContainerEvent {
+                    time,
+                    kind: EventKind::ContainerPrecreate,
+                    cgroup_id: 0,
+                    container: Arc::new(container),
+                    kernel_time: None,
+                    enriched: None,
+                    hook: Some(info.clone()),
+                };
+                events.push(event.clone());
+                if violation {
+                    events.push(ContainerEvent { kind: EventKind::ContainerPolicyViolation, ..event });
+                }
+                if !info.verdict.as_ref().is_some_and(|v| v.denied) {
+                    self.hooked.insert(id, info);
+                }
+            }
+            HookMessage::Started { id, init_pid, cgroup } => {
+                if let Some(info) = self.hooked.get_mut(&id) {
+                    Arc::make_mut(info).init_pid = Some(init_pid);
+                }
+                if let (true, Some(cgroup)) = (self.hook_only, cgroup) {
+                    self.tracker.apply(&[cgroup], events);
+                }
+            }
+            HookMessage::Exited { cgroup, .. } => {
+                if let (true, Some(cgroup)) = (self.hook_only, cgroup) {
+                    self.tracker.apply(&[cgroup], events);
+                }
+            }
+            HookMessage::Failed { id } => {
+                self.hooked.remove(&id);
             }
         }
     }
@@ -395,6 +491,31 @@ impl Pipeline {
     }
 }
 
+/// Starts the runtime hook when configured: a failure is an error when it is
+/// required (or the only source), else a warning and no hook.
+fn start_hook(config: &AgentConfig, hook_only: bool, tx: Sender<SourceMessage>) -> Result<Option<Hook>, AgentError> {
+    let Some(hook_config) = config.hook.clone() else {
+        return if hook_only { Err(AgentError::Hook(HookError::Mark("no hook configured".into()))) } else { Ok(None) };
+    };
+    let hook_config = HookConfig {
+        hierarchy: hook_only.then(|| config.tree.hierarchy.clone()),
+        proc_root: config.proc_root.clone(),
+        ..hook_config
+    };
+    match Hook::start(hook_config, tx) {
+        Ok(hook) => {
+            let names: Vec<String> = hook.marked().iter().map(|b| b.path.display().to_string()).collect();
+            info!(binaries = %names.join(", "), "runtime hook on");
+            Ok(Some(hook))
+        }
+        Err(e) if config.hook_required || hook_only => Err(AgentError::Hook(e)),
+        Err(e) => {
+            warn!("runtime hook off: {e} (pass --hook off to silence this)");
+            Ok(None)
+        }
+    }
+}
+
 /// On a hybrid host, the unified hierarchy: its IDs are what
 /// `bpf_get_current_cgroup_id()` returns, so the pinned map holds them too.
 fn mirror_hierarchy(tree: &WatchedTree) -> Option<(u32, PathBuf)> {
@@ -417,6 +538,10 @@ fn choose_source(config: &AgentConfig, mirror: Option<u32>) -> Result<Source, Ag
     };
     let root = tree.start.display();
     match config.source {
+        SourceChoice::HookOnly => {
+            info!(%root, "source: the runtime hook alone (--source hook), after a scan at start");
+            Ok(Source::ScanOnly)
+        }
         SourceChoice::Inotify => {
             info!(%root, "source: inotify (--source inotify)");
             inotify()
@@ -461,6 +586,15 @@ fn spawn_source(
         .spawn(move || match source {
             Source::Ebpf(s) => s.run(&mount_point, &start, tx, stop),
             Source::Inotify(s) => s.run(tx, stop),
+            Source::ScanOnly => {
+                let found = scan::scan(&mount_point, &start, Origin::Existing);
+                if tx.send(SourceMessage::Events(found)).is_ok() && tx.send(SourceMessage::ScanComplete).is_ok() {
+                    while !stop.load(Ordering::Relaxed) {
+                        thread::sleep(IDLE_TICK);
+                    }
+                }
+                Ok(())
+            }
         })
         .map_err(|source| AgentError::Io { what: "cannot start the source thread", source })
 }

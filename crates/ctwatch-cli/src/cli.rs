@@ -177,6 +177,56 @@ pub struct PipelineArgs {
     /// The kernel source.
     #[command(flatten)]
     pub source: SourceArgs,
+
+    /// The runtime hook.
+    #[command(flatten)]
+    pub hook: HookArgs,
+}
+
+/// The runtime hook: fanotify on runc/crun/conmon (`watch` without an agent, and `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct HookArgs {
+    /// Hold each exec of a runtime binary (runc, crun, conmon) until its OCI
+    /// config is read, and report `container_precreate`: `auto` (when
+    /// fanotify and a runtime binary are available; the log says why not),
+    /// `on` (fail if it cannot start), `off`. `--source hook` implies `on`.
+    #[arg(long, value_enum, default_value_t = HookMode::Auto)]
+    pub hook: HookMode,
+
+    /// A runtime binary to hook besides the usual install paths (repeatable).
+    #[arg(long = "runtime-path", value_name = "PATH")]
+    pub runtime_paths: Vec<PathBuf>,
+
+    /// Hook only the --runtime-path binaries, not the usual install paths.
+    #[arg(long, requires = "runtime_paths")]
+    pub only_runtime_paths: bool,
+
+    /// How long a runtime may wait for ctwatch's answer; then the default
+    /// answer is given (allow, or deny with --fail-closed).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_hook_deadline)]
+    pub hook_deadline: Duration,
+
+    /// Refuse the exec when ctwatch cannot answer in time (for enforcing
+    /// deployments; the default fails open).
+    #[arg(long)]
+    pub fail_closed: bool,
+
+    /// An admission policy (TOML; see the README): rules on image, digest,
+    /// runtime, pod namespace and annotations. `mode = "audit"` reports
+    /// `container_policy_violation`; `mode = "enforce"` also refuses the create.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// Whether the runtime hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HookMode {
+    /// When allowed.
+    Auto,
+    /// Always (fail if it cannot start).
+    On,
+    /// Never.
+    Off,
 }
 
 /// Options of `ctwatch watch`.
@@ -306,6 +356,8 @@ pub enum SourceKind {
     Ebpf,
     /// inotify watches on cgroupfs.
     Inotify,
+    /// No kernel source: the runtime hook alone, after a scan at start.
+    Hook,
 }
 
 /// Options of `ctwatch ls`.
@@ -367,6 +419,14 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
         return Err(format!("{bytes} bytes: must be a power of two of at least 4096"));
     }
     Ok(bytes as u32)
+}
+
+fn parse_hook_deadline(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(60) {
+        return Err("the hook deadline must be between 10ms and 60s (a runtime waits this long at most)".into());
+    }
+    Ok(d)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

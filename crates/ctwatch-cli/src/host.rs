@@ -14,7 +14,7 @@ use ctwatch_agent::{
 };
 use ctwatch_enrich::{EnrichConfig, Enrichment};
 
-use crate::cli::{CgroupArgs, EnrichArgs, PipelineArgs, SourceKind};
+use crate::cli::{CgroupArgs, EnrichArgs, HookMode, PipelineArgs, SourceKind};
 
 /// Fails with a clear message unless ctwatch runs as root.
 pub fn require_root() -> Result<()> {
@@ -80,13 +80,36 @@ pub fn enrich_config(args: &EnrichArgs, cgroups: &CgroupArgs) -> Option<EnrichCo
 
 /// The agent's configuration from the flags.
 pub fn agent_config(args: &PipelineArgs) -> Result<AgentConfig> {
-    let PipelineArgs { cgroups, enrich, source } = args;
+    let PipelineArgs { cgroups, enrich, source, hook } = args;
     let mut config = AgentConfig::new(watched_tree(cgroups)?);
     config.source = match source.source {
         SourceKind::Auto => SourceChoice::Auto,
         SourceKind::Ebpf => SourceChoice::Ebpf,
         SourceKind::Inotify => SourceChoice::Inotify,
+        SourceKind::Hook => SourceChoice::HookOnly,
     };
+    let hook_only = source.source == SourceKind::Hook;
+    if hook_only && hook.hook == HookMode::Off {
+        anyhow::bail!("--source hook needs the hook: drop --hook off");
+    }
+    if hook.hook != HookMode::Off || hook_only {
+        let policy = match &hook.policy {
+            Some(path) => Some(ctwatch_hook::Policy::load(path)?),
+            None => None,
+        };
+        config.hook = Some(ctwatch_hook::HookConfig {
+            runtime_paths: hook.runtime_paths.clone(),
+            replace_default_paths: hook.only_runtime_paths,
+            deadline: hook.hook_deadline,
+            fail_closed: hook.fail_closed,
+            policy,
+            ..ctwatch_hook::HookConfig::default()
+        });
+        // A policy or an explicit path is a request, not a nicety: fail if it cannot be honoured.
+        config.hook_required = hook.hook == HookMode::On || hook.policy.is_some() || !hook.runtime_paths.is_empty();
+    } else if hook.policy.is_some() || hook.fail_closed {
+        anyhow::bail!("--policy and --fail-closed need the runtime hook: drop --hook off");
+    }
     config.ring_buffer_bytes = source.ring_buffer_size;
     config.pin = (!source.no_pin).then(|| PinConfig {
         path: source.pin_path.clone(),
@@ -103,6 +126,7 @@ pub fn agent_config(args: &PipelineArgs) -> Result<AgentConfig> {
 pub fn start_agent(config: AgentConfig) -> Result<Agent> {
     Agent::start(config).map_err(|e| match e {
         AgentError::Ebpf(why) => anyhow::anyhow!("--source ebpf: {why}"),
+        AgentError::Hook(why) => anyhow::anyhow!("--hook: {why}"),
         other => other.into(),
     })
 }
