@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 use ctwatch::cgroupfs::{self, CgroupVersion, Hierarchy};
-use ctwatch::sources::inotify::{InotifyError, InotifySource};
 use ctwatch::hook::{HookInfo, HookMessage};
+use ctwatch::sources::inotify::{InotifyError, InotifySource};
 use ctwatch::sources::{scan, Origin, SourceMessage};
 use ctwatch::state_dirs::HostStateDirs;
 use ctwatch::{ContainerEvent, ContainerState, EventKind, SharedStore, Store, Tracker};
@@ -38,6 +38,8 @@ use crate::metrics::Metrics;
 
 /// How long the loop waits when nothing is due (expiry of removed containers).
 const IDLE_TICK: Duration = Duration::from_millis(250);
+/// How long a hooked container's create may wait for its runtime to write the init PID.
+const INIT_PID_WAIT: Duration = Duration::from_millis(200);
 
 /// Which kernel source to read cgroup changes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -219,6 +221,7 @@ impl Agent {
             hook,
             hook_only,
             hooked: HashMap::new(),
+            awaiting_pid: Vec::new(),
         };
         let thread_stop = stop.clone();
         let thread = thread::Builder::new()
@@ -271,6 +274,8 @@ struct Pipeline {
     hook_only: bool,
     /// What the hook learned, by container ID, until the container is removed.
     hooked: HashMap<String, Arc<HookInfo>>,
+    /// Creates of hooked containers waiting for the init PID, with when they go out regardless.
+    awaiting_pid: Vec<(Instant, ContainerEvent)>,
 }
 
 impl Pipeline {
@@ -285,7 +290,8 @@ impl Pipeline {
         let mut ready = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            let wait = self.gate.next_due().map_or(IDLE_TICK, |due| due.saturating_duration_since(now).min(IDLE_TICK));
+            let next_due = self.gate.next_due().into_iter().chain(self.awaiting_pid.iter().map(|(due, _)| *due)).min();
+            let wait = next_due.map_or(IDLE_TICK, |due| due.saturating_duration_since(now).min(IDLE_TICK));
             let mut source_done = false;
             crossbeam_channel::select! {
                 recv(rx) -> message => {
@@ -348,22 +354,52 @@ impl Pipeline {
                 self.dropped_seen = dropped;
             }
         }
+        if !self.hooked.is_empty() || !self.awaiting_pid.is_empty() {
+            self.attach_hook_info(ready);
+        }
         if ready.is_empty() {
             return;
         }
         for event in ready.iter().filter(|e| e.kind == EventKind::ContainerRemove) {
             self.submitted.remove(&(event.container.id.clone(), event.cgroup_id));
         }
-        if !self.hooked.is_empty() {
-            for event in ready.iter_mut().filter(|e| e.hook.is_none()) {
-                event.hook = self.hooked.get(&event.container.id).cloned();
-                if event.kind == EventKind::ContainerRemove {
-                    self.hooked.remove(&event.container.id);
-                }
-            }
-        }
         self.data_source.hub().publish(ready);
         ready.clear();
+    }
+
+    /// Gives events of hooked containers the hook's findings. A create whose
+    /// runtime has not written the init PID yet waits for it (at most
+    /// [`INIT_PID_WAIT`]), so the create carries it; a later event about the
+    /// same container releases it first, keeping the order.
+    fn attach_hook_info(&mut self, ready: &mut Vec<ContainerEvent>) {
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(ready.len());
+        let hooked = &self.hooked;
+        let waiting_over = |(due, e): &(Instant, ContainerEvent)| {
+            *due <= now || hooked.get(&e.container.id).is_none_or(|h| h.init_pid.is_some())
+        };
+        let (released, still): (Vec<_>, Vec<_>) = self.awaiting_pid.drain(..).partition(waiting_over);
+        self.awaiting_pid = still;
+        out.extend(released.into_iter().map(|(_, e)| e));
+        for event in ready.drain(..) {
+            let id = &event.container.id;
+            if let Some(i) = self.awaiting_pid.iter().position(|(_, e)| e.container.id == *id) {
+                out.push(self.awaiting_pid.remove(i).1);
+            }
+            let pending_pid = self.hooked.get(id).is_some_and(|h| h.init_pid.is_none());
+            if event.kind == EventKind::ContainerCreate && pending_pid {
+                self.awaiting_pid.push((now + INIT_PID_WAIT, event));
+            } else {
+                out.push(event);
+            }
+        }
+        for event in out.iter_mut().filter(|e| e.hook.is_none()) {
+            event.hook = self.hooked.get(&event.container.id).cloned();
+            if event.kind == EventKind::ContainerRemove {
+                self.hooked.remove(&event.container.id);
+            }
+        }
+        *ready = out;
     }
 
     /// Applies one message from the source to the tracker (and the pinned map).

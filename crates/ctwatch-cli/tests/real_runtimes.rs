@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -110,21 +109,6 @@ fn podman_run() {
     });
 }
 
-/// A runc bundle with the local busybox root filesystem.
-fn runc_bundle(name: &str) -> PathBuf {
-    let bundle = std::env::temp_dir().join(name);
-    let rootfs = bundle.join("rootfs");
-    fs::create_dir_all(&rootfs).unwrap();
-    run("cp", &["-a", "/var/lib/ctwatch-test/rootfs/.", rootfs.to_str().unwrap()]);
-    run("runc", &["spec", "--bundle", bundle.to_str().unwrap()]);
-    let config = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
-    spec["process"]["terminal"] = false.into();
-    spec["process"]["args"] = serde_json::json!(["sleep", "60"]);
-    fs::write(&config, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-    bundle
-}
-
 #[test]
 fn bare_runc_run() {
     for source in SOURCES {
@@ -136,7 +120,7 @@ fn bare_runc_run_with(source: &str) {
     require_root();
     let mut watch = Watch::start_with(source, &["--no-existing"]);
     let id = unique(&format!("runc-{source}"));
-    let bundle = runc_bundle(&id);
+    let bundle = runc_bundle(&id, &["sleep", "60"]);
     run_detached("runc", &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
     assert_created_then_removed(&mut watch, &id, "runc", || {
         run("runc", &["delete", "-f", &id]);
@@ -149,7 +133,7 @@ fn runc_create_then_start() {
     require_root();
     let mut watch = Watch::start(&["--no-existing"]);
     let id = unique("runc-cs");
-    let bundle = runc_bundle(&id);
+    let bundle = runc_bundle(&id, &["sleep", "60"]);
     // `runc create` makes the cgroup before the container's process runs.
     run_detached("runc", &["create", "--bundle", bundle.to_str().unwrap(), &id]);
     watch.wait_for("container_create", &id);

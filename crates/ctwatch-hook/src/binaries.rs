@@ -110,7 +110,8 @@ pub fn find_runtime_binaries(candidates: &[PathBuf]) -> Vec<RuntimeBinary> {
                 continue;
             }
             // The name the user gave says more than the target's (crio-runc -> runc).
-            let tool = RuntimeTool::from_path(&path).or_else(|| RuntimeTool::from_path(&real)).unwrap_or(RuntimeTool::Runc);
+            let tool =
+                RuntimeTool::from_path(&path).or_else(|| RuntimeTool::from_path(&real)).unwrap_or(RuntimeTool::Runc);
             found.push(RuntimeBinary { path: real, tool, dev_ino: (meta.dev(), meta.ino()) });
         }
     }
@@ -161,7 +162,8 @@ mod tests {
             dir.path().join("conmon"),
             dir.path().join("missing"),
         ]);
-        let names: Vec<_> = found.iter().map(|b| (b.path.strip_prefix(dir.path()).unwrap().to_owned(), b.tool)).collect();
+        let names: Vec<_> =
+            found.iter().map(|b| (b.path.strip_prefix(dir.path()).unwrap().to_owned(), b.tool)).collect();
         assert_eq!(
             names,
             vec![

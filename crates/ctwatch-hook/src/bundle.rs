@@ -153,7 +153,8 @@ pub fn read_config(path: &Path) -> Result<BundleConfig, BundleError> {
     }
     let mut text = Vec::with_capacity(meta.len() as usize);
     file.take(MAX_CONFIG_BYTES).read_to_end(&mut text).map_err(io)?;
-    let spec: Spec = serde_json::from_slice(&text).map_err(|source| BundleError::Json { path: path.to_path_buf(), source })?;
+    let spec: Spec =
+        serde_json::from_slice(&text).map_err(|source| BundleError::Json { path: path.to_path_buf(), source })?;
     Ok(summarise(spec))
 }
 
@@ -172,7 +173,14 @@ fn summarise(spec: Spec) -> BundleConfig {
         root_readonly: spec.root.readonly,
         cgroups_path: short(&spec.linux.cgroups_path),
         // A namespace with a path joins an existing one: only new ones are listed.
-        namespaces: spec.linux.namespaces.iter().filter(|n| n.path.is_empty()).take(16).map(|n| short(&n.kind)).collect(),
+        namespaces: spec
+            .linux
+            .namespaces
+            .iter()
+            .filter(|n| n.path.is_empty())
+            .take(16)
+            .map(|n| short(&n.kind))
+            .collect(),
         mounts: spec.mounts.len(),
         capabilities: spec.process.capabilities.bounding.iter().take(64).map(|c| short(c)).collect(),
         annotations,

@@ -59,8 +59,11 @@ pub enum ExecArgsError {
 /// Reads the argv that task `tid` passed to the `execve` it is blocked in.
 pub fn exec_argv(proc_root: &Path, tid: u32) -> Result<Vec<String>, ExecArgsError> {
     let task = proc_root.join(tid.to_string());
-    let syscall = std::fs::read_to_string(task.join("syscall"))
-        .map_err(|source| ExecArgsError::Io { tid, what: "syscall", source })?;
+    let syscall = std::fs::read_to_string(task.join("syscall")).map_err(|source| ExecArgsError::Io {
+        tid,
+        what: "syscall",
+        source,
+    })?;
     let argv_address = argv_address(&syscall)
         .ok_or_else(|| ExecArgsError::NotInExec { tid, state: syscall.chars().take(40).collect() })?;
     let mem = File::open(task.join("mem")).map_err(|source| ExecArgsError::Io { tid, what: "mem", source })?;
@@ -71,7 +74,8 @@ pub fn exec_argv(proc_root: &Path, tid: u32) -> Result<Vec<String>, ExecArgsErro
 pub fn argv_address(syscall: &str) -> Option<u64> {
     let mut fields = syscall.split_whitespace();
     let number: i64 = fields.next()?.parse().ok()?;
-    let args: Vec<u64> = fields.take(6).filter_map(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok()).collect();
+    let args: Vec<u64> =
+        fields.take(6).filter_map(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok()).collect();
     match number {
         n if n == SYS_EXECVE => args.get(1).copied(),
         n if n == SYS_EXECVEAT => args.get(2).copied(),

@@ -244,8 +244,7 @@ impl Hook {
             hierarchy: config.hierarchy.clone(),
         };
         hook.spawn("hook-lifecycle", move || lifecycle.run())?;
-        let by_inode: HashMap<(u64, u64), RuntimeBinary> =
-            hook.marked.iter().map(|b| (b.dev_ino, b.clone())).collect();
+        let by_inode: HashMap<(u64, u64), RuntimeBinary> = hook.marked.iter().map(|b| (b.dev_ino, b.clone())).collect();
         let recent = Arc::new(Mutex::new(HashMap::new()));
         let config = Arc::new(config);
         for i in 0..config.workers.max(1) {
@@ -346,7 +345,9 @@ fn read_events(
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let next_due = shared.pending().values().next().map(|p| p.deadline);
-        let wait = next_due.map_or(Duration::from_millis(100), |d| d.saturating_duration_since(now)).min(Duration::from_millis(100));
+        let wait = next_due
+            .map_or(Duration::from_millis(100), |d| d.saturating_duration_since(now))
+            .min(Duration::from_millis(100));
         let mut pfd = libc::pollfd { fd: shared.group.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let ready = unsafe { libc::poll(&mut pfd, 1, wait.as_millis().max(1) as i32) };
@@ -494,11 +495,13 @@ impl Worker {
         if let Some(p) = claimed {
             self.shared.answer(p, allow);
         }
-        if allowed {
+        // conmon daemonizes at once, so its exit says nothing; the runc/crun it
+        // runs is hooked too, and followed instead.
+        if allowed && job.tool != RuntimeTool::Conmon {
             let default_root = match job.tool {
                 RuntimeTool::Crun => Some("/run/crun"),
                 RuntimeTool::Runc => Some("/run/runc"),
-                RuntimeTool::Conmon => None,
+                RuntimeTool::Conmon => return,
             };
             let state_json = call
                 .root

@@ -91,7 +91,9 @@ pub fn identify(
     let found = match runtime {
         Runtime::Docker => docker_record(&sources.docker_root, &call.id),
         Runtime::Podman => podman_record(&sources.podman_storage, &call.id),
-        Runtime::Containerd if m.pod_name.is_empty() => containerd_record(sources, tokio, &call.id, namespace.as_deref()),
+        Runtime::Containerd if m.pod_name.is_empty() => {
+            containerd_record(sources, tokio, &call.id, namespace.as_deref())
+        }
         _ => None,
     };
     if let Some(found) = found {
@@ -294,12 +296,18 @@ mod tests {
         std::fs::create_dir_all(storage.join("overlay-images")).unwrap();
         std::fs::write(
             storage.join("overlay-containers/containers.json"),
-            format!(r#"[{{"id":"{id}","names":["pm"],"image":"img1","metadata":"{{\"image-name\":\"localhost/bb:1\"}}"}}]"#),
+            format!(
+                r#"[{{"id":"{id}","names":["pm"],"image":"img1","metadata":"{{\"image-name\":\"localhost/bb:1\"}}"}}]"#
+            ),
         )
         .unwrap();
-        std::fs::write(storage.join("overlay-images/images.json"), r#"[{"id":"img1","digest":"sha256:3333"}]"#).unwrap();
+        std::fs::write(storage.join("overlay-images/images.json"), r#"[{"id":"img1","digest":"sha256:3333"}]"#)
+            .unwrap();
         let m = podman_record(&storage, &id).unwrap();
-        assert_eq!((m.name.as_str(), m.image.as_str(), m.image_digest.as_str()), ("pm", "localhost/bb:1", "sha256:3333"));
+        assert_eq!(
+            (m.name.as_str(), m.image.as_str(), m.image_digest.as_str()),
+            ("pm", "localhost/bb:1", "sha256:3333")
+        );
         assert!(podman_record(&storage, "nope").is_none());
     }
 }

@@ -140,14 +140,50 @@ fn parse_conmon(argv: &[String]) -> Invocation {
             "-e" | "--exec" => exec = true,
             "--version" | "-h" | "--help" => return Invocation::Other { command: flag.to_string() },
             // Every other conmon option that takes a value.
-            "-u" | "--cuuid" | "-l" | "--log-path" | "-s" | "--socket-dir-path" | "--exit-dir" | "--exit-command"
-            | "--exit-command-arg" | "--exit-delay" | "--runtime-arg" | "--runtime-opt" | "--log-level"
-            | "--log-tag" | "--log-size-max" | "--conmon-pidfile" | "-P" | "-T" | "--timeout" | "--exec-process-spec"
-            | "--exec-attach" | "--restore" | "--restore-arg" | "--persist-dir" | "-i" | "--stdin"
-            | "--syslog" | "--terminal" | "-t" | "--leave-stdin-open" | "--no-pivot" | "--no-new-keyring"
-            | "--replace-listen-pid" | "--sdnotify-socket" | "--full-attach" | "--api-version" | "--systemd-cgroup"
-            | "--no-sync-log" | "--no-container-partial-message" | "--seccomp-notify-socket"
-            | "--seccomp-notify-plugins" | "--log-global-size-max" | "--log-allowlist-dir" | "--log-rotate" => {
+            "-u"
+            | "--cuuid"
+            | "-l"
+            | "--log-path"
+            | "-s"
+            | "--socket-dir-path"
+            | "--exit-dir"
+            | "--exit-command"
+            | "--exit-command-arg"
+            | "--exit-delay"
+            | "--runtime-arg"
+            | "--runtime-opt"
+            | "--log-level"
+            | "--log-tag"
+            | "--log-size-max"
+            | "--conmon-pidfile"
+            | "-P"
+            | "-T"
+            | "--timeout"
+            | "--exec-process-spec"
+            | "--exec-attach"
+            | "--restore"
+            | "--restore-arg"
+            | "--persist-dir"
+            | "-i"
+            | "--stdin"
+            | "--syslog"
+            | "--terminal"
+            | "-t"
+            | "--leave-stdin-open"
+            | "--no-pivot"
+            | "--no-new-keyring"
+            | "--replace-listen-pid"
+            | "--sdnotify-socket"
+            | "--full-attach"
+            | "--api-version"
+            | "--systemd-cgroup"
+            | "--no-sync-log"
+            | "--no-container-partial-message"
+            | "--seccomp-notify-socket"
+            | "--seccomp-notify-plugins"
+            | "--log-global-size-max"
+            | "--log-allowlist-dir"
+            | "--log-rotate" => {
                 if inline.is_none() && takes_value(flag) {
                     args.next();
                 }
@@ -218,7 +254,10 @@ mod tests {
         let Invocation::Create(call) = parse(RuntimeTool::Crun, &argv("crun --root=/r run -d --pid-file=/p c1")) else {
             panic!()
         };
-        assert_eq!((call.command.as_str(), call.id.as_str(), call.bundle, call.root), ("run", "c1", None, Some("/r".into())));
+        assert_eq!(
+            (call.command.as_str(), call.id.as_str(), call.bundle, call.root),
+            ("run", "c1", None, Some("/r".into()))
+        );
         assert_eq!(call.pid_file.as_deref(), Some("/p"));
     }
 

@@ -232,17 +232,27 @@ mod tests {
         assert!(rx.try_recv().is_err(), "nothing before the pid file");
         std::fs::write(&pid_file, child.id().to_string()).unwrap();
         let started = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert!(matches!(started, SourceMessage::Hook(m) if *m == HookMessage::Started { id: "c1".into(), init_pid: child.id(), cgroup: None }));
+        assert!(
+            matches!(started, SourceMessage::Hook(m) if *m == HookMessage::Started { id: "c1".into(), init_pid: child.id(), cgroup: None })
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         let exited = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert!(matches!(exited, SourceMessage::Hook(m) if matches!(*m, HookMessage::Exited { ref id, .. } if id == "c1")));
+        assert!(
+            matches!(exited, SourceMessage::Hook(m) if matches!(*m, HookMessage::Exited { ref id, .. } if id == "c1"))
+        );
         // A create whose runtime exits without a pid file fails.
         let mut owner2 = std::process::Command::new("true").spawn().unwrap();
         let pidfd = pidfd_open(owner2.id());
         owner2.wait().unwrap();
         track_tx
-            .send(Track { id: "c2".into(), owner_pid: owner2.id(), owner: pidfd, pid_file: Some(dir.path().join("none")), state_json: None })
+            .send(Track {
+                id: "c2".into(),
+                owner_pid: owner2.id(),
+                owner: pidfd,
+                pid_file: Some(dir.path().join("none")),
+                state_json: None,
+            })
             .unwrap();
         let failed = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(matches!(failed, SourceMessage::Hook(m) if *m == HookMessage::Failed { id: "c2".into() }));

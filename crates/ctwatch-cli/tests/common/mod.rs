@@ -161,6 +161,10 @@ impl Watch {
         if !args.contains(&"--pin-path") {
             all.push("--no-pin");
         }
+        // The runtime hook adds container_precreate events: only the hook's own tests (which say --hook) get it.
+        if source != "hook" && !args.contains(&"--hook") {
+            all.extend_from_slice(&["--hook", "off"]);
+        }
         all.extend_from_slice(args);
         let mut child = Command::new(ctwatch_bin())
             .args(&all)
@@ -201,6 +205,11 @@ impl Watch {
             panic!("ctwatch watch {all:?} did not finish its scan at start; log: {:#?}", log.lock().unwrap());
         }
         Watch { child, events, seen: Vec::new(), log }
+    }
+
+    /// The ctwatch process's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// True when some logged line contains `text`.
@@ -315,4 +324,19 @@ pub fn run_detached(cmd: &str, args: &[&str]) {
 /// Runs a command and returns its raw output.
 pub fn output(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+/// A runc bundle with the local busybox root filesystem, running `args`.
+pub fn runc_bundle(name: &str, args: &[&str]) -> PathBuf {
+    let bundle = std::env::temp_dir().join(name);
+    let rootfs = bundle.join("rootfs");
+    fs::create_dir_all(&rootfs).unwrap();
+    run("cp", &["-a", "/var/lib/ctwatch-test/rootfs/.", rootfs.to_str().unwrap()]);
+    run("runc", &["spec", "--bundle", bundle.to_str().unwrap()]);
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(args);
+    fs::write(&config, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    bundle
 }

@@ -42,6 +42,7 @@ impl Serve {
         let mut child = Command::new(ctwatch_bin())
             .args(["serve", "--no-pin", "--socket"])
             .arg(socket)
+            .args(if args.contains(&"--hook") { &[][..] } else { &["--hook", "off"][..] })
             .args(args)
             .env("CTWATCH_LOG", "info")
             .stdout(Stdio::null())

@@ -1,0 +1,371 @@
+//! The runtime hook (fanotify `FAN_OPEN_EXEC_PERM` on runc/crun/conmon)
+//! against the real runtimes: what it sees before a container starts, how it
+//! links to the create, the init PID and its end, the policy, failing
+//! creates, and ctwatch dying while a runtime waits.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const DOCKER: &str = "/usr/bin/docker";
+const IMAGE: &str = "local/busybox:1";
+const TASKS: &str = "/run/containerd/io.containerd.runtime.v2.task";
+
+/// `ctwatch watch` with the default kernel source and the hook required.
+fn hook_watch(args: &[&str]) -> Watch {
+    let mut all = vec!["--no-existing", "--hook", "on"];
+    all.extend_from_slice(args);
+    Watch::start_with("auto", &all)
+}
+
+/// An event's `time` in ns since the epoch.
+fn time_ns(event: &Value) -> i64 {
+    let time = event["time"].as_str().unwrap();
+    chrono::DateTime::parse_from_rfc3339(time).unwrap().timestamp_nanos_opt().unwrap()
+}
+
+/// The precreate came first in the stream, and before the kernel made the
+/// container's cgroup (so before any of its processes could exist).
+fn assert_precreate_before_create(watch: &Watch, id: &str) {
+    let position = |kind: &str| watch.seen.iter().position(|e| e["event"] == kind && e["args"]["container_id"] == id);
+    let (pre, create) = (position("container_precreate").unwrap(), position("container_create").unwrap());
+    assert!(pre < create, "precreate is ahead of the create");
+    let precreate = &watch.seen[pre];
+    let ctime = watch.seen[create]["args"]["ctime"].as_i64().unwrap();
+    assert!(ctime > 0, "{}", watch.seen[create]);
+    assert!(time_ns(precreate) < ctime, "precreate read at {} ns, cgroup made at {ctime} ns", time_ns(precreate));
+}
+
+fn docker_pid(id: &str) -> u32 {
+    run(DOCKER, &["inspect", "-f", "{{.State.Pid}}", id]).parse().unwrap()
+}
+
+#[test]
+fn docker_run_is_seen_before_it_starts_with_bundle_config_and_pid() {
+    require_root();
+    let mut watch = hook_watch(&[]);
+    assert!(watch.logged("runtime binary hooked"), "the log names what was hooked");
+    let name = unique("hook-docker");
+    let id = run(DOCKER, &["run", "-d", "--name", &name, "--label", "team=blue", IMAGE, "sleep", "60"]);
+    watch.wait_for("container_create", &id);
+    assert_precreate_before_create(&watch, &id);
+    let pre = watch.event("container_precreate", &id).clone();
+    assert_eq!(pre["args"]["runtime"], "docker");
+    assert_eq!(pre["args"]["container_name"], name.as_str());
+    assert_eq!(pre["args"]["container_image"], IMAGE);
+    let digest = run(DOCKER, &["inspect", "-f", "{{.Image}}", &id]);
+    assert_eq!(pre["args"]["container_image_digest"], digest.as_str(), "no repo digest: the image ID");
+    let hook = &pre["hook"];
+    assert_eq!(hook["command"], "create");
+    assert_eq!(hook["bundle"], format!("{TASKS}/moby/{id}").as_str());
+    assert_eq!(hook["pid_file"], format!("{TASKS}/moby/{id}/init.pid").as_str());
+    assert_eq!(hook["state_root"], "/var/run/docker/runtime-runc/moby");
+    assert_eq!(hook["oci"]["args"], serde_json::json!(["sleep", "60"]));
+    assert!(hook["oci"]["namespaces"].as_array().unwrap().contains(&"pid".into()), "{hook}");
+    assert_eq!(hook["answered_by_deadline"], false);
+    assert!(hook["init_pid"].is_null(), "no process yet at precreate");
+    // The create carries the same findings plus the init PID from the pid file.
+    let create = watch.event("container_create", &id).clone();
+    let pid = docker_pid(&id);
+    assert_eq!(create["hook"]["init_pid"], pid, "{create}");
+    assert_eq!(create["hook"]["bundle"], hook["bundle"]);
+    run(DOCKER, &["rm", "-f", &name]);
+    watch.wait_for("container_remove", &id);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    watch.drain_for(Duration::from_millis(300));
+    let kinds: Vec<&str> = watch.about(&id).iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["container_precreate", "container_create", "container_remove"], "one of each");
+}
+
+#[test]
+fn the_hook_alone_follows_docker_podman_ctr_and_runc() {
+    require_root();
+    let mut watch = Watch::start_with("hook", &["--no-existing"]);
+    assert!(watch.logged("source: the runtime hook alone"));
+
+    // Docker: the remove comes from the init's pidfd.
+    let name = unique("hook-only-docker");
+    let id = run(DOCKER, &["run", "-d", "--name", &name, IMAGE, "sleep", "60"]);
+    watch.wait_for("container_create", &id);
+    assert_eq!(watch.event("container_create", &id)["hook"]["init_pid"], docker_pid(&id));
+    run(DOCKER, &["rm", "-f", &name]);
+    watch.wait_for("container_remove", &id);
+
+    // Podman: conmon is seen first (daemonized, so not followed); the runc it runs gives the PID.
+    let pname = unique("hook-only-podman");
+    let podman = |args: &[&str]| {
+        let mut all = vec!["--runtime", "runc", "--cgroup-manager", "cgroupfs"];
+        all.extend_from_slice(args);
+        run("podman", &all)
+    };
+    let pid_of_podman = |id: &str| -> u32 { podman(&["inspect", "-f", "{{.State.Pid}}", id]).parse().unwrap() };
+    let pod_id = podman(&["run", "-d", "--name", &pname, IMAGE, "sleep", "60"]);
+    watch.wait_for("container_create", &pod_id);
+    let pre = watch.event("container_precreate", &pod_id).clone();
+    assert_eq!(pre["args"]["runtime"], "podman");
+    assert_eq!(pre["args"]["container_name"], pname.as_str());
+    assert_eq!(pre["args"]["container_image"], "localhost/local/busybox:1");
+    assert!(pre["hook"]["bundle"].as_str().unwrap().ends_with(&format!("{pod_id}/userdata")), "{pre}");
+    assert_eq!(watch.event("container_create", &pod_id)["hook"]["init_pid"], pid_of_podman(&pod_id));
+    podman(&["rm", "-f", "-t", "0", &pname]);
+    watch.wait_for("container_remove", &pod_id);
+
+    // ctr: image from containerd's API.
+    let cid = unique("hook-only-ctr");
+    run("ctr", &["-n", "default", "run", "-d", "docker.io/local/busybox:1", &cid, "sleep", "60"]);
+    watch.wait_for("container_create", &cid);
+    let pre = watch.event("container_precreate", &cid).clone();
+    assert_eq!(pre["args"]["runtime"], "containerd");
+    assert_eq!(pre["args"]["container_image"], "docker.io/local/busybox:1");
+    assert_eq!(pre["hook"]["bundle"], format!("{TASKS}/default/{cid}").as_str());
+    let task_pid: u32 = run("ctr", &["-n", "default", "task", "ls"])
+        .lines()
+        .find(|l| l.starts_with(&cid))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(watch.event("container_create", &cid)["hook"]["init_pid"], task_pid);
+    let _ = output("ctr", &["-n", "default", "task", "kill", "-s", "KILL", &cid]);
+    watch.wait_for("container_remove", &cid);
+    for _ in 0..50 {
+        if output("ctr", &["-n", "default", "task", "rm", &cid]).status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run("ctr", &["-n", "default", "container", "rm", &cid]);
+
+    // Bare runc run -d: no pid file, the PID comes from runc's state.json.
+    let rid = unique("hook-only-runc");
+    let bundle = runc_bundle(&rid, &["sleep", "60"]);
+    run_detached("runc", &["run", "-d", "--bundle", bundle.to_str().unwrap(), &rid]);
+    watch.wait_for("container_create", &rid);
+    let pre = watch.event("container_precreate", &rid).clone();
+    assert_eq!((pre["args"]["runtime"].as_str(), pre["hook"]["command"].as_str()), (Some("runc"), Some("run")));
+    assert_eq!(pre["hook"]["bundle"], bundle.to_str().unwrap());
+    let state: Value = serde_json::from_str(&run("runc", &["state", &rid])).unwrap();
+    assert_eq!(watch.event("container_create", &rid)["hook"]["init_pid"], state["pid"]);
+    run("runc", &["delete", "-f", &rid]);
+    watch.wait_for("container_remove", &rid);
+    let _ = fs::remove_dir_all(bundle);
+}
+
+#[test]
+fn runc_create_then_start_is_seen_before_the_init_exists() {
+    require_root();
+    let mut watch = hook_watch(&[]);
+    let id = unique("hook-runc-cs");
+    let bundle = runc_bundle(&id, &["sleep", "60"]);
+    // A relative bundle: resolved against the runtime's working directory.
+    let status = Command::new("runc").current_dir(&bundle).args(["create", "--bundle", ".", &id]).status().unwrap();
+    assert!(status.success());
+    watch.wait_for("container_create", &id);
+    assert_precreate_before_create(&watch, &id);
+    let pre = watch.event("container_precreate", &id).clone();
+    assert_eq!(pre["hook"]["bundle"], bundle.to_str().unwrap(), "relative bundle resolved");
+    assert_eq!(pre["hook"]["oci"]["args"], serde_json::json!(["sleep", "60"]));
+    let state: Value = serde_json::from_str(&run("runc", &["state", &id])).unwrap();
+    assert_eq!(state["status"], "created");
+    let init = state["pid"].as_u64().unwrap();
+    assert_eq!(watch.event("container_create", &id)["hook"]["init_pid"], init);
+    // Created, not started: the init is still runc's, not the container's program.
+    let cmdline = fs::read(format!("/proc/{init}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("sleep"), "not started yet");
+    run("runc", &["start", &id]);
+    run("runc", &["delete", "-f", &id]);
+    watch.wait_for("container_remove", &id);
+    let _ = fs::remove_dir_all(bundle);
+}
+
+/// How many fds the process has, and how many of them are fanotify groups.
+fn fd_counts(pid: u32) -> (usize, usize) {
+    let mut fds = 0;
+    let mut groups = 0;
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        fds += 1;
+        if fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().contains("fanotify")) {
+            groups += 1;
+        }
+    }
+    (fds, groups)
+}
+
+#[test]
+fn two_hundred_failing_creates_leave_nothing_behind() {
+    require_root();
+    let mut watch = hook_watch(&[]);
+    // A first good container warms up what is made once (threads, runtimes).
+    let good = |tag: &str, watch: &mut Watch| {
+        let id = unique(tag);
+        let bundle = runc_bundle(&id, &["sleep", "60"]);
+        run_detached("runc", &["run", "-d", "--bundle", bundle.to_str().unwrap(), &id]);
+        watch.wait_for("container_create", &id);
+        run("runc", &["delete", "-f", &id]);
+        watch.wait_for("container_remove", &id);
+        let _ = fs::remove_dir_all(bundle);
+        id
+    };
+    good("hook-warm", &mut watch);
+    watch.drain_for(Duration::from_millis(300));
+    let before = fd_counts(watch.pid());
+    assert_eq!(before.1, 1, "one fanotify group");
+    // A bundle whose bind mount source does not exist: runc create fails.
+    let bad = unique("hook-bad");
+    let bundle = runc_bundle(&bad, &["true"]);
+    let config = bundle.join("config.json");
+    let mut spec: Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+    spec["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+        "destination": "/data", "type": "bind", "source": "/nonexistent/ctwatch-test", "options": ["rbind"]
+    }));
+    fs::write(&config, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let ids: Vec<String> = (0..200).map(|i| format!("{bad}-{i}")).collect();
+    for id in &ids {
+        let out = output("runc", &["run", "-d", "--bundle", bundle.to_str().unwrap(), id]);
+        assert!(!out.status.success(), "the bad mount fails");
+        let _ = output("runc", &["delete", "-f", id]);
+    }
+    let last = good("hook-after", &mut watch);
+    watch.wait_until(Duration::from_secs(30), "200 precreates", |seen| {
+        ids.iter().all(|id| has_event(seen, "container_precreate", id))
+    });
+    watch.drain_for(Duration::from_millis(500));
+    for id in &ids {
+        assert!(!has_event(&watch.seen, "container_create", id), "{id} never started");
+    }
+    assert!(has_event(&watch.seen, "container_precreate", &last));
+    assert!(!watch.event("container_create", &last)["hook"]["init_pid"].is_null());
+    let after = fd_counts(watch.pid());
+    assert_eq!(after, before, "fds (all, fanotify groups) back to the baseline");
+    let _ = fs::remove_dir_all(bundle);
+}
+
+fn write_policy(dir: &Path, mode: &str, image: &str) -> PathBuf {
+    let path = dir.join(format!("policy-{mode}.toml"));
+    fs::write(
+        &path,
+        format!(
+            "mode = \"{mode}\"\n[[deny]]\nname = \"no-test-denied\"\nreason = \"this image is not allowed here\"\n\
+             image = [\"{image}\"]\nruntime = [\"docker\"]\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn enforce_refuses_a_denied_image_and_audit_reports_it() {
+    require_root();
+    let denied_image = "local/ctwatch-denied:1";
+    run(DOCKER, &["tag", IMAGE, denied_image]);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Enforce: the create is refused, its process never appears.
+    let policy = write_policy(dir.path(), "enforce", "local/ctwatch-denied:*");
+    let mut watch = hook_watch(&["--policy", policy.to_str().unwrap()]);
+    let name = unique("hook-denied");
+    let out = output(DOCKER, &["run", "-d", "--name", &name, denied_image, "sleep", "60"]);
+    assert!(!out.status.success(), "docker run of a denied image fails");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(stderr.contains("permission denied"), "the runtime says why it failed: {stderr}");
+    let id = run(DOCKER, &["ps", "-a", "-q", "--no-trunc", "--filter", &format!("name={name}")]);
+    watch.wait_for("container_policy_violation", &id);
+    let violation = watch.event("container_policy_violation", &id).clone();
+    assert_eq!(violation["hook"]["verdict"]["denied"], true);
+    assert_eq!(violation["hook"]["verdict"]["mode"], "enforce");
+    assert_eq!(violation["hook"]["verdict"]["rule"], "no-test-denied");
+    assert_eq!(violation["hook"]["verdict"]["reason"], "this image is not allowed here");
+    assert_eq!(violation["args"]["container_image"], denied_image);
+    assert_eq!(docker_pid(&id), 0, "never ran");
+    // An allowed image runs.
+    let ok_name = unique("hook-allowed");
+    let ok_id = run(DOCKER, &["run", "-d", "--name", &ok_name, IMAGE, "sleep", "60"]);
+    watch.wait_for("container_create", &ok_id);
+    watch.drain_for(Duration::from_millis(500));
+    assert!(!has_event(&watch.seen, "container_create", &id), "no create for the refused container");
+    assert!(!has_event(&watch.seen, "container_policy_violation", &ok_id));
+    assert!(docker_pid(&ok_id) > 0);
+    run(DOCKER, &["rm", "-f", &name, &ok_name]);
+    drop(watch);
+
+    // Audit: the same image runs, and the violation is reported.
+    let policy = write_policy(dir.path(), "audit", "local/ctwatch-denied:*");
+    let mut watch = hook_watch(&["--policy", policy.to_str().unwrap()]);
+    let name = unique("hook-audited");
+    let id = run(DOCKER, &["run", "-d", "--name", &name, denied_image, "sleep", "60"]);
+    watch.wait_for("container_create", &id);
+    let violation = watch.event("container_policy_violation", &id).clone();
+    assert_eq!(
+        (violation["hook"]["verdict"]["denied"].as_bool(), violation["hook"]["verdict"]["mode"].as_str()),
+        (Some(false), Some("audit"))
+    );
+    assert!(docker_pid(&id) > 0, "audit lets it run");
+    run(DOCKER, &["rm", "-f", &name]);
+}
+
+#[test]
+fn a_bad_policy_or_missing_binary_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    fs::write(&policy, "mode = \"enforce\"\n[[deny]]\nimagee = [\"x\"]\n").unwrap();
+    let out = output(ctwatch_bin().to_str().unwrap(), &["watch", "--standalone", "--policy", policy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown field `imagee`") && stderr.contains("p.toml"), "{stderr}");
+    let out = output(
+        ctwatch_bin().to_str().unwrap(),
+        &["watch", "--standalone", "--source", "hook", "--runtime-path", "/nonexistent/runc", "--only-runtime-paths"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no runtime binary to hook") && stderr.contains("--runtime-path"), "{stderr}");
+    let out = output(ctwatch_bin().to_str().unwrap(), &["watch", "--standalone", "--hook-deadline", "5ms"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("between 10ms and 60s"));
+}
+
+#[test]
+fn sigkill_while_a_runtime_waits_releases_it() {
+    require_root();
+    // A private copy of runc, so holding it stops no other test's containers.
+    let dir = tempfile::tempdir().unwrap();
+    let runc = dir.path().join("runc");
+    fs::copy("/usr/sbin/runc", &runc).unwrap();
+    let runc_path = runc.to_str().unwrap().to_string();
+    let watch = hook_watch(&["--runtime-path", &runc_path, "--only-runtime-paths"]);
+    let ctwatch = nix::unistd::Pid::from_raw(watch.pid() as i32);
+    // Stopped, ctwatch cannot answer (neither can its deadline): the kernel holds the exec.
+    nix::sys::signal::kill(ctwatch, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let id = unique("hook-sigkill");
+    let bundle = runc_bundle(&id, &["sleep", "60"]);
+    let started = Instant::now();
+    let mut child = Command::new(&runc)
+        .args(["run", "-d", "--bundle", bundle.to_str().unwrap(), &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the exec waits for the permission answer");
+    let syscall = fs::read_to_string(format!("/proc/{}/syscall", child.id())).unwrap();
+    assert!(syscall.starts_with("59 ") || syscall.starts_with("322 "), "held inside execve: {syscall}");
+    // SIGKILL: the group's fd closes and the kernel allows what was pending.
+    nix::sys::signal::kill(ctwatch, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "runc still waits after ctwatch died");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "the create went on");
+    run("runc", &["delete", "-f", &id]);
+    drop(watch);
+    let _ = fs::remove_dir_all(bundle);
+}
