@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 /// How long the loop waits when nothing is due (expiry of removed containers).
 const IDLE_TICK: Duration = Duration::from_millis(250);
 /// How long a hooked container's create may wait for its runtime to write the init PID.
-const INIT_PID_WAIT: Duration = Duration::from_millis(200);
+const INIT_PID_WAIT: Duration = Duration::from_secs(1);
 
 /// Which kernel source to read cgroup changes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -278,6 +278,20 @@ struct Pipeline {
     awaiting_pid: Vec<(Instant, ContainerEvent)>,
 }
 
+/// Closes the hub and raises the stop flag when the tracker thread ends, by
+/// returning or by panicking.
+struct CloseOnExit {
+    data_source: DataSource,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.data_source.hub().close();
+    }
+}
+
 impl Pipeline {
     fn run(
         mut self,
@@ -286,6 +300,8 @@ impl Pipeline {
         source_thread: thread::JoinHandle<io::Result<()>>,
         stop: Arc<AtomicBool>,
     ) -> Result<(), AgentError> {
+        // Even if this thread panics, subscribers see the end instead of waiting forever.
+        let _closer = CloseOnExit { data_source: self.data_source.clone(), stop: stop.clone() };
         let mut events = Vec::new();
         let mut ready = Vec::new();
         while !stop.load(Ordering::Relaxed) {

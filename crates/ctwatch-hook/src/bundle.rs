@@ -55,6 +55,9 @@ pub enum BundleError {
 /// Where a path the runtime was given is, as seen from ctwatch: relative to
 /// the runtime process's root (absolute paths) or working directory.
 pub fn caller_path(proc_root: &Path, pid: u32, path: &str) -> PathBuf {
+    // Without `.` parts: `--bundle .` is reported as the directory itself.
+    let path: PathBuf = Path::new(path).components().filter(|c| *c != std::path::Component::CurDir).collect();
+    let path = path.to_str().unwrap_or_default();
     let proc = proc_root.join(pid.to_string());
     let in_host_root = std::fs::read_link(proc.join("root")).is_ok_and(|r| r == Path::new("/"));
     if Path::new(path).is_absolute() {
@@ -65,7 +68,12 @@ pub fn caller_path(proc_root: &Path, pid: u32, path: &str) -> PathBuf {
         }
     } else {
         let cwd = if in_host_root { std::fs::read_link(proc.join("cwd")).ok() } else { None };
-        cwd.unwrap_or_else(|| proc.join("cwd")).join(path)
+        let cwd = cwd.unwrap_or_else(|| proc.join("cwd"));
+        if path.is_empty() {
+            cwd
+        } else {
+            cwd.join(path)
+        }
     }
 }
 
@@ -237,5 +245,7 @@ mod tests {
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(caller_path(Path::new("/proc"), me, "b"), cwd.join("b"));
         assert_eq!(caller_path(Path::new("/proc"), me, "/x/b"), PathBuf::from("/x/b"));
+        assert_eq!(caller_path(Path::new("/proc"), me, "."), cwd);
+        assert_eq!(caller_path(Path::new("/proc"), me, "./b/."), cwd.join("b"));
     }
 }

@@ -246,6 +246,19 @@ impl Hook {
         hook.spawn("hook-lifecycle", move || lifecycle.run())?;
         let by_inode: HashMap<(u64, u64), RuntimeBinary> = hook.marked.iter().map(|b| (b.dev_ino, b.clone())).collect();
         let recent = Arc::new(Mutex::new(HashMap::new()));
+        // One small runtime for the containerd lookups of all workers, made now
+        // so the hook's threads and fds stay the same from start to end.
+        let tokio = match &config.identity.containerd_socket {
+            Some(_) => Some(Arc::new(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("hook-containerd")
+                    .enable_all()
+                    .build()
+                    .map_err(|source| HookError::Thread { what: "containerd lookup", source })?,
+            )),
+            None => None,
+        };
         let config = Arc::new(config);
         for i in 0..config.workers.max(1) {
             let worker = Worker {
@@ -254,7 +267,7 @@ impl Hook {
                 tx: tx.clone(),
                 tracks: track_tx.clone(),
                 recent: recent.clone(),
-                tokio: None,
+                tokio: tokio.clone(),
             };
             let jobs = jobs.clone();
             hook.spawn(if i == 0 { "hook-worker" } else { "hook-worker-n" }, move || worker.run(jobs))?;
@@ -394,7 +407,8 @@ struct Worker {
     tx: Sender<SourceMessage>,
     tracks: Sender<Track>,
     recent: Arc<Mutex<HashMap<String, Instant>>>,
-    tokio: Option<tokio::runtime::Runtime>,
+    /// Drives the containerd lookups (when a containerd socket is configured).
+    tokio: Option<Arc<tokio::runtime::Runtime>>,
 }
 
 impl Worker {
@@ -450,10 +464,7 @@ impl Worker {
             Err(e) => (None, Some(e.to_string())),
         };
         let bundle = bundle_path.display().to_string();
-        if self.tokio.is_none() && self.config.identity.containerd_socket.is_some() {
-            self.tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().ok();
-        }
-        let container = identify(&call, &bundle, config.as_ref(), &self.config.identity, self.tokio.as_ref());
+        let container = identify(&call, &bundle, config.as_ref(), &self.config.identity, self.tokio.as_deref());
         let empty = HashMap::new();
         let annotations = config.as_ref().map_or(&empty, |c| &c.annotations);
         let mut verdict =
