@@ -450,7 +450,7 @@ impl Pipeline {
         match message {
             HookMessage::Precreate { container, info, time } => {
                 let id = container.id.clone();
-                let info = Arc::new(info);
+                let info = Arc::new(*info);
                 let violation = info.verdict.is_some();
                 let event = ContainerEvent {
                     time,

@@ -139,54 +139,9 @@ fn parse_conmon(argv: &[String]) -> Invocation {
             "-r" | "--runtime" => call.runtime_binary = value(),
             "-e" | "--exec" => exec = true,
             "--version" | "-h" | "--help" => return Invocation::Other { command: flag.to_string() },
-            // Every other conmon option that takes a value.
-            "-u"
-            | "--cuuid"
-            | "-l"
-            | "--log-path"
-            | "-s"
-            | "--socket-dir-path"
-            | "--exit-dir"
-            | "--exit-command"
-            | "--exit-command-arg"
-            | "--exit-delay"
-            | "--runtime-arg"
-            | "--runtime-opt"
-            | "--log-level"
-            | "--log-tag"
-            | "--log-size-max"
-            | "--conmon-pidfile"
-            | "-P"
-            | "-T"
-            | "--timeout"
-            | "--exec-process-spec"
-            | "--exec-attach"
-            | "--restore"
-            | "--restore-arg"
-            | "--persist-dir"
-            | "-i"
-            | "--stdin"
-            | "--syslog"
-            | "--terminal"
-            | "-t"
-            | "--leave-stdin-open"
-            | "--no-pivot"
-            | "--no-new-keyring"
-            | "--replace-listen-pid"
-            | "--sdnotify-socket"
-            | "--full-attach"
-            | "--api-version"
-            | "--systemd-cgroup"
-            | "--no-sync-log"
-            | "--no-container-partial-message"
-            | "--seccomp-notify-socket"
-            | "--seccomp-notify-plugins"
-            | "--log-global-size-max"
-            | "--log-allowlist-dir"
-            | "--log-rotate" => {
-                if inline.is_none() && takes_value(flag) {
-                    args.next();
-                }
+            // Every other conmon option that takes a value: skip the value.
+            other if inline.is_none() && CONMON_VALUE_OPTIONS.contains(&other) => {
+                args.next();
             }
             _ => {}
         }
@@ -197,27 +152,38 @@ fn parse_conmon(argv: &[String]) -> Invocation {
     Invocation::Create(call)
 }
 
-/// Whether a conmon option consumes the next argument.
-fn takes_value(flag: &str) -> bool {
-    !matches!(
-        flag,
-        "-i" | "--stdin"
-            | "--syslog"
-            | "--terminal"
-            | "-t"
-            | "--leave-stdin-open"
-            | "--no-pivot"
-            | "--no-new-keyring"
-            | "--replace-listen-pid"
-            | "--full-attach"
-            | "--systemd-cgroup"
-            | "-s"
-            | "--no-sync-log"
-            | "--no-container-partial-message"
-            | "--log-rotate"
-            | "--exec-attach"
-    )
-}
+/// conmon's options that take a value, apart from those read above
+/// (its flags without a value need no entry: they consume nothing).
+const CONMON_VALUE_OPTIONS: &[&str] = &[
+    "-u",
+    "--cuuid",
+    "-l",
+    "--log-path",
+    "--socket-dir-path",
+    "--exit-dir",
+    "--exit-command",
+    "--exit-command-arg",
+    "--exit-delay",
+    "--runtime-arg",
+    "--runtime-opt",
+    "--log-level",
+    "--log-tag",
+    "--log-size-max",
+    "-P",
+    "--conmon-pidfile",
+    "-T",
+    "--timeout",
+    "--exec-process-spec",
+    "--restore",
+    "--restore-arg",
+    "--persist-dir",
+    "--sdnotify-socket",
+    "--api-version",
+    "--seccomp-notify-socket",
+    "--seccomp-notify-plugins",
+    "--log-global-size-max",
+    "--log-allowlist-dir",
+];
 
 #[cfg(test)]
 mod tests {

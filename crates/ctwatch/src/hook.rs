@@ -94,8 +94,8 @@ pub enum HookMessage {
     Precreate {
         /// The container as far as the hook knows it (ID, runtime, name, image, pod).
         container: Container,
-        /// The rest of what the hook learned.
-        info: HookInfo,
+        /// The rest of what the hook learned (boxed: it is most of the message).
+        info: Box<HookInfo>,
         /// When the permission event was read.
         time: SystemTime,
     },
