@@ -350,6 +350,7 @@ impl Pipeline {
                 creates = stats.creates.load(Ordering::Relaxed),
                 denied = stats.denied.load(Ordering::Relaxed),
                 deadline_answers = stats.deadline_answers.load(Ordering::Relaxed),
+                unreadable_argv = stats.unreadable.load(Ordering::Relaxed),
                 "runtime hook stopping; unmarking the runtime binaries"
             );
         }

@@ -6,6 +6,10 @@
 //! the address passed to the syscall. `/proc/<tid>/syscall` gives that address
 //! (the task is blocked in the syscall, so it is stable) and `/proc/<tid>/mem`
 //! reads it. Both need ptrace access, which root has.
+//!
+//! The event is queued a moment before the task goes to sleep waiting for the
+//! answer; read in that moment, the syscall file says `running`. The task
+//! cannot get past the wait without our answer, so the read is retried.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -56,8 +60,30 @@ pub enum ExecArgsError {
     },
 }
 
-/// Reads the argv that task `tid` passed to the `execve` it is blocked in.
+/// How long [`exec_argv`] retries while the task is still on its way to sleep.
+pub const RUNNING_PATIENCE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Reads the argv that task `tid` passed to the `execve` it is blocked in,
+/// retrying (up to [`RUNNING_PATIENCE`]) while the kernel still reports the
+/// task as running.
 pub fn exec_argv(proc_root: &Path, tid: u32) -> Result<Vec<String>, ExecArgsError> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(20);
+    loop {
+        match exec_argv_once(proc_root, tid) {
+            Err(ExecArgsError::NotInExec { state, .. })
+                if state.starts_with("running") && start.elapsed() < RUNNING_PATIENCE =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(2));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// One attempt of [`exec_argv`].
+fn exec_argv_once(proc_root: &Path, tid: u32) -> Result<Vec<String>, ExecArgsError> {
     let task = proc_root.join(tid.to_string());
     let syscall = std::fs::read_to_string(task.join("syscall")).map_err(|source| ExecArgsError::Io {
         tid,

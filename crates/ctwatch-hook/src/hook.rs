@@ -435,6 +435,7 @@ impl Worker {
                 return;
             }
         };
+        debug!(tid = job.tid, ?argv, "runtime exec");
         let call = match parse(job.tool, &argv) {
             Invocation::Create(call) => call,
             Invocation::Other { .. } => {

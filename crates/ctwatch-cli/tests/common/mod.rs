@@ -168,7 +168,7 @@ impl Watch {
         all.extend_from_slice(args);
         let mut child = Command::new(ctwatch_bin())
             .args(&all)
-            .env("CTWATCH_LOG", "info")
+            .env("CTWATCH_LOG", std::env::var("CTWATCH_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
