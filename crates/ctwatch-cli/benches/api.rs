@@ -32,6 +32,7 @@ fn main() {
     let hierarchy = default_hierarchy();
     let parent = hierarchy.join(format!("ctwatch-apibench-{}", std::process::id()));
     fs::create_dir_all(parent.join("docker")).unwrap();
+    let _cleanup = RemoveTree(parent.clone());
     let held: Vec<PathBuf> = (0..1000).map(|i| parent.join(format!("docker/{}", held_id(i)))).collect();
     held.iter().for_each(|d| fs::create_dir(d).unwrap());
     std::thread::sleep(Duration::from_secs(1));
@@ -74,9 +75,25 @@ fn main() {
             pct(&lat, 99.0)
         );
     }
-    let _ = fs::remove_dir(parent.join("docker"));
-    let _ = fs::remove_dir(&parent);
     drop(serve);
+}
+
+/// Removes the bench's cgroup tree (deepest first) however the bench ends,
+/// a panic included, so no cgroup outlives it.
+struct RemoveTree(PathBuf);
+
+impl Drop for RemoveTree {
+    fn drop(&mut self) {
+        fn remove(dir: &Path) {
+            if let Ok(entries) = fs::read_dir(dir) {
+                for entry in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+                    remove(&entry.path());
+                }
+            }
+            let _ = fs::remove_dir(dir);
+        }
+        remove(&self.0);
+    }
 }
 
 /// The agent under test, stopped (SIGTERM) however the bench ends, a panic included.
