@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ctwatch::{Container, ContainerState, PodInfo, Runtime};
+use ctwatch::{Container, Runtime};
 use ctwatch_enrich::containerd_api::ContainerdApi;
 use ctwatch_enrich::metadata::{clean, sha256_digest, Metadata, MAX_IMAGE, MAX_NAME};
 use serde::Deserialize;
@@ -102,19 +102,7 @@ pub fn identify(
     if m.name.is_empty() {
         m.name = clean(call.name.as_deref().unwrap_or(&call.id), MAX_NAME);
     }
-    let mut container = Container {
-        id: clean(&call.id, 128),
-        runtime,
-        cgroup_id: 0,
-        cgroup_path: String::new(),
-        ctime_ns: 0,
-        image: String::new(),
-        image_digest: String::new(),
-        name: String::new(),
-        pod: PodInfo::default(),
-        labels: Default::default(),
-        state: ContainerState::Created,
-    };
+    let mut container = Container::new(clean(&call.id, 128), runtime);
     m.apply_to(&mut container);
     container
 }

@@ -225,22 +225,15 @@ pub fn glob_match(pattern: &str, value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ctwatch::{ContainerState, PodInfo, Runtime};
+    use ctwatch::{PodInfo, Runtime};
     use std::collections::HashMap;
 
     fn container(image: &str, ns: &str) -> Container {
         Container {
-            id: "x".into(),
-            runtime: Runtime::Docker,
-            cgroup_id: 0,
-            cgroup_path: String::new(),
-            ctime_ns: 0,
             image: image.into(),
             image_digest: "sha256:aa".into(),
-            name: String::new(),
             pod: PodInfo { namespace: ns.into(), ..PodInfo::default() },
-            labels: Default::default(),
-            state: ContainerState::Created,
+            ..Container::new("x", Runtime::Docker)
         }
     }
 

@@ -57,3 +57,23 @@ pub struct Container {
     /// Where it is in its life.
     pub state: ContainerState,
 }
+
+impl Container {
+    /// A container known so far by its ID and runtime only (no cgroup yet,
+    /// nothing enriched), in the `Created` state.
+    pub fn new(id: impl Into<String>, runtime: Runtime) -> Container {
+        Container {
+            id: id.into(),
+            runtime,
+            cgroup_id: 0,
+            cgroup_path: String::new(),
+            ctime_ns: 0,
+            image: String::new(),
+            image_digest: String::new(),
+            name: String::new(),
+            pod: PodInfo::default(),
+            labels: BTreeMap::new(),
+            state: ContainerState::Created,
+        }
+    }
+}
