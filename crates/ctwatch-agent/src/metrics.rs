@@ -38,6 +38,13 @@ pub struct Metrics {
     api_requests: Family<RequestLabels, Counter>,
     subscribers: Gauge,
     subscribers_dropped: Counter,
+    hook_answer_seconds: Histogram,
+    hook_execs: Counter,
+    hook_denied: Counter,
+    hook_deadline_answers: Counter,
+    hook_unreadable_argv: Counter,
+    /// The hook's totals as last copied into the counters above.
+    hook_totals_seen: Mutex<HookTotals>,
     /// The per-kind and per-runtime series, made once (no label allocation per event).
     events_by_kind: [Counter; 6],
     containers_by_runtime: [Gauge; Runtime::ALL.len()],
@@ -49,6 +56,19 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// The runtime hook's running totals (its own counters), copied into the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookTotals {
+    /// Runtime execs held and answered.
+    pub execs: u64,
+    /// Creates refused by the policy.
+    pub denied: u64,
+    /// Execs answered by the deadline (ctwatch too slow).
+    pub deadline_answers: u64,
+    /// Execs whose argv could not be read (answered with the default).
+    pub unreadable_argv: u64,
 }
 
 fn runtime_label(runtime: Runtime) -> RuntimeLabel {
@@ -95,6 +115,29 @@ impl Metrics {
             "Subscribers dropped because they fell too far behind or went away",
             subscribers_dropped.clone(),
         );
+        let hook_answer_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "hook_answer_duration_seconds",
+            "How long the runtime hook held a container create's runtime exec before answering",
+            hook_answer_seconds.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::<u64, AtomicU64>::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let hook_execs = counter(&mut registry, "hook_execs", "Runtime execs the hook held and answered");
+        let hook_denied = counter(&mut registry, "hook_denied", "Container creates the hook's policy refused");
+        let hook_deadline_answers = counter(
+            &mut registry,
+            "hook_deadline_answers",
+            "Runtime execs answered by the deadline because ctwatch was too slow",
+        );
+        let hook_unreadable_argv = counter(
+            &mut registry,
+            "hook_unreadable_argv",
+            "Runtime execs whose arguments could not be read (answered with the default)",
+        );
         let kinds = [
             EventKind::ContainerCreate,
             EventKind::ContainerRemove,
@@ -116,6 +159,12 @@ impl Metrics {
             api_requests,
             subscribers,
             subscribers_dropped,
+            hook_answer_seconds,
+            hook_execs,
+            hook_denied,
+            hook_deadline_answers,
+            hook_unreadable_argv,
+            hook_totals_seen: Mutex::new(HookTotals::default()),
             encode_lock: Mutex::new(()),
         }
     }
@@ -183,6 +232,21 @@ impl Metrics {
         self.subscribers_dropped.inc_by(n as u64);
     }
 
+    /// The hook held a create's runtime exec for `held` before answering it.
+    pub fn hook_create_answered(&self, held: Duration) {
+        self.hook_answer_seconds.observe(held.as_secs_f64());
+    }
+
+    /// Brings the hook counters up to the hook's running `totals`.
+    pub fn hook_totals(&self, totals: HookTotals) {
+        let mut seen = self.hook_totals_seen.lock().unwrap_or_else(|e| e.into_inner());
+        self.hook_execs.inc_by(totals.execs.saturating_sub(seen.execs));
+        self.hook_denied.inc_by(totals.denied.saturating_sub(seen.denied));
+        self.hook_deadline_answers.inc_by(totals.deadline_answers.saturating_sub(seen.deadline_answers));
+        self.hook_unreadable_argv.inc_by(totals.unreadable_argv.saturating_sub(seen.unreadable_argv));
+        *seen = totals;
+    }
+
     /// Everything, in the Prometheus text format.
     pub fn encode(&self) -> String {
         let _guard = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,5 +254,28 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_totals_become_counters() {
+        let metrics = Metrics::new();
+        metrics.hook_totals(HookTotals { execs: 5, denied: 1, deadline_answers: 0, unreadable_argv: 0 });
+        metrics.hook_totals(HookTotals { execs: 9, denied: 1, deadline_answers: 2, unreadable_argv: 1 });
+        metrics.hook_create_answered(Duration::from_micros(300));
+        let text = metrics.encode();
+        for line in [
+            "ctwatch_hook_execs_total 9",
+            "ctwatch_hook_denied_total 1",
+            "ctwatch_hook_deadline_answers_total 2",
+            "ctwatch_hook_unreadable_argv_total 1",
+            "ctwatch_hook_answer_duration_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

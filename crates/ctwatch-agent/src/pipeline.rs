@@ -34,7 +34,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::datasource::{DataSource, HostView};
-use crate::metrics::Metrics;
+use crate::metrics::{HookTotals, Metrics};
 
 /// How long the loop waits when nothing is due (expiry of removed containers).
 const IDLE_TICK: Duration = Duration::from_millis(250);
@@ -371,6 +371,15 @@ impl Pipeline {
                 self.dropped_seen = dropped;
             }
         }
+        if let Some(hook) = &self.hook {
+            let stats = hook.stats();
+            self.metrics.hook_totals(HookTotals {
+                execs: stats.events.load(Ordering::Relaxed),
+                denied: stats.denied.load(Ordering::Relaxed),
+                deadline_answers: stats.deadline_answers.load(Ordering::Relaxed),
+                unreadable_argv: stats.unreadable.load(Ordering::Relaxed),
+            });
+        }
         if !self.hooked.is_empty() || !self.awaiting_pid.is_empty() {
             self.attach_hook_info(ready);
         }
@@ -451,6 +460,7 @@ impl Pipeline {
         match message {
             HookMessage::Precreate { container, info, time } => {
                 let id = container.id.clone();
+                self.metrics.hook_create_answered(Duration::from_micros(info.answer_us));
                 let info = Arc::new(*info);
                 let violation = info.verdict.is_some();
                 let event = ContainerEvent {

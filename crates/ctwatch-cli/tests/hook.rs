@@ -426,3 +426,26 @@ fn sigkill_while_a_runtime_waits_releases_it() {
     assert!(status.success(), "the create went on");
     drop(watch);
 }
+
+#[test]
+fn the_agent_exports_the_hooks_metrics() {
+    require_root();
+    let metrics_addr = format!("127.0.0.1:{}", serve::free_port());
+    let _serve = serve::Serve::start(&["--no-enrich", "--hook", "on", "--metrics-addr", &metrics_addr]);
+    let container = RuncContainer::new("hook-metrics", &["sleep", "60"]);
+    run_detached("runc", &["run", "-d", "--bundle", container.bundle(), &container.id]);
+    let start = Instant::now();
+    let text = loop {
+        let text = serve::scrape(&metrics_addr);
+        let creates = serve::metric(&text, "ctwatch_events_total{kind=\"container_precreate\"}").unwrap_or(0.0);
+        if creates >= 1.0 || start.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(serve::metric(&text, "ctwatch_hook_execs_total").unwrap() >= 1.0, "{text}");
+    assert!(serve::metric(&text, "ctwatch_hook_answer_duration_seconds_count").unwrap() >= 1.0, "{text}");
+    // Present (their values depend on what else runs runc meanwhile).
+    assert!(serve::metric(&text, "ctwatch_hook_deadline_answers_total").is_some(), "{text}");
+    assert!(serve::metric(&text, "ctwatch_hook_denied_total").is_some());
+}
