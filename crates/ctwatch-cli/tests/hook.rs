@@ -449,3 +449,44 @@ fn the_agent_exports_the_hooks_metrics() {
     assert!(serve::metric(&text, "ctwatch_hook_deadline_answers_total").is_some(), "{text}");
     assert!(serve::metric(&text, "ctwatch_hook_denied_total").is_some());
 }
+
+#[test]
+fn without_cap_sys_admin_the_hook_says_so_and_ctwatch_keeps_working() {
+    require_root();
+    // Real missing privilege: CAP_SYS_ADMIN dropped from the bounding and inheritable sets.
+    let drop_sys_admin = ["--inh-caps=-sys_admin", "--bounding-set=-sys_admin"];
+    let bin = ctwatch_bin();
+    let mut child = Command::new("setpriv")
+        .args(drop_sys_admin)
+        .arg(&bin)
+        .args(["watch", "--standalone", "--no-pin", "--no-existing"])
+        .env("CTWATCH_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = Vec::new();
+    for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+        let done = line.contains("scan at start complete");
+        log.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let warning = log.iter().find(|l| l.contains("runtime hook off")).unwrap_or_else(|| panic!("{log:#?}"));
+    assert!(warning.contains("CAP_SYS_ADMIN"), "says what is missing: {warning}");
+    assert!(log.iter().any(|l| l.contains("scan at start complete")), "and keeps working: {log:#?}");
+
+    // Asked for explicitly, the hook's absence is an error with the same reason.
+    let out = Command::new("setpriv")
+        .args(drop_sys_admin)
+        .arg(&bin)
+        .args(["watch", "--standalone", "--no-pin", "--hook", "on"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_SYS_ADMIN"));
+}
