@@ -1,4 +1,5 @@
-//! The deadline answers a held runtime exec when ctwatch's worker is stuck.
+//! The deadline answers a held runtime exec when ctwatch's worker is stuck;
+//! a dropped hook leaves no fanotify group and holds nothing.
 //!
 //! A worker is made to hang for real: the exec looks like a containerd
 //! container (its bundle is under `io.containerd.runtime.v2.task/<ns>/`), so
@@ -18,10 +19,14 @@ use ctwatch::sources::SourceMessage;
 use ctwatch_hook::identity::IdentitySources;
 use ctwatch_hook::{Hook, HookConfig};
 
+/// The tests count this process's fanotify groups: one test at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How long the stuck containerd lookup lasts: far beyond the deadline.
 const STUCK_FOR: Duration = Duration::from_secs(4);
 
 struct Setup {
+    _serial: std::sync::MutexGuard<'static, ()>,
     _dir: tempfile::TempDir,
     runc: PathBuf,
     _listener: UnixListener,
@@ -33,12 +38,13 @@ fn setup() -> Option<Setup> {
         eprintln!("skipped: fanotify permission events need root");
         return None;
     }
+    let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let runc = dir.path().join("runc");
     std::fs::copy(which_runc()?, &runc).unwrap();
     let socket = dir.path().join("containerd.sock");
     let listener = UnixListener::bind(&socket).unwrap(); // never accepts: every call hangs
-    Some(Setup { _dir: dir, runc, _listener: listener, socket })
+    Some(Setup { _serial: serial, _dir: dir, runc, _listener: listener, socket })
 }
 
 fn which_runc() -> Option<PathBuf> {
@@ -124,4 +130,28 @@ fn fail_closed_denies_a_held_exec_when_the_worker_is_stuck() {
     assert_eq!(hook.stats().deadline_answers.load(Ordering::Relaxed), 1);
     let info = precreate(&rx, "deadline-closed");
     assert!(info.answered_by_deadline);
+}
+
+fn fanotify_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("fanotify")))
+        .count()
+}
+
+#[test]
+fn dropping_the_hook_leaves_no_group_and_execs_run_unheld() {
+    let Some(setup) = setup() else { return };
+    let before = fanotify_fds();
+    for _ in 0..20 {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let hook = Hook::start(HookConfig { workers: 1, ..config(&setup, true) }, tx).unwrap();
+        assert_eq!(fanotify_fds(), before + 1, "one group per hook");
+        drop(hook);
+    }
+    assert_eq!(fanotify_fds(), before, "every group closed");
+    // Unmarked and closed: the fail-closed deadline no longer applies.
+    let out = Command::new(&setup.runc).arg("--version").output().unwrap();
+    assert!(out.status.success());
 }
