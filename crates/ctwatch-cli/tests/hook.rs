@@ -297,8 +297,12 @@ fn two_hundred_failing_creates_leave_nothing_behind() {
     assert!(!watch.event("container_create", &last)["hook"]["init_pid"].is_null());
     let after = settled_fds(watch.pid());
     assert_eq!(fanotify_groups(&after), 1, "still one fanotify group");
-    // A client socket may have closed meanwhile: no more fds than before is the point.
-    assert!(after.len() <= before.len(), "fds back to the baseline: before {before:?}, after {after:?}");
+    // Runtime API clients open and close sockets on their own schedule (a
+    // containerd lookup for another test's `ctr run`, an enrichment call), so
+    // sockets may differ by one or two; a leak per failed create would be 200.
+    let not_sockets = |fds: &[String]| fds.iter().filter(|t| !t.starts_with("socket:")).cloned().collect::<Vec<_>>();
+    assert_eq!(not_sockets(&after), not_sockets(&before), "fds other than sockets back to the baseline");
+    assert!(after.len() <= before.len() + 3, "fds back to the baseline: before {before:?}, after {after:?}");
     assert!(!after.iter().any(|t| t.contains("pidfd")), "no pidfd left: {after:?}");
     let _ = fs::remove_dir_all(bundle);
 }
