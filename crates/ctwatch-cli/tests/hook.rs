@@ -72,6 +72,16 @@ impl Drop for RuncContainer {
     }
 }
 
+/// Removes a Docker container by name (`docker rm -f`) when dropped, so a
+/// failing test leaves no container behind.
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new(DOCKER).args(["rm", "-f", &self.0]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
 fn docker_pid(id: &str) -> u32 {
     run(DOCKER, &["inspect", "-f", "{{.State.Pid}}", id]).parse().unwrap()
 }
@@ -82,6 +92,7 @@ fn docker_run_is_seen_before_it_starts_with_bundle_config_and_pid() {
     let mut watch = hook_watch(&[]);
     assert!(watch.logged("runtime binary hooked"), "the log names what was hooked");
     let name = unique("hook-docker");
+    let _remove_name = RemoveOnDrop(name.clone());
     let id = run(DOCKER, &["run", "-d", "--name", &name, "--label", "team=blue", IMAGE, "sleep", "60"]);
     watch.wait_for("container_create", &id);
     assert_precreate_before_create(&watch, &id);
@@ -331,6 +342,7 @@ fn enforce_refuses_a_denied_image_and_audit_reports_it() {
     let policy = write_policy(dir.path(), "enforce", "local/ctwatch-denied:*");
     let mut watch = hook_watch(&["--policy", policy.to_str().unwrap()]);
     let name = unique("hook-denied");
+    let _remove_name = RemoveOnDrop(name.clone());
     let out = output(DOCKER, &["run", "-d", "--name", &name, denied_image, "sleep", "60"]);
     assert!(!out.status.success(), "docker run of a denied image fails");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -347,6 +359,7 @@ fn enforce_refuses_a_denied_image_and_audit_reports_it() {
     assert_eq!(docker_pid(&id), 0, "never ran");
     // An allowed image runs.
     let ok_name = unique("hook-allowed");
+    let _remove_ok_name = RemoveOnDrop(ok_name.clone());
     let ok_id = run(DOCKER, &["run", "-d", "--name", &ok_name, IMAGE, "sleep", "60"]);
     watch.wait_for("container_create", &ok_id);
     watch.drain_for(Duration::from_millis(500));
@@ -360,6 +373,7 @@ fn enforce_refuses_a_denied_image_and_audit_reports_it() {
     let policy = write_policy(dir.path(), "audit", "local/ctwatch-denied:*");
     let mut watch = hook_watch(&["--policy", policy.to_str().unwrap()]);
     let name = unique("hook-audited");
+    let _remove_name = RemoveOnDrop(name.clone());
     let id = run(DOCKER, &["run", "-d", "--name", &name, denied_image, "sleep", "60"]);
     watch.wait_for("container_create", &id);
     let violation = watch.event("container_policy_violation", &id).clone();
