@@ -8,6 +8,8 @@
 //! - [`abi`]: the record and map layouts shared with the C programs.
 //! - [`loader`]: what the kernel must allow, and why it refused.
 
+#![warn(missing_docs)]
+
 pub mod abi;
 pub mod loader;
 pub mod pinned_map;

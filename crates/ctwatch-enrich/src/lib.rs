@@ -10,6 +10,8 @@
 //! - [`metadata`]: the fields learned, and how untrusted values are made safe.
 //! - [`health`], [`grpc`]: whether a daemon answers; gRPC connections over unix sockets.
 
+#![warn(missing_docs)]
+
 pub mod containerd_api;
 pub mod cri_api;
 pub mod docker_api;

@@ -13,6 +13,8 @@
 //! - [`hook`]: the fanotify group, the reader, the workers and the deadline.
 //! - [`lifecycle`]: the init PID and its end (pidfd, or /proc polling).
 
+#![warn(missing_docs)]
+
 pub mod binaries;
 pub mod bundle;
 pub mod exec_args;

@@ -21,6 +21,8 @@
 //! - [`proc`]: which cgroup and namespaces a process is in, a container's init.
 //! - [`resolve`]: paths inside a container resolved without leaving its root.
 
+#![warn(missing_docs)]
+
 pub mod cgroupfs;
 pub mod classify;
 pub mod container;
