@@ -124,6 +124,15 @@ fn docker_run_is_seen_before_it_starts_with_bundle_config_and_pid() {
     assert_eq!(kinds, ["container_precreate", "container_create", "container_remove"], "one of each");
 }
 
+/// The precreate read the container's config (`sleep 60`), came out ahead of
+/// its create, and knew of no process yet.
+fn assert_seen_before_start(watch: &Watch, precreate: &Value, id: &str) {
+    assert_eq!(precreate["hook"]["oci"]["args"], serde_json::json!(["sleep", "60"]), "{precreate}");
+    assert!(precreate["hook"]["init_pid"].is_null(), "no process at precreate: {precreate}");
+    let kinds: Vec<&str> = watch.about(id).iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"container_precreate"), "{kinds:?}");
+}
+
 #[test]
 fn the_hook_alone_follows_docker_podman_ctr_and_runc() {
     require_root();
@@ -153,6 +162,7 @@ fn the_hook_alone_follows_docker_podman_ctr_and_runc() {
     assert_eq!(pre["args"]["container_name"], pname.as_str());
     assert_eq!(pre["args"]["container_image"], "localhost/local/busybox:1");
     assert!(pre["hook"]["bundle"].as_str().unwrap().ends_with(&format!("{pod_id}/userdata")), "{pre}");
+    assert_seen_before_start(&watch, &pre, &pod_id);
     assert_eq!(watch.event("container_create", &pod_id)["hook"]["init_pid"], pid_of_podman(&pod_id));
     podman(&["rm", "-f", "-t", "0", &pname]);
     watch.wait_for("container_remove", &pod_id);
@@ -165,6 +175,7 @@ fn the_hook_alone_follows_docker_podman_ctr_and_runc() {
     assert_eq!(pre["args"]["runtime"], "containerd");
     assert_eq!(pre["args"]["container_image"], "docker.io/local/busybox:1");
     assert_eq!(pre["hook"]["bundle"], format!("{TASKS}/default/{cid}").as_str());
+    assert_seen_before_start(&watch, &pre, &cid);
     let task_pid: u32 = run("ctr", &["-n", "default", "task", "ls"])
         .lines()
         .find(|l| l.starts_with(&cid))
@@ -191,6 +202,7 @@ fn the_hook_alone_follows_docker_podman_ctr_and_runc() {
     let pre = watch.event("container_precreate", rid).clone();
     assert_eq!((pre["args"]["runtime"].as_str(), pre["hook"]["command"].as_str()), (Some("runc"), Some("run")));
     assert_eq!(pre["hook"]["bundle"], container.bundle());
+    assert_seen_before_start(&watch, &pre, rid);
     let state: Value = serde_json::from_str(&run("runc", &["state", rid])).unwrap();
     assert_eq!(watch.event("container_create", rid)["hook"]["init_pid"], state["pid"]);
     run("runc", &["delete", "-f", rid]);
