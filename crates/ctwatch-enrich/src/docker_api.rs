@@ -46,6 +46,24 @@ struct DiskContainerConfig {
     labels: Option<HashMap<String, String>>,
 }
 
+/// What Docker's `<root>/containers/<id>/config.v2.json` says about a
+/// container (name, image as named, labels), and the image ID it runs.
+/// Docker writes the file at `docker create`, before the container starts.
+/// `None` for an ID that is not 64 hex digits, or a missing or bad file.
+pub fn docker_record_on_disk(root: &Path, id: &str) -> Option<(Metadata, String)> {
+    if !ctwatch::classify::is_hex_id(id) {
+        return None;
+    }
+    let config: DiskConfig = crate::oci_state::read_json(&root.join("containers").join(id).join("config.v2.json"))?;
+    let mut m = Metadata { runtime: Some(Runtime::Docker), ..Metadata::default() };
+    m.name = clean(config.name.trim_start_matches('/'), MAX_NAME);
+    m.image = clean(&config.config.image, MAX_IMAGE);
+    if let Some(labels) = &config.config.labels {
+        m.add_labels(labels);
+    }
+    Some((m, config.image))
+}
+
 /// Image digests remembered at most (the cache is cleared when full).
 const MAX_CACHED_DIGESTS: usize = 4096;
 
@@ -134,20 +152,13 @@ impl DockerApi {
     /// container's lock, which `start` holds. Reading the file (size-capped,
     /// leniently) gives the same fields without that wait.
     async fn read_config_on_disk(&self, client: &Docker, id: &str) -> Option<Metadata> {
-        if self.runtime() != Runtime::Docker || id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if self.runtime() != Runtime::Docker {
             return None;
         }
         let root = self.data_root(client).await?;
-        let path = root.join("containers").join(id).join("config.v2.json");
-        let config: DiskConfig =
-            tokio::task::spawn_blocking(move || crate::oci_state::read_json(&path)).await.ok()??;
-        let mut m = Metadata { runtime: Some(self.runtime()), ..Metadata::default() };
-        m.name = clean(config.name.trim_start_matches('/'), MAX_NAME);
-        m.image = clean(&config.config.image, MAX_IMAGE);
-        if let Some(labels) = &config.config.labels {
-            m.add_labels(labels);
-        }
-        m.image_digest = self.cached_image_digest(client, &config.image, &m.image).await;
+        let id = id.to_string();
+        let (mut m, image_id) = tokio::task::spawn_blocking(move || docker_record_on_disk(&root, &id)).await.ok()??;
+        m.image_digest = self.cached_image_digest(client, &image_id, &m.image).await;
         Some(m)
     }
 

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use ctwatch::state_dirs::HostStateDirs;
 use ctwatch::Runtime;
 use serde::Deserialize;
+use thiserror::Error;
 
 use crate::metadata::Metadata;
 
@@ -110,15 +112,61 @@ impl OciState {
     }
 }
 
-/// Reads at most [`MAX_FILE`] bytes of JSON; invalid UTF-8 is replaced, not fatal.
+/// Reads at most [`MAX_FILE`] bytes of JSON; see [`read_json_capped`].
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    let mut bytes = Vec::new();
-    File::open(path).ok()?.take(MAX_FILE + 1).read_to_end(&mut bytes).ok()?;
-    if bytes.len() as u64 > MAX_FILE {
-        tracing::debug!(path = %path.display(), "file larger than {MAX_FILE} bytes: not read");
-        return None;
+    read_json_capped(path, MAX_FILE)
+}
+
+/// Why a record file was not read.
+#[derive(Debug, Error)]
+pub enum RecordFileError {
+    /// It could not be opened or read.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// It is not a regular file (a FIFO or device could block or never end).
+    #[error("not a regular file")]
+    NotAFile,
+    /// It is larger than the caller reads.
+    #[error("{size} bytes, more than the {max} read")]
+    TooLarge {
+        /// Its size (at least).
+        size: u64,
+        /// The cap.
+        max: u64,
+    },
+}
+
+/// Reads a file a runtime (or whoever controls its directories) wrote, never
+/// blocking: opened non-blocking, so a FIFO in its place cannot hang the
+/// caller; only a regular file; at most `max_bytes`.
+pub fn read_capped(path: &Path, max_bytes: u64) -> Result<Vec<u8>, RecordFileError> {
+    let file =
+        File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(RecordFileError::NotAFile);
     }
-    serde_json::from_str(&String::from_utf8_lossy(&bytes)).ok()
+    if meta.len() > max_bytes {
+        return Err(RecordFileError::TooLarge { size: meta.len(), max: max_bytes });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        // It grew while being read.
+        return Err(RecordFileError::TooLarge { size: bytes.len() as u64, max: max_bytes });
+    }
+    Ok(bytes)
+}
+
+/// Reads a runtime's JSON record file with [`read_capped`]; invalid UTF-8 is
+/// replaced, not fatal; anything unreadable is `None` (and logged at debug).
+pub fn read_json_capped<T: for<'de> Deserialize<'de>>(path: &Path, max_bytes: u64) -> Option<T> {
+    let bytes = read_capped(path, max_bytes)
+        .map_err(|e| tracing::debug!(path = %path.display(), error = %e, "record file not read"))
+        .ok()?;
+    serde_json::from_str(&String::from_utf8_lossy(&bytes))
+        .map_err(|e| tracing::debug!(path = %path.display(), error = %e, "unreadable record"))
+        .ok()
 }
 
 #[cfg(test)]
@@ -136,6 +184,22 @@ mod tests {
         let state = serde_json::json!({"config": {"labels": [format!("bundle={}", bundle.display())]}, "id": id});
         fs::write(state_dir.join("state.json"), state.to_string()).unwrap();
         OciState::new(dirs)
+    }
+
+    #[test]
+    fn records_are_read_only_from_regular_files_of_bounded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.json");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // A FIFO with no writer would block a plain open forever.
+        assert!(read_json_capped::<serde_json::Value>(&fifo, 1024).is_none());
+        assert!(read_json_capped::<serde_json::Value>(dir.path(), 1024).is_none(), "a directory");
+        let big = dir.path().join("big.json");
+        fs::write(&big, format!("\"{}\"", "x".repeat(100))).unwrap();
+        assert!(read_json_capped::<String>(&big, 50).is_none());
+        assert_eq!(read_json_capped::<String>(&big, 200).unwrap().len(), 100);
     }
 
     #[test]

@@ -4,13 +4,11 @@
 //! that may block or crash ctwatch.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ctwatch::hook::OciSummary;
 use ctwatch_enrich::metadata::clean;
+use ctwatch_enrich::oci_state::{read_capped, RecordFileError};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -146,21 +144,11 @@ pub struct BundleConfig {
 
 /// Reads and summarises the OCI config at `path` without ever blocking on it.
 pub fn read_config(path: &Path) -> Result<BundleConfig, BundleError> {
-    let io = |source| BundleError::Io { path: path.to_path_buf(), source };
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(BundleError::NotAFile(path.to_path_buf()));
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(BundleError::TooLarge { path: path.to_path_buf(), size: meta.len() });
-    }
-    let mut text = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_CONFIG_BYTES).read_to_end(&mut text).map_err(io)?;
+    let text = read_capped(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+        RecordFileError::Io(source) => BundleError::Io { path: path.to_path_buf(), source },
+        RecordFileError::NotAFile => BundleError::NotAFile(path.to_path_buf()),
+        RecordFileError::TooLarge { size, .. } => BundleError::TooLarge { path: path.to_path_buf(), size },
+    })?;
     let spec: Spec =
         serde_json::from_slice(&text).map_err(|source| BundleError::Json { path: path.to_path_buf(), source })?;
     Ok(summarise(spec))
@@ -235,7 +223,7 @@ mod tests {
             assert!(matches!(read_config(&bad), Err(BundleError::Json { .. })), "{text}");
         }
         let big = dir.path().join("big.json");
-        File::create(&big).unwrap().set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        std::fs::File::create(&big).unwrap().set_len(MAX_CONFIG_BYTES + 1).unwrap();
         assert!(matches!(read_config(&big), Err(BundleError::TooLarge { .. })));
     }
 

@@ -7,17 +7,15 @@
 //! short timeout.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ctwatch::{Container, Runtime};
 use ctwatch_enrich::containerd_api::ContainerdApi;
+use ctwatch_enrich::docker_api::docker_record_on_disk;
 use ctwatch_enrich::metadata::{clean, sha256_digest, Metadata, MAX_IMAGE, MAX_NAME};
+use ctwatch_enrich::oci_state::read_json_capped;
 use serde::Deserialize;
-use tracing::debug;
 
 use crate::bundle::BundleConfig;
 use crate::invocation::CreateCall;
@@ -107,50 +105,15 @@ pub fn identify(
     container
 }
 
-/// Reads a JSON record file (bounded, never blocking on a FIFO).
+/// Reads a runtime's JSON record file (bounded, never blocking on a FIFO).
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    let file = File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path).ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() > MAX_RECORD_BYTES {
-        return None;
-    }
-    let mut text = Vec::new();
-    file.take(MAX_RECORD_BYTES).read_to_end(&mut text).ok()?;
-    serde_json::from_slice(&text).map_err(|e| debug!(path = %path.display(), error = %e, "unreadable record")).ok()
+    read_json_capped(path, MAX_RECORD_BYTES)
 }
 
-/// Docker's `containers/<id>/config.v2.json`, written at `docker create`.
+/// Docker's `containers/<id>/config.v2.json`, with the digest from its image store.
 fn docker_record(root: &Path, id: &str) -> Option<Metadata> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Record {
-        #[serde(default)]
-        name: String,
-        #[serde(default)]
-        image: String,
-        #[serde(default)]
-        config: RecordConfig,
-    }
-    #[derive(Deserialize, Default)]
-    #[serde(rename_all = "PascalCase", default)]
-    struct RecordConfig {
-        image: String,
-        labels: Option<HashMap<String, String>>,
-    }
-    if !ctwatch::classify::is_hex_id(id) {
-        return None;
-    }
-    let record: Record = read_json(&root.join("containers").join(id).join("config.v2.json"))?;
-    let mut m = Metadata {
-        runtime: Some(Runtime::Docker),
-        name: clean(record.name.trim_start_matches('/'), MAX_NAME),
-        image: clean(&record.config.image, MAX_IMAGE),
-        image_digest: docker_repo_digest(root, &record.image).unwrap_or_else(|| sha256_digest(&record.image)),
-        ..Metadata::default()
-    };
-    if let Some(labels) = &record.config.labels {
-        m.set_labels(labels);
-    }
+    let (mut m, image_id) = docker_record_on_disk(root, id)?;
+    m.image_digest = docker_repo_digest(root, &image_id).unwrap_or_else(|| sha256_digest(&image_id));
     Some(m)
 }
 
