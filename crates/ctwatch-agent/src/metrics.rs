@@ -1,10 +1,11 @@
 //! The agent's Prometheus metrics, in the text exposition format.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ctwatch::{EventKind, Runtime};
+use ctwatch_hook::HookStats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -43,8 +44,10 @@ pub struct Metrics {
     hook_denied: Counter,
     hook_deadline_answers: Counter,
     hook_unreadable_argv: Counter,
-    /// The hook's totals as last copied into the counters above.
-    hook_totals_seen: Mutex<HookTotals>,
+    /// The hook's own counters, read when the metrics are encoded.
+    hook_stats: OnceLock<Arc<HookStats>>,
+    /// Their values as last copied into the counters above.
+    hook_seen: Mutex<[u64; 4]>,
     /// The per-kind and per-runtime series, made once (no label allocation per event).
     events_by_kind: [Counter; 6],
     containers_by_runtime: [Gauge; Runtime::ALL.len()],
@@ -56,19 +59,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
-}
-
-/// The runtime hook's running totals (its own counters), copied into the metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HookTotals {
-    /// Runtime execs held and answered.
-    pub execs: u64,
-    /// Creates refused by the policy.
-    pub denied: u64,
-    /// Execs answered by the deadline (ctwatch too slow).
-    pub deadline_answers: u64,
-    /// Execs whose argv could not be read (answered with the default).
-    pub unreadable_argv: u64,
 }
 
 fn runtime_label(runtime: Runtime) -> RuntimeLabel {
@@ -164,7 +154,8 @@ impl Metrics {
             hook_denied,
             hook_deadline_answers,
             hook_unreadable_argv,
-            hook_totals_seen: Mutex::new(HookTotals::default()),
+            hook_stats: OnceLock::new(),
+            hook_seen: Mutex::new([0; 4]),
             encode_lock: Mutex::new(()),
         }
     }
@@ -237,19 +228,29 @@ impl Metrics {
         self.hook_answer_seconds.observe(held.as_secs_f64());
     }
 
-    /// Brings the hook counters up to the hook's running `totals`.
-    pub fn hook_totals(&self, totals: HookTotals) {
-        let mut seen = self.hook_totals_seen.lock().unwrap_or_else(|e| e.into_inner());
-        self.hook_execs.inc_by(totals.execs.saturating_sub(seen.execs));
-        self.hook_denied.inc_by(totals.denied.saturating_sub(seen.denied));
-        self.hook_deadline_answers.inc_by(totals.deadline_answers.saturating_sub(seen.deadline_answers));
-        self.hook_unreadable_argv.inc_by(totals.unreadable_argv.saturating_sub(seen.unreadable_argv));
-        *seen = totals;
+    /// Reports the runtime hook's counters from now on (read at each encode,
+    /// so counting costs the event path nothing).
+    pub fn follow_hook(&self, stats: Arc<HookStats>) {
+        let _ = self.hook_stats.set(stats);
+    }
+
+    /// Brings the hook counters up to the hook's own.
+    fn sync_hook(&self) {
+        let Some(stats) = self.hook_stats.get() else { return };
+        let now = [&stats.events, &stats.denied, &stats.deadline_answers, &stats.unreadable]
+            .map(|c| c.load(Ordering::Relaxed));
+        let mut seen = self.hook_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let counters = [&self.hook_execs, &self.hook_denied, &self.hook_deadline_answers, &self.hook_unreadable_argv];
+        for ((counter, now), seen) in counters.into_iter().zip(now).zip(seen.iter_mut()) {
+            counter.inc_by(now.saturating_sub(*seen));
+            *seen = now;
+        }
     }
 
     /// Everything, in the Prometheus text format.
     pub fn encode(&self) -> String {
         let _guard = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.sync_hook();
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -262,10 +263,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hook_totals_become_counters() {
+    fn hook_counters_follow_the_hooks_own() {
         let metrics = Metrics::new();
-        metrics.hook_totals(HookTotals { execs: 5, denied: 1, deadline_answers: 0, unreadable_argv: 0 });
-        metrics.hook_totals(HookTotals { execs: 9, denied: 1, deadline_answers: 2, unreadable_argv: 1 });
+        let stats = Arc::new(HookStats::default());
+        metrics.follow_hook(stats.clone());
+        stats.events.store(5, Ordering::Relaxed);
+        stats.denied.store(1, Ordering::Relaxed);
+        metrics.encode();
+        stats.events.store(9, Ordering::Relaxed);
+        stats.deadline_answers.store(2, Ordering::Relaxed);
+        stats.unreadable.store(1, Ordering::Relaxed);
         metrics.hook_create_answered(Duration::from_micros(300));
         let text = metrics.encode();
         for line in [

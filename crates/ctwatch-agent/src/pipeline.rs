@@ -34,7 +34,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::datasource::{DataSource, HostView};
-use crate::metrics::{HookTotals, Metrics};
+use crate::metrics::Metrics;
 
 /// How long the loop waits when nothing is due (expiry of removed containers).
 const IDLE_TICK: Duration = Duration::from_millis(250);
@@ -196,6 +196,9 @@ impl Agent {
         };
         let hook_only = matches!(source, Source::ScanOnly);
         let hook = start_hook(&config, hook_only, tx.clone())?;
+        if let Some(hook) = &hook {
+            metrics.follow_hook(hook.stats());
+        }
         let source_thread = spawn_source(source, &config.tree, tx, stop.clone())?;
         let (enrichment, enriched_rx) = match config.enrich.clone() {
             Some(c) => {
@@ -370,15 +373,6 @@ impl Pipeline {
                 self.metrics.ring_buffer_dropped(dropped - self.dropped_seen);
                 self.dropped_seen = dropped;
             }
-        }
-        if let Some(hook) = &self.hook {
-            let stats = hook.stats();
-            self.metrics.hook_totals(HookTotals {
-                execs: stats.events.load(Ordering::Relaxed),
-                denied: stats.denied.load(Ordering::Relaxed),
-                deadline_answers: stats.deadline_answers.load(Ordering::Relaxed),
-                unreadable_argv: stats.unreadable.load(Ordering::Relaxed),
-            });
         }
         if !self.hooked.is_empty() || !self.awaiting_pid.is_empty() {
             self.attach_hook_info(ready);
@@ -557,8 +551,11 @@ impl Pipeline {
 /// Starts the runtime hook when configured: a failure is an error when it is
 /// required (or the only source), else a warning and no hook.
 fn start_hook(config: &AgentConfig, hook_only: bool, tx: Sender<SourceMessage>) -> Result<Option<Hook>, AgentError> {
-    let Some(hook_config) = config.hook.clone() else {
-        return if hook_only { Err(AgentError::Hook(HookError::Mark("no hook configured".into()))) } else { Ok(None) };
+    let hook_config = match config.hook.clone() {
+        Some(hook_config) => hook_config,
+        // The hook as the only source needs no more than its defaults.
+        None if hook_only => HookConfig::default(),
+        None => return Ok(None),
     };
     let hook_config = HookConfig {
         hierarchy: hook_only.then(|| config.tree.hierarchy.clone()),
@@ -649,13 +646,10 @@ fn spawn_source(
         .spawn(move || match source {
             Source::Ebpf(s) => s.run(&mount_point, &start, tx, stop),
             Source::Inotify(s) => s.run(tx, stop),
+            // The scan, then nothing: the hook (which holds its own sender) reports the rest.
             Source::ScanOnly => {
                 let found = scan::scan(&mount_point, &start, Origin::Existing);
-                if tx.send(SourceMessage::Events(found)).is_ok() && tx.send(SourceMessage::ScanComplete).is_ok() {
-                    while !stop.load(Ordering::Relaxed) {
-                        thread::sleep(IDLE_TICK);
-                    }
-                }
+                let _ = tx.send(SourceMessage::Events(found)).and_then(|()| tx.send(SourceMessage::ScanComplete));
                 Ok(())
             }
         })

@@ -189,7 +189,8 @@ struct Job {
     time: SystemTime,
 }
 
-/// A running hook. [`Hook::stop`] unmarks the binaries and closes the group.
+/// A running hook. Dropping it answers what is pending, unmarks the
+/// binaries and closes the group.
 pub struct Hook {
     shared: Arc<Shared>,
     marked: Vec<RuntimeBinary>,
@@ -299,11 +300,6 @@ impl Hook {
     /// The hook's counters.
     pub fn stats(&self) -> Arc<HookStats> {
         self.shared.stats.clone()
-    }
-
-    /// A flag that stops the hook's threads when set.
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
     }
 
     fn stop_threads(&mut self) {
@@ -546,12 +542,6 @@ fn tgid_of(proc_root: &Path, tid: u32) -> Option<u32> {
 
 /// The device and inode of an open file.
 fn dev_ino(fd: i32) -> Option<(u64, u64)> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills `st` when it returns 0.
-    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: fstat succeeded.
-    let st = unsafe { st.assume_init() };
+    let st = nix::sys::stat::fstat(fd).ok()?;
     Some((st.st_dev, st.st_ino))
 }
