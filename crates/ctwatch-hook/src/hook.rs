@@ -243,6 +243,8 @@ impl Hook {
             stop: stop.clone(),
             proc_root: config.proc_root.clone(),
             hierarchy: config.hierarchy.clone(),
+            // With a kernel source, the cgroup's rmdir says when a container is gone.
+            follow_exits: config.hierarchy.is_some(),
         };
         hook.spawn("hook-lifecycle", move || lifecycle.run())?;
         let by_inode: HashMap<(u64, u64), RuntimeBinary> = hook.marked.iter().map(|b| (b.dev_ino, b.clone())).collect();

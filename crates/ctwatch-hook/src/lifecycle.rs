@@ -1,8 +1,10 @@
 //! After a create was allowed: the container's init PID from the pid file (or
-//! the runtime's `state.json`), and its end, seen with a pidfd (ctwatch runs
-//! in the host PID namespace) or, where pidfds are not available, by polling
-//! `/proc`. One thread, no fanotify group per container: a create that fails
-//! leaves nothing behind but a closed pidfd.
+//! the runtime's `state.json`), and, when the hook is the only source, its
+//! end, seen with a pidfd (ctwatch runs in the host PID namespace) or, where
+//! pidfds are not available, by polling `/proc`. With a kernel source the
+//! cgroup's rmdir says when a container is gone, so inits are not followed
+//! past their start (no fd per running container). One thread, no fanotify
+//! group per container: a create that fails leaves nothing behind.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -15,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use ctwatch::cgroupfs::{self, Hierarchy};
 use ctwatch::hook::HookMessage;
 use ctwatch::sources::{CgroupChange, CgroupEvent, Origin, SourceMessage};
+use ctwatch_enrich::oci_state::{read_capped, read_json_capped};
 use tracing::debug;
 
 /// How often pid files are looked at while a create is under way.
@@ -23,6 +26,8 @@ const WAITING_TICK: Duration = Duration::from_millis(5);
 const IDLE_TICK: Duration = Duration::from_millis(200);
 /// A create whose runtime is still alive but has written no pid file after this long is given up on.
 const MAX_WAIT: Duration = Duration::from_secs(600);
+/// The largest pid file or `state.json` read.
+const MAX_STATE_BYTES: u64 = 1 << 20;
 
 /// A create to follow.
 #[derive(Debug)]
@@ -71,25 +76,15 @@ fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
 /// The PID in a pid file or a runc/crun `state.json`.
 fn read_init_pid(track: &Track) -> Option<u32> {
     if let Some(file) = &track.pid_file {
-        let text = read_small(file)?;
-        return text.trim().parse().ok().filter(|&p| p > 0);
+        let text = read_capped(file, MAX_STATE_BYTES).ok()?;
+        return String::from_utf8_lossy(&text).trim().parse().ok().filter(|&p| p > 0);
     }
-    let text = read_small(track.state_json.as_ref()?)?;
-    let state: serde_json::Value = serde_json::from_str(&text).ok()?;
-    state.get("init_process_pid")?.as_u64().and_then(|p| u32::try_from(p).ok()).filter(|&p| p > 0)
-}
-
-/// Reads a small file without blocking on a FIFO.
-fn read_small(path: &Path) -> Option<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path).ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
+    #[derive(serde::Deserialize)]
+    struct State {
+        init_process_pid: u32,
     }
-    let mut text = String::new();
-    file.take(1 << 20).read_to_string(&mut text).ok()?;
-    Some(text)
+    let state: State = read_json_capped(track.state_json.as_ref()?, MAX_STATE_BYTES)?;
+    Some(state.init_process_pid).filter(|&p| p > 0)
 }
 
 /// The lifecycle thread's state.
@@ -102,8 +97,12 @@ pub struct Lifecycle {
     pub stop: Arc<AtomicBool>,
     /// The proc mount.
     pub proc_root: PathBuf,
-    /// When set, `Started`/`Exited` carry the container's cgroup in this hierarchy (the hook is the only source).
+    /// When set (the hook is the only source), `Started`/`Exited` carry the
+    /// container's cgroup in this hierarchy.
     pub hierarchy: Option<Hierarchy>,
+    /// Follow each init to its exit (`Exited`); otherwise a container is done
+    /// with once its init PID is known. Wanted when the hook is the only source.
+    pub follow_exits: bool,
 }
 
 impl Lifecycle {
@@ -144,7 +143,7 @@ impl Lifecycle {
                     None => !self.proc_root.join(track.owner_pid.to_string()).exists(),
                 };
                 if let Some(init_pid) = read_init_pid(&track) {
-                    return Some(self.started(track.id, init_pid));
+                    return self.started(track.id, init_pid);
                 }
                 if owner_gone || since.elapsed() > MAX_WAIT {
                     debug!(id = %track.id, "the runtime exited without starting the container");
@@ -173,12 +172,17 @@ impl Lifecycle {
         }
     }
 
-    fn started(&self, id: String, init_pid: u32) -> Followed {
+    /// Reports the init PID; follows the init to its exit only when the hook is the only source.
+    fn started(&self, id: String, init_pid: u32) -> Option<Followed> {
+        let cgroup = self.hierarchy.as_ref().and_then(|h| self.cgroup_of(h, init_pid));
+        if !self.follow_exits {
+            self.send(HookMessage::Started { id, init_pid, cgroup });
+            return None;
+        }
         let pidfd = pidfd_open(init_pid);
         let started = start_time(&self.proc_root, init_pid);
-        let cgroup = self.hierarchy.as_ref().and_then(|h| self.cgroup_of(h, init_pid));
         self.send(HookMessage::Started { id: id.clone(), init_pid, cgroup: cgroup.clone() });
-        Followed::Running { id, init_pid, pidfd, start_time: started, cgroup }
+        Some(Followed::Running { id, init_pid, pidfd, start_time: started, cgroup })
     }
 
     /// The init's cgroup as a `Mkdir` event.
@@ -215,7 +219,14 @@ mod tests {
         let (track_tx, tracks) = crossbeam_channel::unbounded();
         let (tx, rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
-        let lifecycle = Lifecycle { tracks, tx, stop: stop.clone(), proc_root: "/proc".into(), hierarchy: None };
+        let lifecycle = Lifecycle {
+            tracks,
+            tx,
+            stop: stop.clone(),
+            proc_root: "/proc".into(),
+            hierarchy: None,
+            follow_exits: true,
+        };
         let thread = std::thread::spawn(move || lifecycle.run());
         let mut owner = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let owner_pid = owner.id();
@@ -260,5 +271,36 @@ mod tests {
         thread.join().unwrap();
         owner.kill().unwrap();
         owner.wait().unwrap();
+    }
+
+    #[test]
+    fn without_follow_exits_a_container_is_done_with_at_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("init.pid");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        std::fs::write(&pid_file, child.id().to_string()).unwrap();
+        let (track_tx, tracks) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let lifecycle = Lifecycle {
+            tracks,
+            tx,
+            stop: stop.clone(),
+            proc_root: "/proc".into(),
+            hierarchy: None,
+            follow_exits: false,
+        };
+        let thread = std::thread::spawn(move || lifecycle.run());
+        let owner = pidfd_open(std::process::id());
+        let track =
+            Track { id: "c3".into(), owner_pid: std::process::id(), owner, pid_file: Some(pid_file), state_json: None };
+        track_tx.send(track).unwrap();
+        let started = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(started, SourceMessage::Hook(m) if matches!(*m, HookMessage::Started { .. })));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "no exit followed");
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
     }
 }
