@@ -24,6 +24,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
+# Python gRPC tools for the interoperability tests (a stock generated client).
+if ! python3 -c 'import grpc, grpc_tools, grpc_health.v1, grpc_reflection.v1alpha' 2>/dev/null; then
+  log "installing grpcio, grpcio-tools, grpcio-health-checking, grpcio-reflection (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    grpcio grpcio-tools grpcio-health-checking grpcio-reflection >/dev/null
+fi
+
 # tracefs for the eBPF source (not mounted at boot on this kind of machine).
 if [ -d /sys/kernel/tracing ] && [ ! -e /sys/kernel/tracing/events ]; then
   mount -t tracefs nodev /sys/kernel/tracing || log "could not mount tracefs"

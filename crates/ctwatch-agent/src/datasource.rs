@@ -209,7 +209,7 @@ impl ContainerRecord {
 /// Which containers [`DataSource::list`] returns; every field set must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerFilter {
-    /// Exact container name.
+    /// A substring of the container's name (as `docker ps --filter name=`).
     pub name: Option<String>,
     /// Image: exact, or the repository without its tag or digest (`busybox` matches `busybox:1`).
     pub image: Option<String>,
@@ -230,7 +230,7 @@ impl ContainerFilter {
     pub fn matches(&self, c: &Container) -> bool {
         let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
         (self.include_removed || c.state != ContainerState::Removed)
-            && eq(&self.name, &c.name)
+            && self.name.as_deref().is_none_or(|w| c.name.contains(w))
             && self.image.as_deref().is_none_or(|w| image_matches(w, &c.image))
             && self.runtime.is_none_or(|r| r == c.runtime)
             && eq(&self.pod_name, &c.pod.name)

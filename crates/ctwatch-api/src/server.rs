@@ -22,6 +22,9 @@ use crate::pb::containers_server::{Containers, ContainersServer};
 /// How long a Watch client may leave a message unread before it is dropped.
 const STALLED_CLIENT: Duration = Duration::from_secs(10);
 
+/// How long a request waits for the scan at start before it is answered anyway.
+const SCAN_WAIT: Duration = Duration::from_secs(60);
+
 /// Messages queued per Watch stream between the subscription and the connection.
 const STREAM_QUEUE: usize = 64;
 
@@ -42,6 +45,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("the API server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not read the compiled `.proto` descriptors.
+    #[error("cannot set up gRPC reflection: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
 }
 
 /// The bound unix socket; removed (with its lock file) when dropped.
@@ -126,6 +132,16 @@ impl ContainersService {
         result.map(Response::new)
     }
 
+    /// Waits (off the async threads) until the scan at start is done, so that
+    /// no answer is given from a half-filled store; at most [`SCAN_WAIT`].
+    async fn scanned(&self) {
+        if self.data_source.wait_scanned(Duration::ZERO) {
+            return;
+        }
+        let ds = self.data_source.clone();
+        let _ = tokio::task::spawn_blocking(move || ds.wait_scanned(SCAN_WAIT)).await;
+    }
+
     /// Runs a lookup that may read /proc off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -142,6 +158,7 @@ impl ContainersService {
 #[tonic::async_trait]
 impl Containers for ContainersService {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Container>, Status> {
+        self.scanned().await;
         let id = request.into_inner().id;
         let result = if id.is_empty() {
             Err(Status::invalid_argument("give a container ID or prefix"))
@@ -156,12 +173,14 @@ impl Containers for ContainersService {
         &self,
         request: Request<pb::GetByCgroupIdRequest>,
     ) -> Result<Response<pb::Container>, Status> {
+        self.scanned().await;
         let id = request.into_inner().cgroup_id;
         let result = self.data_source.get_by_cgroup_id(id).map(container_message).map_err(convert::status);
         self.counted("GetByCgroupId", result)
     }
 
     async fn get_by_pid(&self, request: Request<pb::GetByPidRequest>) -> Result<Response<pb::Container>, Status> {
+        self.scanned().await;
         let pid = request.into_inner().pid;
         let result = self.blocking(move |ds| ds.get_by_pid(pid)).await.map(container_message);
         self.counted("GetByPid", result)
@@ -171,12 +190,14 @@ impl Containers for ContainersService {
         &self,
         request: Request<pb::GetByMountNsRequest>,
     ) -> Result<Response<pb::Container>, Status> {
+        self.scanned().await;
         let ns = request.into_inner().mount_ns;
         let result = self.blocking(move |ds| ds.get_by_mount_ns(ns)).await.map(container_message);
         self.counted("GetByMountNs", result)
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        self.scanned().await;
         let result = match convert::filter_from_request(request.get_ref()) {
             Ok(filter) => self
                 .blocking(move |ds| Ok(ds.list(&filter)))
@@ -190,6 +211,7 @@ impl Containers for ContainersService {
     type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        self.scanned().await;
         let request = request.into_inner();
         let buffer = if request.buffer == 0 { self.default_buffer } else { request.buffer as usize };
         let mut subscription = self.data_source.subscribe_with_buffer(buffer);
@@ -242,6 +264,7 @@ impl Containers for ContainersService {
         &self,
         request: Request<pb::ResolvePathRequest>,
     ) -> Result<Response<pb::ResolvePathResponse>, Status> {
+        self.scanned().await;
         let pb::ResolvePathRequest { container, path } = request.into_inner();
         let result =
             self.blocking(move |ds| ds.resolve_path(&container, &path)).await.map(|r| pb::ResolvePathResponse {
@@ -252,9 +275,69 @@ impl Containers for ContainersService {
     }
 }
 
-/// Serves `service` on the unix socket (and on `tcp` when given) until `shutdown` completes.
+/// Whether the service answers yet: `grpc.health.v1.Health` reports
+/// NOT_SERVING (for `""` and `ctwatch.v1.Containers`) until [`Readiness::set_serving`]
+/// is called, for example once the scan at start is done.
+#[derive(Clone)]
+pub struct Readiness {
+    reporter: tonic_health::server::HealthReporter,
+}
+
+impl Readiness {
+    /// Marks the whole server and the containers service SERVING.
+    pub async fn set_serving(&self) {
+        for name in ["", crate::SERVICE_NAME] {
+            self.reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+        }
+    }
+
+    /// Marks them NOT_SERVING (the agent is stopping).
+    pub async fn set_not_serving(&self) {
+        for name in ["", crate::SERVICE_NAME] {
+            self.reporter.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+        }
+    }
+}
+
+/// The standard services served next to ctwatch's own: health
+/// (`grpc.health.v1.Health`) and server reflection (`grpc.reflection.v1` and
+/// `v1alpha`, for `grpcurl list` and friends).
+pub struct StandardServices {
+    readiness: Readiness,
+    routes: tonic::service::Routes,
+}
+
+impl StandardServices {
+    /// Health (everything NOT_SERVING until [`Readiness::set_serving`]) and reflection.
+    pub async fn new() -> Result<Self, ServeError> {
+        let reporter = tonic_health::server::HealthReporter::new();
+        let readiness = Readiness { reporter: reporter.clone() };
+        readiness.set_not_serving().await;
+        let health = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(reporter),
+        );
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let routes = tonic::service::Routes::new(health)
+            .add_service(reflection().build_v1().map_err(ServeError::Reflection)?)
+            .add_service(reflection().build_v1alpha().map_err(ServeError::Reflection)?);
+        Ok(StandardServices { readiness, routes })
+    }
+
+    /// The handle that flips health to SERVING.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+}
+
+/// Serves `service` and the [`StandardServices`] on the unix socket (and on
+/// `tcp` when given) until `shutdown` completes.
 pub async fn serve(
     service: ContainersService,
+    standard: StandardServices,
     socket: &mut UnixSocket,
     tcp: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -274,9 +357,13 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let router = |service: ContainersService| {
+        tonic::transport::Server::builder()
+            .add_routes(standard.routes.clone())
+            .add_service(ContainersServer::new(service))
+    };
     info!(socket = %path.display(), "API listening");
-    let unix = tonic::transport::Server::builder()
-        .add_service(ContainersServer::new(service.clone()))
+    let unix = router(service.clone())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
     match tcp {
         None => unix.await?,
@@ -284,9 +371,7 @@ pub async fn serve(
             if let Ok(addr) = tcp.local_addr() {
                 warn!(%addr, "API also listening on TCP: anyone who can reach it can list this host's containers");
             }
-            let tcp = tonic::transport::Server::builder()
-                .add_service(ContainersServer::new(service))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx));
+            let tcp = router(service).serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx));
             let (a, b) = tokio::join!(unix, tcp);
             a?;
             b?;

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// ctwatch knows every container on this host from the moment its cgroup is
 /// created until it is gone, and says what it is.
@@ -23,6 +24,52 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Parses the command line, and notes which flags given there only work
+/// without an agent (see [`AgentArgs::local_only_flags`]).
+pub fn parse() -> Result<Cli, clap::Error> {
+    let mut command = Cli::command();
+    if no_color() {
+        command = command.color(clap::ColorChoice::Never);
+    }
+    let matches = command.try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let Some((_, sub)) = matches.subcommand() else { return Ok(cli) };
+    match &mut cli.command {
+        Command::Watch(args) => {
+            args.agent.local_only_flags = given(sub, PipelineArgs::augment_args(clap::Command::new("x")))
+        }
+        Command::Ls(args) => {
+            let local = EnrichArgs::augment_args(CgroupArgs::augment_args(clap::Command::new("x")));
+            args.agent.local_only_flags = given(sub, local);
+        }
+        Command::Get(GetArgs { from, .. }) | Command::Pid(PidArgs { from, .. }) => {
+            let local = EnrichArgs::augment_args(CgroupArgs::augment_args(clap::Command::new("x")));
+            from.agent.local_only_flags = given(sub, local);
+        }
+        Command::Resolve(args) => {
+            let local = EnrichArgs::augment_args(CgroupArgs::augment_args(clap::Command::new("x")));
+            args.agent.local_only_flags = given(sub, local);
+        }
+        _ => {}
+    }
+    Ok(cli)
+}
+
+/// The `--flags` of `local` that were given on the command line.
+fn given(matches: &ArgMatches, local: clap::Command) -> Vec<String> {
+    local
+        .get_arguments()
+        .filter(|a| matches.try_get_raw(a.get_id().as_str()).is_ok())
+        .filter(|a| matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect()
+}
+
+/// True when the `NO_COLOR` convention asks for no colour (set and not empty).
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
 /// The subcommands.
@@ -50,6 +97,41 @@ pub enum Command {
     /// Resolve a path as a container sees it to the host path that reaches it,
     /// following symlinks and `..` inside the container's root only.
     Resolve(ResolveArgs),
+    /// Ask a running agent's standard gRPC health service
+    /// (`grpc.health.v1.Health`): exit 0 when it is SERVING (the scan at start
+    /// is done), 1 when it answers otherwise, 2 when it cannot be reached.
+    /// For readiness and liveness probes.
+    Health(HealthArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    /// to stdout, e.g. `ctwatch completions bash > /etc/bash_completion.d/ctwatch`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) to stdout, e.g. `ctwatch man | man -l -`.
+    Man,
+}
+
+/// Options of `ctwatch health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The agent's socket.
+    #[arg(long, value_name = "PATH", env = "CTWATCH_SOCKET", default_value = ctwatch_api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// The service to ask about: empty for the whole server (default), or
+    /// `ctwatch.v1.Containers`.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub service: String,
+
+    /// Give up (exit 2) when no answer comes within this long.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Options of `ctwatch completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Where to look for cgroups.
@@ -161,6 +243,12 @@ pub struct AgentArgs {
     /// Do the work in this process even if an agent is running.
     #[arg(long)]
     pub standalone: bool,
+
+    /// The flags given on the command line that only work in this process
+    /// (`--source`, `--no-enrich`, ...): a running agent ignores them, and
+    /// says so. Filled in after parsing.
+    #[arg(skip)]
+    pub local_only_flags: Vec<String>,
 }
 
 /// How an agent's pipeline is set up (`watch` without an agent, and `serve`).
@@ -248,9 +336,17 @@ pub struct WatchArgs {
     #[arg(long)]
     pub no_existing: bool,
 
-    /// Show full container IDs in the table.
+    /// Show full container IDs, names and images in the table.
     #[arg(long)]
     pub no_trunc: bool,
+
+    /// Only events that match (repeatable), like `docker events --filter`:
+    /// the keys of `ls --filter` (`name=` a substring of the name, `image=`,
+    /// `runtime=`, `pod=`, `namespace=`, `label=KEY[=VALUE]`) plus
+    /// `event=container_create` (or `create`, ...). Filters with the same key
+    /// are ORed, different keys ANDed.
+    #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_watch_filter)]
+    pub filter: Vec<(String, String)>,
 }
 
 /// Options of `ctwatch serve`.
@@ -326,7 +422,7 @@ pub struct PidArgs {
 /// Options of `ctwatch resolve`.
 #[derive(Debug, Args)]
 pub struct ResolveArgs {
-    /// The container: ID or unique prefix.
+    /// The container: ID, unique prefix or name.
     #[arg(value_name = "CONTAINER")]
     pub container: String,
 
@@ -341,6 +437,10 @@ pub struct ResolveArgs {
     /// Where to look for cgroups (without an agent).
     #[command(flatten)]
     pub cgroups: CgroupArgs,
+
+    /// Runtime enrichment (without an agent: to find a container by name).
+    #[command(flatten)]
+    pub enrich: EnrichArgs,
 
     /// A running agent.
     #[command(flatten)]
@@ -375,7 +475,7 @@ pub struct LsArgs {
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table)]
     pub format: Format,
 
-    /// Show full container IDs in the table.
+    /// Show full container IDs, names and images in the table.
     #[arg(long)]
     pub no_trunc: bool,
 
@@ -383,8 +483,9 @@ pub struct LsArgs {
     #[arg(long, short = 'q')]
     pub quiet: bool,
 
-    /// Only containers that match (repeatable): `name=`, `image=`, `runtime=`,
-    /// `pod=`, `namespace=`, `label=KEY` or `label=KEY=VALUE`.
+    /// Only containers that match (repeatable): `name=` (a substring of the
+    /// name, like docker), `image=`, `runtime=`, `pod=`, `namespace=`,
+    /// `label=KEY` or `label=KEY=VALUE`.
     #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
     pub filter: Vec<(String, String)>,
 
@@ -399,6 +500,13 @@ fn parse_filter(s: &str) -> Result<(String, String), String> {
         "name" | "image" | "runtime" | "pod" | "namespace" | "label" => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("unknown filter {k:?} (name, image, runtime, pod, namespace, label)")),
     }
+}
+
+fn parse_watch_filter(s: &str) -> Result<(String, String), String> {
+    if let Some(kind) = s.strip_prefix("event=") {
+        return crate::filter::event_kind(kind).map(|k| ("event".to_string(), k.as_str().to_string()));
+    }
+    parse_filter(s).map_err(|e| e.replace("label)", "label, event)"))
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod filter;
 mod host;
 mod output;
 mod remote;
@@ -10,13 +11,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command};
+use cli::Command;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match cli::parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !cli::no_color())
         .with_target(false)
         .init();
 
@@ -45,10 +45,16 @@ fn main() -> ExitCode {
         Command::Get(args) => commands::get::run_get(args),
         Command::Pid(args) => commands::get::run_pid(args),
         Command::Resolve(args) => commands::get::run_resolve(args),
+        Command::Health(args) => commands::health::run(args),
+        Command::Completions(args) => commands::docs::completions(args.shell),
+        Command::Man => commands::docs::man_page(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<commands::NotFound>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<commands::NotFound>().is_some()
+                || e.downcast_ref::<commands::health::NotServing>().is_some() =>
+        {
             eprintln!("ctwatch: {}", one_line(&format!("{e:#}")));
             ExitCode::from(1)
         }

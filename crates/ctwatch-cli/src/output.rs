@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ctwatch::event::rfc3339_nanos;
 use ctwatch::{Container, ContainerEvent};
-use serde::Serialize;
+use ctwatch_agent::ContainerRecord;
 
 use crate::cli::Format;
 
@@ -17,13 +17,14 @@ pub struct EventWriter<W: Write> {
     out: W,
     format: Format,
     no_trunc: bool,
+    widths: Widths,
     header_done: bool,
 }
 
 impl<W: Write> EventWriter<W> {
     /// A writer of `format` to `out`.
     pub fn new(out: W, format: Format, no_trunc: bool) -> Self {
-        EventWriter { out, format, no_trunc, header_done: false }
+        EventWriter { out, format, no_trunc, widths: Widths::new(no_trunc), header_done: false }
     }
 
     /// Writes one event.
@@ -57,9 +58,9 @@ impl<W: Write> EventWriter<W> {
                     event.kind.as_str(),
                     c.runtime.as_str(),
                     cell(&c.id, self.id_width()),
-                    cell(&c.name, 20),
-                    cell(&c.image, 24),
-                    cell(&pod_label(c), 24),
+                    cell(&c.name, self.widths.name),
+                    cell(&c.image, self.widths.image),
+                    cell(&pod_label(c), self.widths.pod),
                     event.cgroup_id,
                     id = self.id_width()
                 )
@@ -81,106 +82,91 @@ impl<W: Write> EventWriter<W> {
     }
 }
 
-/// A container as `ctwatch ls --format json` prints it (event argument names).
-#[derive(Debug, Serialize)]
-pub struct ContainerRow<'a> {
-    container_id: &'a str,
-    runtime: &'a str,
-    state: ctwatch::ContainerState,
-    cgroup_id: u64,
-    cgroup_path: &'a str,
-    ctime: u64,
-    container_image: &'a str,
-    container_image_digest: &'a str,
-    container_name: &'a str,
-    pod_name: &'a str,
-    pod_namespace: &'a str,
-    pod_uid: &'a str,
-    pod_sandbox: bool,
-}
-
-impl<'a> From<&'a Container> for ContainerRow<'a> {
-    fn from(c: &'a Container) -> Self {
-        ContainerRow {
-            container_id: &c.id,
-            runtime: c.runtime.as_str(),
-            state: c.state,
-            cgroup_id: c.cgroup_id,
-            cgroup_path: &c.cgroup_path,
-            ctime: c.ctime_ns,
-            container_image: &c.image,
-            container_image_digest: &c.image_digest,
-            container_name: &c.name,
-            pod_name: &c.pod.name,
-            pod_namespace: &c.pod.namespace,
-            pod_uid: &c.pod.uid,
-            pod_sandbox: c.pod.sandbox,
-        }
-    }
-}
-
-/// Writes a list of containers.
+/// Writes a list of containers: JSON lines of the same record `ctwatch get`
+/// prints and the API's `Container` carries, or a table.
 pub fn write_containers(
     out: &mut impl Write,
-    containers: &[&Container],
+    containers: &[ContainerRecord],
     format: Format,
     no_trunc: bool,
     quiet: bool,
 ) -> io::Result<()> {
-    let id_width = if no_trunc { 64 } else { SHORT_ID };
+    let widths = Widths::new(no_trunc);
     if quiet {
         for c in containers {
-            writeln!(out, "{}", cell(&c.id, id_width).trim_end())?;
+            writeln!(out, "{}", cell(&c.container_id, widths.id).trim_end())?;
         }
         return Ok(());
     }
     match format {
         Format::Json => {
             for c in containers {
-                serde_json::to_writer(&mut *out, &ContainerRow::from(*c))?;
+                serde_json::to_writer(&mut *out, c)?;
                 out.write_all(b"\n")?;
             }
         }
         Format::Table => {
-            writeln!(
-                out,
-                "{:<id$}  {:<10}  {:<20}  {:<24}  {:<24}  {:<14}  CGROUP ID",
-                "CONTAINER ID",
-                "RUNTIME",
-                "NAME",
-                "IMAGE",
-                "POD",
-                "CREATED",
-                id = id_width
-            )?;
-            for c in containers {
-                writeln!(
-                    out,
-                    "{:<id$}  {:<10}  {:<20}  {:<24}  {:<24}  {:<14}  {}",
-                    cell(&c.id, id_width),
-                    c.runtime.as_str(),
-                    cell(&c.name, 20),
-                    cell(&c.image, 24),
-                    cell(&pod_label(c), 24),
-                    age(c.ctime_ns),
-                    c.cgroup_id,
-                    id = id_width
-                )?;
+            let rows: Vec<[String; 7]> = containers
+                .iter()
+                .map(|c| {
+                    [
+                        cell(&c.container_id, widths.id),
+                        c.runtime.as_str().to_string(),
+                        cell(&c.container_name, widths.name),
+                        cell(&c.container_image, widths.image),
+                        cell(&pod_text(&c.k8s_pod_namespace, &c.k8s_pod_name, &c.k8s_pod_id), widths.pod),
+                        age(c.container_ctime),
+                        c.cgroup_id.to_string(),
+                    ]
+                })
+                .collect();
+            let header = ["CONTAINER ID", "RUNTIME", "NAME", "IMAGE", "POD", "CREATED", "CGROUP ID"];
+            // Columns as wide as their widest cell, as docker's tables.
+            let mut width = [0; 7];
+            for row in rows.iter().map(|r| r.each_ref().map(|c| c.chars().count())).chain([header.map(str::len)]) {
+                for (w, len) in width.iter_mut().zip(row) {
+                    *w = (*w).max(len);
+                }
+            }
+            for row in std::iter::once(header.map(str::to_string)).chain(rows) {
+                let line: Vec<String> = row.iter().zip(width).map(|(cell, w)| format!("{cell:<w$}")).collect();
+                writeln!(out, "{}", line.join("  ").trim_end())?;
             }
         }
     }
     Ok(())
 }
 
-fn pod_label(c: &Container) -> String {
-    match (c.pod.namespace.is_empty(), c.pod.name.is_empty()) {
-        (_, false) if !c.pod.namespace.is_empty() => format!("{}/{}", c.pod.namespace, c.pod.name),
-        (_, false) => c.pod.name.clone(),
-        _ if !c.pod.uid.is_empty() => format!("pod{}", c.pod.uid),
-        _ => String::new(),
+/// How many characters of each column a table shows.
+struct Widths {
+    id: usize,
+    name: usize,
+    image: usize,
+    pod: usize,
+}
+
+impl Widths {
+    fn new(no_trunc: bool) -> Widths {
+        if no_trunc {
+            Widths { id: usize::MAX, name: usize::MAX, image: usize::MAX, pod: usize::MAX }
+        } else {
+            Widths { id: SHORT_ID, name: 20, image: 24, pod: 24 }
+        }
     }
 }
 
+fn pod_label(c: &Container) -> String {
+    pod_text(&c.pod.namespace, &c.pod.name, &c.pod.uid)
+}
+
+fn pod_text(namespace: &str, name: &str, uid: &str) -> String {
+    match (namespace.is_empty(), name.is_empty()) {
+        (false, false) => format!("{namespace}/{name}"),
+        (true, false) => name.to_string(),
+        _ if !uid.is_empty() => format!("pod{uid}"),
+        _ => String::new(),
+    }
+}
 /// A table cell: control characters replaced, cut to `width` characters.
 pub fn cell(value: &str, width: usize) -> String {
     let clean: String = value.chars().map(|ch| if ch.is_control() { '?' } else { ch }).collect();

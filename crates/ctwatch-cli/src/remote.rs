@@ -4,9 +4,10 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
+use ctwatch_api::client::ConnectError;
 use ctwatch_api::pb::containers_client::ContainersClient;
 use tonic::transport::Channel;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::cli::AgentArgs;
 use crate::commands::NotFound;
@@ -38,8 +39,18 @@ pub fn connect(args: &AgentArgs) -> Result<Option<Remote>> {
     match runtime.block_on(ctwatch_api::client::connect(&socket)) {
         Ok(client) => {
             debug!(socket = %socket.display(), "asking the agent");
+            if !args.local_only_flags.is_empty() {
+                warn!(
+                    "{} ignored: the agent on {} answers with its own settings (pass --standalone to use them here)",
+                    args.local_only_flags.join(", "),
+                    socket.display()
+                );
+            }
             Ok(Some(Remote { runtime, client }))
         }
+        // A socket this user may not use: say so, rather than fall back to a
+        // scan that needs root anyway.
+        Err(e @ ConnectError::PermissionDenied { .. }) => Err(e.into()),
         Err(e) if explicit => Err(anyhow!("{e} (start it with 'ctwatch serve', or pass --standalone)")),
         Err(e) => {
             debug!("{e}; working without it");

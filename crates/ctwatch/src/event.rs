@@ -82,7 +82,7 @@ impl Serialize for Args<'_> {
             map.serialize_entry("container_id", &c.id)?;
             return map.end();
         }
-        let mut map = serializer.serialize_map(Some(10))?;
+        let mut map = serializer.serialize_map(Some(11))?;
         map.serialize_entry("runtime", &c.runtime)?;
         map.serialize_entry("container_id", &c.id)?;
         map.serialize_entry("ctime", &c.ctime_ns)?;
@@ -93,6 +93,7 @@ impl Serialize for Args<'_> {
         map.serialize_entry("pod_namespace", &c.pod.namespace)?;
         map.serialize_entry("pod_uid", &c.pod.uid)?;
         map.serialize_entry("pod_sandbox", &c.pod.sandbox)?;
+        map.serialize_entry("labels", &c.labels)?;
         map.end()
     }
 }

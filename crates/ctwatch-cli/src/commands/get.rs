@@ -4,11 +4,11 @@
 use std::io::{self, Write};
 
 use anyhow::{Context, Result};
-use ctwatch_agent::{ContainerRecord, LookupKey};
+use ctwatch_agent::{ContainerRecord, DataSource, LookupKey};
 use ctwatch_api::convert::record_from_message;
 use ctwatch_api::pb;
 
-use crate::cli::{Format, GetArgs, LookupArgs, PidArgs, ResolveArgs};
+use crate::cli::{CgroupArgs, EnrichArgs, Format, GetArgs, LookupArgs, PidArgs, ResolveArgs};
 use crate::commands::lookup_error;
 use crate::{host, remote};
 
@@ -42,13 +42,29 @@ fn show(key: &LookupKey, from: &LookupArgs) -> Result<()> {
         }
         None => {
             let ds = host::snapshot(&from.cgroups)?;
-            let found = ds.lookup(key).map_err(lookup_error)?;
-            let container = ds.store().read().get(&found.container_id).cloned();
-            host::enrich_now(&ds, &from.enrich, &from.cgroups, container.as_slice())?;
-            ds.lookup(&LookupKey::Id(found.container_id)).map_err(lookup_error)?
+            let id = find_here(&ds, key, &from.enrich, &from.cgroups)?;
+            ds.lookup(&LookupKey::Id(id)).map_err(lookup_error)?
         }
     };
     print_record(&record)
+}
+
+/// Finds `key` in a snapshot made here and enriches what it finds; the
+/// container's ID. A key that is no ID or prefix may be a name, which only
+/// the runtimes know: then every container is enriched and the key tried again.
+fn find_here(ds: &DataSource, key: &LookupKey, enrich: &EnrichArgs, cgroups: &CgroupArgs) -> Result<String> {
+    let found = match ds.lookup(key) {
+        Ok(found) => found.container_id,
+        Err(e) if e.is_not_found() && matches!(key, LookupKey::Id(_)) => {
+            let live: Vec<_> = ds.store().read().live().cloned().collect();
+            host::enrich_now(ds, enrich, cgroups, &live)?;
+            return Ok(ds.lookup(key).map_err(lookup_error)?.container_id);
+        }
+        Err(e) => return Err(lookup_error(e)),
+    };
+    let container = ds.store().read().get(&found).cloned();
+    host::enrich_now(ds, enrich, cgroups, container.as_slice())?;
+    Ok(found)
 }
 
 fn print_record(record: &ContainerRecord) -> Result<()> {
@@ -78,7 +94,8 @@ pub fn run_resolve(args: &ResolveArgs) -> Result<()> {
         }
         None => {
             let ds = host::snapshot(&args.cgroups)?;
-            let resolved = ds.resolve_path(&args.container, &args.path).map_err(lookup_error)?;
+            let id = find_here(&ds, &LookupKey::Id(args.container.clone()), &args.enrich, &args.cgroups)?;
+            let resolved = ds.resolve_path(&id, &args.path).map_err(lookup_error)?;
             (resolved.container_path.to_string_lossy().into_owned(), resolved.host_path.to_string_lossy().into_owned())
         }
     };

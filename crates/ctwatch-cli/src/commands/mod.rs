@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+pub mod docs;
 pub mod get;
+pub mod health;
 pub mod ls;
 pub mod serve;
 pub mod watch;

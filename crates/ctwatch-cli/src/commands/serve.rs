@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ctwatch_api::metrics_endpoint::serve_metrics;
-use ctwatch_api::server::{self, ContainersService, UnixSocket};
+use ctwatch_api::server::{self, ContainersService, StandardServices, UnixSocket};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::cli::ServeArgs;
 use crate::host;
 
-/// How long the API waits for the scan at start before it answers anyway.
+/// How long health stays NOT_SERVING while the scan at start is not done.
 const SCAN_WAIT: Duration = Duration::from_secs(60);
 
 /// How long a stopping server waits for connected clients to go.
@@ -25,9 +25,6 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let mut socket = UnixSocket::bind(&args.socket, 0o660, gid)?;
     let agent = host::start_agent(host::agent_config(&args.pipeline)?)?;
     let data_source = agent.data_source();
-    if !data_source.wait_scanned(SCAN_WAIT) {
-        warn!("the scan at start is not done after {SCAN_WAIT:?}; answering anyway");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("api")
@@ -75,9 +72,22 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         };
         tokio::spawn(shutdown);
         let service = ContainersService::new(data_source.clone(), args.client_buffer);
+        let standard = StandardServices::new().await?;
+        // Health says NOT_SERVING until the scan at start is done; requests
+        // made before then wait for it.
+        let readiness = standard.readiness();
+        let scanned = data_source.clone();
+        tokio::spawn(async move {
+            let done = tokio::task::spawn_blocking(move || scanned.wait_scanned(SCAN_WAIT)).await.unwrap_or(false);
+            if !done {
+                warn!("the scan at start is not done after {SCAN_WAIT:?}; answering anyway");
+            }
+            readiness.set_serving().await;
+            info!("ready: the scan at start is done");
+        });
         let stopping = wait_stop(stop_rx.clone());
         tokio::select! {
-            served = server::serve(service, &mut socket, tcp, wait_stop(stop_rx)) => served?,
+            served = server::serve(service, standard, &mut socket, tcp, wait_stop(stop_rx)) => served?,
             // Clients that keep idle connections open do not hold the shutdown up.
             _ = async { stopping.await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
                 warn!("clients still connected after {SHUTDOWN_GRACE:?}; closing anyway");

@@ -13,6 +13,7 @@ use ctwatch_api::convert::event_from_message;
 use ctwatch_api::pb;
 
 use crate::cli::WatchArgs;
+use crate::filter::EventFilter;
 use crate::output::EventWriter;
 use crate::{host, remote};
 
@@ -21,7 +22,9 @@ const SIGNAL_CHECK: Duration = Duration::from_secs(1);
 
 /// Runs `ctwatch watch` until SIGINT/SIGTERM, a closed output, or a source failure.
 pub fn run(args: &WatchArgs) -> Result<()> {
+    let filter = EventFilter::new(&args.filter)?;
     let mut writer = EventWriter::new(io::BufWriter::new(io::stdout().lock()), args.format, args.no_trunc);
+    let mut writer = Filtered { writer: &mut writer, filter: &filter, no_existing: args.no_existing };
     if let Some(remote) = remote::connect(&args.agent)? {
         return watch_agent(&remote, args, &mut writer);
     }
@@ -33,7 +36,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     // The local agent's own output: never dropped for being slow.
     let mut events = agent.data_source().subscribe_with_buffer(MAX_SUBSCRIBER_BUFFER);
     let current = events.take_current();
-    let mut written = write_all(&mut writer, current, args.no_existing);
+    let mut written = writer.write_all(current);
     while written.is_ok() {
         match events.blocking_next() {
             Ok(Some(event)) => {
@@ -42,7 +45,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
                 while let Some(more) = events.try_next() {
                     batch.push(more);
                 }
-                written = write_all(&mut writer, batch, args.no_existing);
+                written = writer.write_all(batch);
             }
             Ok(None) => break,
             Err(e) => {
@@ -57,7 +60,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
 }
 
 /// Streams the agent's Watch until SIGINT/SIGTERM or a closed output.
-fn watch_agent(remote: &remote::Remote, args: &WatchArgs, writer: &mut EventWriter<impl io::Write>) -> Result<()> {
+fn watch_agent(remote: &remote::Remote, args: &WatchArgs, writer: &mut Filtered<'_, impl io::Write>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("cannot handle signals")?;
@@ -79,29 +82,34 @@ fn watch_agent(remote: &remote::Remote, args: &WatchArgs, writer: &mut EventWrit
             continue;
         };
         let Some(event) = event_from_message(&event) else { continue };
-        if let Err(e) = write_all(writer, vec![event], args.no_existing) {
+        if let Err(e) = writer.write_all(vec![event]) {
             return closed_output(e);
         }
     }
     Ok(())
 }
 
-/// Writes and flushes events, skipping `existing_container` with `--no-existing`.
-fn write_all(
-    writer: &mut EventWriter<impl io::Write>,
-    events: Vec<ContainerEvent>,
+/// The event writer behind `--filter` and `--no-existing`.
+struct Filtered<'a, W: io::Write> {
+    writer: &'a mut EventWriter<W>,
+    filter: &'a EventFilter,
     no_existing: bool,
-) -> io::Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    for event in events {
-        if no_existing && event.kind == EventKind::ExistingContainer {
-            continue;
+}
+
+impl<W: io::Write> Filtered<'_, W> {
+    /// Writes the events that pass, then flushes.
+    fn write_all(&mut self, events: Vec<ContainerEvent>) -> io::Result<()> {
+        if events.is_empty() {
+            return Ok(());
         }
-        writer.write(&event)?;
+        for event in events {
+            if self.no_existing && event.kind == EventKind::ExistingContainer || !self.filter.matches(&event) {
+                continue;
+            }
+            self.writer.write(&event)?;
+        }
+        self.writer.flush()
     }
-    writer.flush()
 }
 
 /// A closed pipe (`ctwatch watch | head`) ends the command quietly.

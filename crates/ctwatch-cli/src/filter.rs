@@ -1,0 +1,136 @@
+//! `--filter KEY=VALUE` for `ls` and `watch`, with docker's rules: values of
+//! one key are ORed, different keys ANDed.
+
+use anyhow::Result;
+use ctwatch::{ContainerEvent, EventKind};
+use ctwatch_agent::ContainerFilter;
+use ctwatch_api::convert::filter_from_request;
+use ctwatch_api::pb;
+
+use crate::remote;
+
+/// The event kinds `watch --filter event=` accepts, also without the `container_` prefix.
+const EVENT_KINDS: [EventKind; 6] = [
+    EventKind::ExistingContainer,
+    EventKind::ContainerPrecreate,
+    EventKind::ContainerCreate,
+    EventKind::ContainerUpdate,
+    EventKind::ContainerPolicyViolation,
+    EventKind::ContainerRemove,
+];
+
+/// The event kind named `name` (`container_create` or `create`).
+pub fn event_kind(name: &str) -> Result<EventKind, String> {
+    EVENT_KINDS
+        .into_iter()
+        .find(|k| k.as_str() == name || k.as_str().strip_prefix("container_") == Some(name))
+        .ok_or_else(|| {
+            let names: Vec<&str> = EVENT_KINDS.iter().map(|k| k.as_str()).collect();
+            format!("unknown event {name:?} (one of: {})", names.join(", "))
+        })
+}
+
+/// `--filter` pairs as the API's list request: what `ls` asks an agent (a
+/// key given twice keeps its last value there; [`EventFilter`] ORs them).
+pub fn list_request(filters: &[(String, String)]) -> pb::ListRequest {
+    let mut request = pb::ListRequest::default();
+    for (key, value) in filters {
+        let value = value.clone();
+        match key.as_str() {
+            "name" => request.name = value,
+            "image" => request.image = value,
+            "runtime" => request.runtime = value,
+            "pod" => request.pod_name = value,
+            "namespace" => request.pod_namespace = value,
+            "label" => request.labels.push(value),
+            _ => {}
+        }
+    }
+    request
+}
+
+/// `watch --filter`: which events to print.
+#[derive(Debug, Default)]
+pub struct EventFilter {
+    /// Per container key given, the filters of which one must match.
+    groups: Vec<(String, Vec<ContainerFilter>)>,
+    /// The event kinds wanted (empty: all).
+    kinds: Vec<EventKind>,
+}
+
+impl EventFilter {
+    /// The filter for `--filter` pairs (already checked by the parser).
+    pub fn new(filters: &[(String, String)]) -> Result<EventFilter> {
+        let mut filter = EventFilter::default();
+        for (key, value) in filters {
+            if key == "event" {
+                filter.kinds.push(event_kind(value).map_err(anyhow::Error::msg)?);
+                continue;
+            }
+            let mut one =
+                filter_from_request(&list_request(&[(key.clone(), value.clone())])).map_err(remote::status_error)?;
+            // Removals carry the container as it was: they match like the rest.
+            one.include_removed = true;
+            match filter.groups.iter_mut().find(|(k, _)| k == key) {
+                Some((_, group)) => group.push(one),
+                None => filter.groups.push((key.clone(), vec![one])),
+            }
+        }
+        Ok(filter)
+    }
+
+    /// True when `event` passes.
+    pub fn matches(&self, event: &ContainerEvent) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&event.kind))
+            && self.groups.iter().all(|(_, group)| group.iter().any(|f| f.matches(&event.container)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use ctwatch::{Container, Runtime};
+
+    use super::*;
+
+    fn event(kind: EventKind, name: &str, runtime: Runtime) -> ContainerEvent {
+        let mut c = Container::new("a".repeat(64), runtime);
+        c.name = name.to_string();
+        c.labels.insert("tier".into(), "web".into());
+        ContainerEvent {
+            time: SystemTime::now(),
+            kind,
+            cgroup_id: 1,
+            container: Arc::new(c),
+            kernel_time: None,
+            enriched: None,
+            hook: None,
+        }
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn same_key_ors_and_different_keys_and() {
+        let f = EventFilter::new(&pairs(&[("name", "web"), ("name", "db"), ("runtime", "docker")])).unwrap();
+        assert!(f.matches(&event(EventKind::ContainerCreate, "shop-web-1", Runtime::Docker)));
+        assert!(f.matches(&event(EventKind::ContainerCreate, "db", Runtime::Docker)));
+        assert!(!f.matches(&event(EventKind::ContainerCreate, "db", Runtime::Podman)));
+        assert!(!f.matches(&event(EventKind::ContainerCreate, "cache", Runtime::Docker)));
+    }
+
+    #[test]
+    fn events_by_kind_with_or_without_prefix() {
+        let f = EventFilter::new(&pairs(&[("event", "container_remove"), ("label", "tier=web")])).unwrap();
+        assert!(f.matches(&event(EventKind::ContainerRemove, "x", Runtime::Docker)));
+        assert!(!f.matches(&event(EventKind::ContainerCreate, "x", Runtime::Docker)));
+        assert_eq!(event_kind("create"), Ok(EventKind::ContainerCreate));
+        assert!(event_kind("start").unwrap_err().contains("container_create"));
+        let none = EventFilter::new(&[]).unwrap();
+        assert!(none.matches(&event(EventKind::ExistingContainer, "", Runtime::Unknown)));
+    }
+}
