@@ -37,6 +37,6 @@ pub mod pipeline;
 
 pub use datasource::{ContainerFilter, ContainerRecord, DataSource, DataSourceError, HostView, LookupKey};
 pub use hub::{Subscription, SubscriptionError, DEFAULT_SUBSCRIBER_BUFFER};
-pub use metrics::Metrics;
+pub use metrics::{Format as MetricsFormat, Metrics};
 pub use namespaces::Namespaces;
 pub use pipeline::{Agent, AgentConfig, AgentError, PinConfig, SourceChoice, WatchedTree};

@@ -1,4 +1,8 @@
-//! The agent's Prometheus metrics, in the text exposition format.
+//! The agent's Prometheus metrics, encoded as OpenMetrics or as the
+//! Prometheus text format (0.0.4), whichever the scraper asks for.
+
+mod process;
+mod text_format;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -11,23 +15,60 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+/// An exposition format, with the `Content-Type` it is served under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format, version 0.0.4 (what Prometheus reads by default).
+    Text,
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` header for this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuntimeLabel {
-    runtime: String,
+    runtime: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    kind: String,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    code: String,
+    method: &'static str,
+    code: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    arch: &'static str,
+    os: &'static str,
+}
+
+/// The event kinds, in the order of `Metrics::events_by_kind`.
+const KINDS: [EventKind; 6] = [
+    EventKind::ContainerCreate,
+    EventKind::ContainerRemove,
+    EventKind::ExistingContainer,
+    EventKind::ContainerUpdate,
+    EventKind::ContainerPrecreate,
+    EventKind::ContainerPolicyViolation,
+];
 
 /// Every metric the agent keeps.
 pub struct Metrics {
@@ -62,13 +103,25 @@ impl Default for Metrics {
 }
 
 fn runtime_label(runtime: Runtime) -> RuntimeLabel {
-    RuntimeLabel { runtime: runtime.as_str().to_string() }
+    RuntimeLabel { runtime: runtime.as_str() }
 }
 
 impl Metrics {
-    /// A fresh set of metrics, all zero.
+    /// A fresh set of metrics, all zero: every labelled series that can be
+    /// known in advance (per runtime, per event kind) exists from the start.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("ctwatch");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("ctwatch");
+        registry.register(
+            "build",
+            "ctwatch's version and build target",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                arch: std::env::consts::ARCH,
+                os: std::env::consts::OS,
+            }),
+        );
         let containers = Family::<RuntimeLabel, Gauge>::default();
         registry.register("containers", "Live containers tracked, by runtime", containers.clone());
         let events = Family::<KindLabel, Counter>::default();
@@ -76,9 +129,10 @@ impl Metrics {
         let enrichment_seconds = Family::<RuntimeLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
-        registry.register(
-            "enrichment_duration_seconds",
+        registry.register_with_unit(
+            "enrichment_duration",
             "Time from a container's create to its runtime's complete answer, by runtime",
+            Unit::Seconds,
             enrichment_seconds.clone(),
         );
         let enrichment_failures = Family::<RuntimeLabel, Counter>::default();
@@ -106,9 +160,10 @@ impl Metrics {
             subscribers_dropped.clone(),
         );
         let hook_answer_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        registry.register(
-            "hook_answer_duration_seconds",
+        registry.register_with_unit(
+            "hook_answer_duration",
             "How long the runtime hook held a container create's runtime exec before answering",
+            Unit::Seconds,
             hook_answer_seconds.clone(),
         );
         let counter = |registry: &mut Registry, name: &str, help: &str| {
@@ -116,32 +171,28 @@ impl Metrics {
             registry.register(name, help, c.clone());
             c
         };
-        let hook_execs = counter(&mut registry, "hook_execs", "Runtime execs the hook held and answered");
-        let hook_denied = counter(&mut registry, "hook_denied", "Container creates the hook's policy refused");
+        let hook_execs = counter(registry, "hook_execs", "Runtime execs the hook held and answered");
+        let hook_denied = counter(registry, "hook_denied", "Container creates the hook's policy refused");
         let hook_deadline_answers = counter(
-            &mut registry,
+            registry,
             "hook_deadline_answers",
             "Runtime execs answered by the deadline because ctwatch was too slow",
         );
         let hook_unreadable_argv = counter(
-            &mut registry,
+            registry,
             "hook_unreadable_argv",
             "Runtime execs whose arguments could not be read (answered with the default)",
         );
-        let kinds = [
-            EventKind::ContainerCreate,
-            EventKind::ContainerRemove,
-            EventKind::ExistingContainer,
-            EventKind::ContainerUpdate,
-            EventKind::ContainerPrecreate,
-            EventKind::ContainerPolicyViolation,
-        ];
-        let events_by_kind = kinds.map(|k| events.get_or_create(&KindLabel { kind: k.as_str().to_string() }).clone());
+        let events_by_kind = KINDS.map(|k| events.get_or_create(&KindLabel { kind: k.as_str() }).clone());
         let containers_by_runtime = Runtime::ALL.map(|r| containers.get_or_create(&runtime_label(r)).clone());
+        for r in Runtime::ALL {
+            let _ = enrichment_seconds.get_or_create(&runtime_label(r));
+            let _ = enrichment_failures.get_or_create(&runtime_label(r));
+        }
         Metrics {
             events_by_kind,
             containers_by_runtime,
-            registry,
+            registry: root,
             enrichment_seconds,
             enrichment_failures,
             ring_buffer_dropped,
@@ -162,15 +213,9 @@ impl Metrics {
 
     /// Counts a published event.
     pub fn event(&self, kind: EventKind) {
-        let i = match kind {
-            EventKind::ContainerCreate => 0,
-            EventKind::ContainerRemove => 1,
-            EventKind::ExistingContainer => 2,
-            EventKind::ContainerUpdate => 3,
-            EventKind::ContainerPrecreate => 4,
-            EventKind::ContainerPolicyViolation => 5,
-        };
-        self.events_by_kind[i].inc();
+        if let Some(i) = KINDS.iter().position(|k| *k == kind) {
+            self.events_by_kind[i].inc();
+        }
     }
 
     /// One more live container of `runtime`.
@@ -208,9 +253,14 @@ impl Metrics {
         self.resyncs.inc();
     }
 
-    /// An API request answered with gRPC status `code` (for example `OK`, `NOT_FOUND`).
-    pub fn api_request(&self, method: &str, code: &str) {
-        self.api_requests.get_or_create(&RequestLabels { method: method.to_string(), code: code.to_string() }).inc();
+    /// An API request answered with gRPC status `code` (its canonical name: `OK`, `NOT_FOUND`...).
+    pub fn api_request(&self, method: &'static str, code: &'static str) {
+        self.api_requests.get_or_create(&RequestLabels { method, code }).inc();
+    }
+
+    /// Makes the series of `method` answered with `code` exist (at 0) before any such request.
+    pub fn expect_api_request(&self, method: &'static str, code: &'static str) {
+        let _ = self.api_requests.get_or_create(&RequestLabels { method, code });
     }
 
     /// How many subscribers are connected now.
@@ -247,14 +297,20 @@ impl Metrics {
         }
     }
 
-    /// Everything, in the Prometheus text format.
-    pub fn encode(&self) -> String {
+    /// Everything, in `format`.
+    pub fn encode(&self, format: Format) -> String {
         let _guard = self.encode_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.sync_hook();
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        match format {
+            Format::OpenMetrics => {
+                let _ = prometheus_client::encoding::text::encode_eof(&mut out);
+                out
+            }
+            Format::Text => text_format::from_openmetrics(&out),
+        }
     }
 }
 
@@ -269,12 +325,12 @@ mod tests {
         metrics.follow_hook(stats.clone());
         stats.events.store(5, Ordering::Relaxed);
         stats.denied.store(1, Ordering::Relaxed);
-        metrics.encode();
+        metrics.encode(Format::Text);
         stats.events.store(9, Ordering::Relaxed);
         stats.deadline_answers.store(2, Ordering::Relaxed);
         stats.unreadable.store(1, Ordering::Relaxed);
         metrics.hook_create_answered(Duration::from_micros(300));
-        let text = metrics.encode();
+        let text = metrics.encode(Format::Text);
         for line in [
             "ctwatch_hook_execs_total 9",
             "ctwatch_hook_denied_total 1",
@@ -283,6 +339,57 @@ mod tests {
             "ctwatch_hook_answer_duration_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn zero_series_help_build_info_and_process_metrics_from_the_start() {
+        let metrics = Metrics::new();
+        metrics.expect_api_request("Get", "OK");
+        let text = metrics.encode(Format::Text);
+        for line in [
+            "ctwatch_events_total{kind=\"container_create\"} 0",
+            "ctwatch_events_total{kind=\"container_policy_violation\"} 0",
+            "ctwatch_containers{runtime=\"podman\"} 0",
+            "ctwatch_enrichment_failures_total{runtime=\"docker\"} 0",
+            "ctwatch_enrichment_duration_seconds_count{runtime=\"containerd\"} 0",
+            "ctwatch_api_requests_total{method=\"Get\",code=\"OK\"} 0",
+            "# TYPE ctwatch_events_total counter",
+            "# TYPE ctwatch_build_info gauge",
+            "# TYPE process_cpu_seconds_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        let build = format!("ctwatch_build_info{{version=\"{}\",", env!("CARGO_PKG_VERSION"));
+        assert!(text.lines().any(|l| l.starts_with(&build) && l.ends_with("} 1")), "{text}");
+        for name in [
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            let value: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in\n{text}"));
+            assert!(value > 0.0, "{name} {value}");
+        }
+        // Every family has HELP and TYPE, under the same name; no OpenMetrics-only lines.
+        let helps: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# HELP ")?.split(' ').next()).collect();
+        let types: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        assert_eq!(helps, types);
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT") && !text.contains("_created"), "{text}");
+
+        let om = metrics.encode(Format::OpenMetrics);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        for line in [
+            "# TYPE ctwatch_events counter",
+            "# TYPE ctwatch_build info",
+            "# UNIT ctwatch_enrichment_duration_seconds seconds",
+            "# UNIT process_cpu_seconds seconds",
+        ] {
+            assert!(om.lines().any(|l| l == line), "{line} in\n{om}");
         }
     }
 }

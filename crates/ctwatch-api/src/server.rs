@@ -12,7 +12,7 @@ use ctwatch_agent::{DataSource, DataSourceError};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use crate::convert::{self, container_message, event_message};
@@ -110,6 +110,42 @@ impl Drop for UnixSocket {
     }
 }
 
+/// Each method and the status codes it answers in the normal course of things
+/// (its request counters exist from the start).
+const EXPECTED_CODES: &[(&str, &[Code])] = &[
+    ("Get", &[Code::Ok, Code::NotFound, Code::InvalidArgument]),
+    ("GetByCgroupId", &[Code::Ok, Code::NotFound]),
+    ("GetByPid", &[Code::Ok, Code::NotFound]),
+    ("GetByMountNs", &[Code::Ok, Code::NotFound]),
+    ("List", &[Code::Ok, Code::InvalidArgument]),
+    ("Watch", &[Code::Ok]),
+    ("ResolvePath", &[Code::Ok, Code::NotFound, Code::InvalidArgument]),
+];
+
+/// A status code's canonical gRPC name (`OK`, `NOT_FOUND`...), as gRPC's own
+/// metrics and tools spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// The gRPC service.
 #[derive(Clone)]
 pub struct ContainersService {
@@ -119,16 +155,23 @@ pub struct ContainersService {
 
 impl ContainersService {
     /// A service answering from `data_source`; Watch clients get `default_buffer` events of slack.
+    /// The request counters of every method with the codes it commonly answers
+    /// are made (at 0) here, so that `rate()` sees their first increments.
     pub fn new(data_source: DataSource, default_buffer: usize) -> Self {
+        for (method, codes) in EXPECTED_CODES {
+            for code in *codes {
+                data_source.metrics().expect_api_request(method, code_name(*code));
+            }
+        }
         ContainersService { data_source, default_buffer }
     }
 
-    fn counted<T>(&self, method: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
+    fn counted<T>(&self, method: &'static str, result: Result<T, Status>) -> Result<Response<T>, Status> {
         let code = match &result {
-            Ok(_) => tonic::Code::Ok,
+            Ok(_) => Code::Ok,
             Err(status) => status.code(),
         };
-        self.data_source.metrics().api_request(method, &format!("{code:?}"));
+        self.data_source.metrics().api_request(method, code_name(code));
         result.map(Response::new)
     }
 
@@ -378,4 +421,36 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_grpcs_canonical_ones() {
+        let names: Vec<&str> = (0..=16).map(|i| code_name(Code::from_i32(i))).collect();
+        assert_eq!(
+            names,
+            [
+                "OK",
+                "CANCELLED",
+                "UNKNOWN",
+                "INVALID_ARGUMENT",
+                "DEADLINE_EXCEEDED",
+                "NOT_FOUND",
+                "ALREADY_EXISTS",
+                "PERMISSION_DENIED",
+                "RESOURCE_EXHAUSTED",
+                "FAILED_PRECONDITION",
+                "ABORTED",
+                "OUT_OF_RANGE",
+                "UNIMPLEMENTED",
+                "INTERNAL",
+                "UNAVAILABLE",
+                "DATA_LOSS",
+                "UNAUTHENTICATED",
+            ]
+        );
+    }
 }

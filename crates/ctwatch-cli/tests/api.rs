@@ -146,8 +146,8 @@ fn every_method_answers_for_docker_and_cri_containers() {
 
     // Metrics.
     let text = scrape(&metrics_addr);
-    assert!(metric(&text, "ctwatch_api_requests_total{method=\"Get\",code=\"Ok\"}").unwrap() >= 3.0, "{text}");
-    assert!(metric(&text, "ctwatch_api_requests_total{method=\"Get\",code=\"NotFound\"}").unwrap() >= 1.0);
+    assert!(metric(&text, "ctwatch_api_requests_total{method=\"Get\",code=\"OK\"}").unwrap() >= 3.0, "{text}");
+    assert!(metric(&text, "ctwatch_api_requests_total{method=\"Get\",code=\"NOT_FOUND\"}").unwrap() >= 1.0);
     assert!(metric(&text, "ctwatch_events_total{kind=\"container_create\"}").unwrap() >= 6.0);
     assert!(metric(&text, "ctwatch_enrichment_duration_seconds_count{runtime=\"docker\"}").unwrap() >= 1.0);
     assert!(text.contains("ctwatch_containers{runtime=\"docker\"}"));

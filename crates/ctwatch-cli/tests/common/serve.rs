@@ -181,6 +181,62 @@ pub fn scrape(addr: &str) -> String {
     text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or(text)
 }
 
+/// An HTTP answer: status code, headers (names lower-cased) and body.
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (empty for HEAD).
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request (`Connection: close`) to `addr` with `headers` ("Name: value").
+pub fn http(addr: &str, method: &str, path: &str, headers: &[&str]) -> HttpAnswer {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {raw:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = head.lines().any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    HttpAnswer { status, headers, body }
+}
+
+/// A `Transfer-Encoding: chunked` body, decoded.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].strip_prefix("\r\n").expect("CRLF after a chunk");
+    }
+    out
+}
+
 /// The value of a metric line that starts with `name_and_labels`.
 pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
