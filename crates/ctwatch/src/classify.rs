@@ -206,7 +206,11 @@ fn match_machine(machine: Cow<'_, str>) -> Match<'_> {
         return Match::Container(Runtime::LibvirtLxc, machine);
     }
     if let Some(uuid) = machine.strip_prefix("rkt-") {
-        return if is_uuid(uuid) { Match::Container(Runtime::Rkt, Cow::Owned(uuid.to_string())) } else { Match::NotContainer };
+        return if is_uuid(uuid) {
+            Match::Container(Runtime::Rkt, Cow::Owned(uuid.to_string()))
+        } else {
+            Match::NotContainer
+        };
     }
     Match::Container(Runtime::Nspawn, machine)
 }
