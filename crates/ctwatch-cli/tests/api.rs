@@ -98,7 +98,7 @@ fn every_method_answers_for_docker_and_cri_containers() {
     assert!(labelled.iter().all(|c| c.labels.get("team").map(String::as_str) == Some("blue")));
     let named = list(pb::ListRequest { name: name.clone(), runtime: "docker".into(), ..Default::default() }).unwrap();
     assert_eq!(named.iter().map(|c| c.container_id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
-    let bad = list(pb::ListRequest { runtime: "lxc".into(), ..Default::default() }).unwrap_err();
+    let bad = list(pb::ListRequest { runtime: "rocket".into(), ..Default::default() }).unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 
     // A CRI pod: its containers listed by pod, with pod data.

@@ -18,51 +18,248 @@ struct Case {
     pod_uid: &'static str,
 }
 
+/// Every layout of the classifier's table test (crates/ctwatch/tests/classify.rs,
+/// which names where each comes from), as real cgroups: the containers' roots,
+/// and the cgroups that must make no event (ordinary ones, runtime helpers,
+/// virtual machines, sub-cgroups of the containers).
 fn cases(tag: &str) -> (Vec<Case>, Vec<String>) {
     let id = |n: &str| hex_id(&format!("{tag}-{n}"));
+    let task = |n: &str| id(n)[..32].to_string();
     let pod_us = POD.replace('-', "_");
+    const STATIC_POD: &str = "0123456789abcdef0123456789abcdef";
+    let uuid = |n: &str| {
+        let h = id(n);
+        format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    };
     let c = |rel: String, runtime, id: String, pod_uid| Case { rel, runtime, id, pod_uid };
     let docker = id("docker");
     let dind_outer = id("dind-outer");
     let dind_inner = id("dind-inner");
+    let (dind2_outer, dind2_inner) = (id("dind2-outer"), id("dind2-inner"));
+    let (ecs_task, fargate_task, eks_task) = (task("ecs-task"), task("fargate-task"), task("eks-task"));
+    let (mk_node, kind_node, k3d_node, kind_sd_node, cri_dockerd_node) =
+        (id("minikube"), id("kind"), id("k3d"), id("kind-sd"), id("cri-dockerd-node"));
+    let (podman_pod, podman_pod_fs) = (id("podman-pod"), id("podman-pod-fs"));
+    let (mesos_outer, mesos_inner) = (uuid("mesos-outer"), uuid("mesos-inner"));
+    let rkt = uuid("rkt");
+    let kata_rs = id("kata-rs");
     let positives = vec![
         c(format!("docker/{docker}"), "docker", docker.clone(), ""),
         c(format!("system.slice/docker-{}.scope", id("docker-sd")), "docker", id("docker-sd"), ""),
+        c(format!("docker.slice/docker-{}.scope", id("docker-slice")), "docker", id("docker-slice"), ""),
+        c(format!("user.slice/user-1000.slice/user@1000.service/docker-{}.scope", id("docker-rl")), "docker", id("docker-rl"), ""),
+        c(
+            format!("user.slice/user-1000.slice/user@1000.service/user.slice/docker-{}.scope", id("docker-rl2")),
+            "docker", id("docker-rl2"), "",
+        ),
         c(format!("docker/{dind_outer}"), "docker", dind_outer.clone(), ""),
         c(format!("docker/{dind_outer}/docker/{dind_inner}"), "docker", dind_inner.clone(), ""),
+        c(format!("system.slice/docker-{dind2_outer}.scope"), "docker", dind2_outer.clone(), ""),
+        c(format!("system.slice/docker-{dind2_outer}.scope/docker/{dind2_inner}"), "docker", dind2_inner.clone(), ""),
         c(format!("actions_job/{}", id("gha")), "docker", id("gha"), ""),
+        c(format!("ecs/{ecs_task}/{}", id("ecs")), "docker", id("ecs"), ""),
+        c(format!("ecstasks.slice/ecstasks-{ecs_task}.slice/docker-{}.scope", id("ecs-v2")), "docker", id("ecs-v2"), ""),
+        c(format!("ecs/{fargate_task}/{fargate_task}-3057940393"), "ecs", format!("{fargate_task}-3057940393"), ""),
+        c(format!("ecs/{eks_task}/{eks_task}-12"), "ecs", format!("{eks_task}-12"), ""),
+        c(format!("ecs/{eks_task}/{eks_task}-12/kubepods/besteffort/pod{POD}/{}", id("eks-fargate")), "unknown", id("eks-fargate"), POD),
         c(format!("system.slice/cri-containerd-{}.scope", id("ctd-sd")), "containerd", id("ctd-sd"), ""),
         c(
             format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod_us}.slice/cri-containerd-{}.scope", id("k8s-be")),
             "containerd", id("k8s-be"), POD,
         ),
-        c(
-            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{pod_us}.slice/crio-{}.scope", id("k8s-bu")),
-            "crio", id("k8s-bu"), POD,
-        ),
-        c(format!("kubepods.slice/kubepods-pod{pod_us}.slice/docker-{}.scope", id("k8s-gu")), "docker", id("k8s-gu"), POD),
-        c(format!("kubepods/besteffort/pod{POD}/{}", id("k8s-fs-be")), "unknown", id("k8s-fs-be"), POD),
-        c(format!("kubepods/burstable/pod{POD}/{}", id("k8s-fs-bu")), "unknown", id("k8s-fs-bu"), POD),
-        c(format!("kubepods/pod{POD}/{}", id("k8s-fs-gu")), "unknown", id("k8s-fs-gu"), POD),
+        c(format!("kubepods/besteffort/pod123/cri-containerd-{}.scope", id("tracee-sd")), "containerd", id("tracee-sd"), ""),
         c(
             format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod_us}.slice:cri-containerd:{}", id("colon")),
             "containerd", id("colon"), "",
         ),
+        c(format!("kubepods/besteffort/pod123/some:cri-containerd:{}", id("colon2")), "containerd", id("colon2"), ""),
+        c(
+            format!("podruntime.slice/containerd.service/kubepods-burstable-pod{pod_us}.slice:cri-containerd:{}", id("colon3")),
+            "containerd", id("colon3"), "",
+        ),
+        c(format!("system.slice/nerdctl-{}.scope", id("nerdctl")), "containerd", id("nerdctl"), ""),
+        c(
+            format!("user.slice/user-1000.slice/user@1000.service/user.slice/nerdctl-{}.scope", id("nerdctl-rl")),
+            "containerd", id("nerdctl-rl"), "",
+        ),
+        c(format!("my.slice/nerdctl-{}.scope", id("nerdctl-parent")), "containerd", id("nerdctl-parent"), ""),
+        c(format!("system.slice:nerdctl:{}", id("nerdctl-colon")), "containerd", id("nerdctl-colon"), ""),
+        c(
+            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{pod_us}.slice/crio-{}.scope", id("k8s-bu")),
+            "crio", id("k8s-bu"), POD,
+        ),
+        c(format!("kubepods/besteffort/pod{POD}/crio-{}", id("crio-fs")), "crio", id("crio-fs"), POD),
+        c(format!("pod_123.slice/pod_123-456.slice/pod_123-456.slice:crio:{}", id("crio-colon")), "crio", id("crio-colon"), ""),
+        c(format!("kubepods.slice/kubepods-pod{pod_us}.slice/docker-{}.scope", id("k8s-gu")), "docker", id("k8s-gu"), POD),
+        c(format!("kubepods/besteffort/pod{POD}/{}", id("k8s-fs-be")), "unknown", id("k8s-fs-be"), POD),
+        c(format!("kubepods/burstable/pod{POD}/{}", id("k8s-fs-bu")), "unknown", id("k8s-fs-bu"), POD),
+        c(format!("kubepods/pod{POD}/{}", id("k8s-fs-gu")), "unknown", id("k8s-fs-gu"), POD),
+        c(format!("kubepods/burstable/pod{STATIC_POD}/{}", id("static")), "unknown", id("static"), STATIC_POD),
+        // Kubernetes in Docker node containers: the node and the pod's container, each once.
+        c(format!("system.slice/docker-{mk_node}.scope"), "docker", mk_node.clone(), ""),
+        c(format!("system.slice/docker-{mk_node}.scope/kubepods/besteffort/pod{POD}/{}", id("minikube-ctr")), "unknown", id("minikube-ctr"), POD),
+        c(format!("system.slice/docker-{kind_node}.scope"), "docker", kind_node.clone(), ""),
+        c(
+            format!("system.slice/docker-{kind_node}.scope/kubelet/kubepods/burstable/pod{STATIC_POD}/{}", id("kind-ctr")),
+            "unknown", id("kind-ctr"), STATIC_POD,
+        ),
+        c(format!("docker/{k3d_node}"), "docker", k3d_node.clone(), ""),
+        c(format!("docker/{k3d_node}/kubepods/besteffort/pod{POD}/{}", id("k3d-ctr")), "unknown", id("k3d-ctr"), POD),
+        c(format!("system.slice/docker-{kind_sd_node}.scope"), "docker", kind_sd_node.clone(), ""),
+        c(
+            format!(
+                "system.slice/docker-{kind_sd_node}.scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{pod_us}.slice/cri-containerd-{}.scope",
+                id("kind-sd-ctr")
+            ),
+            "containerd", id("kind-sd-ctr"), POD,
+        ),
+        c(format!("system.slice/docker-{cri_dockerd_node}.scope"), "docker", cri_dockerd_node.clone(), ""),
+        c(
+            format!(
+                "system.slice/docker-{cri_dockerd_node}.scope/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod_us}.slice/docker-{}.scope",
+                id("cri-dockerd-ctr")
+            ),
+            "docker", id("cri-dockerd-ctr"), POD,
+        ),
         c(format!("libpod_parent/libpod-{}", id("podman")), "podman", id("podman"), ""),
         c(format!("machine.slice/libpod-{}.scope", id("podman-sd")), "podman", id("podman-sd"), ""),
+        c(format!("system.slice/libpod-{}", id("podman-sys")), "podman", id("podman-sys"), ""),
+        c(format!("system.slice/libpod-{}.scope", id("podman-sys-sd")), "podman", id("podman-sys-sd"), ""),
+        c(
+            format!("user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{}.scope", id("podman-rl")),
+            "podman", id("podman-rl"), "",
+        ),
+        c(format!("user.slice/user-1000.slice/user@1000.service/libpod-{}", id("podman-rl2")), "podman", id("podman-rl2"), ""),
+        c(
+            format!("machine.slice/machine-libpod_pod_{podman_pod}.slice/libpod-{}.scope", id("podman-in-pod")),
+            "podman", id("podman-in-pod"), "",
+        ),
+        c(format!("libpod_parent/{podman_pod_fs}/libpod-{}", id("podman-in-pod-fs")), "podman", id("podman-in-pod-fs"), ""),
+        c(format!("machine.slice/libpod-payload-{}.scope", id("payload")), "podman", id("payload"), ""),
+        c(
+            format!("system.slice/system-ceph-f952f5be.slice/ceph-f952f5be@mon.host1.service/libpod-payload-{}", id("ceph")),
+            "podman", id("ceph"), "",
+        ),
+        c(
+            format!("system.slice/system-ceph-f952f5be.slice/ceph-f952f5be@mon.host1.service/libpod-payload-{}.scope", id("ceph-sd")),
+            "podman", id("ceph-sd"), "",
+        ),
+        c(format!("system.slice/myapp.service/libpod-payload-{}", id("quadlet")), "podman", id("quadlet"), ""),
         c("garden/0a1b2c3d-4e5f-6a7b-8c9d-0e1f".to_string(), "garden", "0a1b2c3d-4e5f-6a7b-8c9d-0e1f".into(), ""),
+        c(
+            "system.slice/garden.service/garden/abcdef01-2345-6789-abcd-ef01".into(),
+            "garden", "abcdef01-2345-6789-abcd-ef01".into(), "",
+        ),
+        c("system.slice/runc-bpm-test-server.scope".into(), "bpm", "test-server".into(), ""),
+        c("system.slice/runc-bpm-test-server.2eworker.scope".into(), "bpm", "test-server.2eworker".into(), ""),
+        c("bpm-job2".into(), "bpm", "job2".into(), ""),
+        c("system.slice/runc-web-runc.scope".into(), "runc", "web-runc".into(), ""),
+        c("system.slice/crun-web-crun.scope".into(), "crun", "web-crun".into(), ""),
+        c("user.slice/user-1000.slice/user@1000.service/user.slice/crun-web-crun-rl.scope".into(), "crun", "web-crun-rl".into(), ""),
+        c("system.slice/runsc-web-runsc.scope".into(), "gvisor", "web-runsc".into(), ""),
+        c(format!("kubepods/besteffort/pod{POD}/kata_{}", id("kata")), "kata", id("kata"), POD),
+        c(format!("kata_sandboxed_pod/{}", id("kata-sbx")), "kata", id("kata-sbx"), ""),
+        c(
+            format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod_us}.slice/cri-containerd-{kata_rs}.scope"),
+            "containerd", kata_rs.clone(), POD,
+        ),
+        c("lxc.payload.lxc1".into(), "lxc", "lxc1".into(), ""),
+        c("lxc.payload.shop_web-1".into(), "lxc", "shop_web-1".into(), ""),
+        c("lxc/lxc3".into(), "lxc", "lxc3".into(), ""),
+        c("lxc.payload/lxc4".into(), "lxc", "lxc4".into(), ""),
+        c("lxc.payload.lxd-host".into(), "lxc", "lxd-host".into(), ""),
+        c(format!("lxc.payload.lxd-host/system.slice/docker-{}.scope", id("docker-in-lxd")), "docker", id("docker-in-lxd"), ""),
+        c("machine.slice/machine-deb1.scope".into(), "nspawn", "deb1".into(), ""),
+        c("machine.slice/machine-my\\x2dbox.scope".into(), "nspawn", "my-box".into(), ""),
+        c("machine.slice/systemd-nspawn@deb2.service".into(), "nspawn", "deb2".into(), ""),
+        c("machine.slice/machine-deb3.scope".into(), "nspawn", "deb3".into(), ""),
+        c(format!("machine.slice/machine-deb3.scope/payload/system.slice/docker-{}.scope", id("docker-in-nspawn")), "docker", id("docker-in-nspawn"), ""),
+        c(
+            "machine.slice/machine-lxc\\x2d2293906\\x2dlibvirt\\x2dcontainer.scope".into(),
+            "libvirt-lxc", "lxc-2293906-libvirt-container".into(), "",
+        ),
+        c("machine/virt1.libvirt-lxc".into(), "libvirt-lxc", "virt1".into(), ""),
+        c("libvirt/lxc/virt2".into(), "libvirt-lxc", "virt2".into(), ""),
+        c(format!("machine.slice/machine-rkt\\x2d{}.scope", rkt.replace('-', "\\x2d")), "rkt", rkt.clone(), ""),
+        c(format!("mesos/{mesos_outer}"), "mesos", mesos_outer.clone(), ""),
+        c(format!("mesos/{mesos_outer}/mesos/{mesos_inner}"), "mesos", mesos_inner.clone(), ""),
     ];
-    let negatives = vec![
+    let mut negatives = vec![
         "user.slice/user-1000.slice/session-3.scope".to_string(),
+        "user.slice/user-1000.slice/user@1000.service/init.scope".into(),
+        "user.slice/user-1000.slice/user@1000.service/app.slice/docker.service".into(),
+        "user.slice/user-1000.slice/user@1000.service/user.slice/podman-4321.scope".into(),
+        "user.slice/user-1000.slice/user@1000.service/user.slice/podman-pause-0a1b2c3d.scope".into(),
         "system.slice/ssh.service".into(),
+        "system.slice/docker.service".into(),
         "system.slice/snap.lxd.daemon.service".into(),
         format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod_us}.slice/crio-conmon-{}.scope",
             id("conmon")
         ),
         format!("machine.slice/libpod-conmon-{}.scope", id("conmon2")),
+        format!("machine.slice/machine-libpod_pod_{podman_pod}.slice/libpod-conmon-{}.scope", id("conmon3")),
+        format!("libpod_parent/{podman_pod_fs}/conmon"),
         format!("process_api/{}", id("not-a-container")),
+        "machine.slice/machine-qemu\\x2d1\\x2dubuntu.scope/libvirt/vcpu0".into(),
+        "machine.slice/machine-qemu\\x2d1\\x2dubuntu.scope/libvirt/emulator".into(),
+        "machine/qemu-1-ubuntu.libvirt-qemu".into(),
+        "lxc.monitor.lxc1".into(),
+        "lxc.monitor/lxc4".into(),
+        "lxc.pivot".into(),
+        format!("kata_overhead/{}", id("kata-sbx")),
+        format!("kata-overhead.slice/runtime-rs-{kata_rs}.scope"),
+        format!("nomad.slice/share.slice/{}.redis.scope", uuid("alloc")),
+        format!("nomad.slice/reserve.slice/{}.redis.scope", uuid("alloc")),
+        format!("nomad/{}.redis", uuid("alloc")),
+        format!("nomad/share/{}.redis", uuid("alloc")),
+        "system.slice/host-containers@admin.service".into(),
+        "system.slice/bootstrap-containers@setup.service".into(),
+        "system.slice/host-containerd.service".into(),
+        "system.slice/k3s.service".into(),
+        "system.slice/k3s-agent.service".into(),
+        "system.slice/rke2-server.service".into(),
+        "system.slice/rke2-agent.service".into(),
+        "system.slice/k0sworker.service".into(),
+        "system.slice/snap.microk8s.daemon-kubelite.service".into(),
+        "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice".into(),
+        format!("system.slice/var-lib-docker-overlay2-{}-merged.mount", id("mount1")),
+        format!("system.slice/run-containerd-io.containerd.runtime.v2.task-k8s.io-{}-rootfs.mount", id("mount2")),
+        format!("system.slice/run-docker-runtime\\x2drunc-moby-{}-runc.Ab12Cd.mount", id("mount3")),
+        format!("system.slice/docker-{}.mount", id("mount4")),
+        format!("ecs/{ecs_task}"),
+        format!("ecs/{ecs_task}/0000000000000000000000000000000a-12"),
+        "mesos/not-a-uuid".into(),
+        "system.slice/runc-.scope".into(),
+        "system.slice/crun-.scope".into(),
+        "system.slice/bpm-agent.service".into(),
+        // Sub-cgroups the runtimes make inside their containers.
+        format!("system.slice/docker-{dind2_outer}.scope/init"),
+        format!("system.slice/docker-{kind_node}.scope/system.slice/containerd.service"),
+        format!("system.slice/docker-{kind_node}.scope/system.slice/kubelet.service"),
+        format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod_us}.slice/cri-containerd-{kata_rs}.scope/sandbox"
+        ),
+        format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{pod_us}.slice/cri-containerd-{kata_rs}.scope/overhead"
+        ),
+        format!("machine.slice/libpod-{}.scope/container", id("podman-sd")),
+        format!("machine.slice/libpod-payload-{}.scope/container", id("payload")),
+        format!("user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{}.scope/container", id("podman-rl")),
+        format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{pod_us}.slice/crio-{}.scope/container",
+            id("k8s-bu")
+        ),
+        format!("kubepods/besteffort/pod123/docker-{}.scope/system.slice", id("tracee-sd")),
+        "lxc.payload.lxc1/init.scope".into(),
+        "lxc.payload.lxc1/system.slice/ssh.service".into(),
+        "machine.slice/machine-deb1.scope/payload".into(),
+        "machine.slice/systemd-nspawn@deb2.service/payload".into(),
+        "machine.slice/systemd-nspawn@deb2.service/supervisor".into(),
+        "machine.slice/machine-lxc\\x2d2293906\\x2dlibvirt\\x2dcontainer.scope/libvirt".into(),
+        format!("machine.slice/machine-rkt\\x2d{}.scope/system.slice/app.service", rkt.replace('-', "\\x2d")),
     ];
+    negatives.sort();
     (positives, negatives)
 }
 
@@ -90,11 +287,11 @@ fn every_layout_with(source: &str) {
     for rel in &negatives {
         tree.mkdir_p(&parent, rel);
     }
-    watch.wait_until(Duration::from_secs(10), "every create", |seen| {
+    watch.wait_until(Duration::from_secs(30), "every create", |seen| {
         positives.iter().all(|c| has_event(seen, "container_create", &c.id))
     });
     tree.remove_all();
-    watch.wait_until(Duration::from_secs(10), "every remove", |seen| {
+    watch.wait_until(Duration::from_secs(30), "every remove", |seen| {
         positives.iter().all(|c| has_event(seen, "container_remove", &c.id))
     });
     watch.drain_for(Duration::from_millis(500));

@@ -106,7 +106,18 @@ impl OciState {
             Runtime::Docker => docker(),
             Runtime::Containerd => containerd(),
             Runtime::Podman | Runtime::Crio | Runtime::Runc => runc(),
-            Runtime::Garden => Vec::new(),
+            // No runc state of their own to read (or none ctwatch knows of).
+            Runtime::Garden
+            | Runtime::Crun
+            | Runtime::Gvisor
+            | Runtime::Kata
+            | Runtime::Lxc
+            | Runtime::Nspawn
+            | Runtime::LibvirtLxc
+            | Runtime::Rkt
+            | Runtime::Mesos
+            | Runtime::Bpm
+            | Runtime::Ecs => Vec::new(),
             Runtime::Unknown => [containerd(), runc(), docker()].concat(),
         }
     }

@@ -283,7 +283,7 @@ mod tests {
             ("mode = \"block\"", "unknown variant"),
             ("[[deny]]\nname = \"x\"", "no condition"),
             ("[[deny]]\nimagee = [\"x\"]", "unknown field"),
-            ("[[deny]]\nruntime = [\"rkt\"]", "unknown runtime"),
+            ("[[deny]]\nruntime = [\"rocket\"]", "unknown runtime"),
             ("[[deny]\n", "expected"),
         ] {
             let e = Policy::parse(text).unwrap_err();
