@@ -109,12 +109,20 @@ impl Drop for UnixSocket {
 pub struct ContainersService {
     data_source: DataSource,
     default_buffer: usize,
+    max_bytes: usize,
 }
 
 impl ContainersService {
     /// A service answering from `data_source`; Watch clients get `default_buffer` events of slack.
     pub fn new(data_source: DataSource, default_buffer: usize) -> Self {
-        ContainersService { data_source, default_buffer }
+        ContainersService { data_source, default_buffer, max_bytes: ctwatch_agent::MAX_SUBSCRIBER_BYTES }
+    }
+
+    /// Drops a Watch client once its queued events hold more than `bytes`
+    /// bytes (default and most: [`ctwatch_agent::MAX_SUBSCRIBER_BYTES`]).
+    pub fn with_client_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
     }
 
     fn counted<T>(&self, method: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
@@ -192,7 +200,7 @@ impl Containers for ContainersService {
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
         let buffer = if request.buffer == 0 { self.default_buffer } else { request.buffer as usize };
-        let mut subscription = self.data_source.subscribe_with_buffer(buffer);
+        let mut subscription = self.data_source.subscribe_bounded(buffer, self.max_bytes);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let ds = self.data_source.clone();
         tokio::spawn(async move {
@@ -229,7 +237,9 @@ impl Containers for ContainersService {
                     Ok(None) => return, // the agent is stopping
                     Err(lagged) => {
                         warn!("a Watch client fell behind and was dropped: {lagged}");
-                        let _ = tx.try_send(Err(convert::subscription_status(lagged)));
+                        // Let its queue go now; the status follows what is already on its way.
+                        drop(subscription);
+                        send(Err(convert::subscription_status(lagged))).await;
                         return;
                     }
                 }

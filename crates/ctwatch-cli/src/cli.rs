@@ -278,9 +278,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// Events a Watch client may fall behind before it is dropped.
+    /// Events a Watch client may fall behind before it is dropped (a client may ask for up to 65536).
     #[arg(long, value_name = "N", default_value_t = ctwatch_agent::DEFAULT_SUBSCRIBER_BUFFER)]
     pub client_buffer: usize,
+
+    /// Bytes of queued events a Watch client may fall behind before it is dropped, whatever its buffer.
+    #[arg(long, value_name = "BYTES", default_value_t = ctwatch_agent::MAX_SUBSCRIBER_BYTES)]
+    pub client_buffer_bytes: usize,
 }
 
 /// Where `get` and `pid` find their answer: a running agent, else a scan here.

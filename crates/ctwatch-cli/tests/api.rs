@@ -273,11 +273,13 @@ fn a_slow_client_is_dropped_and_the_others_go_on() {
     let tag = unique("slow");
     let ids: Vec<String> = (0..1500).map(|i| hex_id(&format!("{tag}-{i}"))).collect();
     let reader_task = {
-        let ids = ids.clone();
+        let ids: std::collections::HashSet<String> = ids.iter().cloned().collect();
         rt.spawn(async move {
             let mut watched = Watched::default();
+            // Its own removes only: other tests' containers come and go on this host too.
             watch_until(&mut reader, &mut watched, Duration::from_secs(120), "every remove", |w| {
-                w.events.iter().filter(|e| e.event == "container_remove").count() >= ids.len()
+                let ours = |e: &&pb::Event| e.container.as_ref().is_some_and(|c| ids.contains(&c.container_id));
+                w.events.iter().filter(|e| e.event == "container_remove").filter(ours).count() >= ids.len()
             })
             .await;
             watched
@@ -462,4 +464,110 @@ fn paths_resolve_inside_the_container_never_on_the_host() {
         assert_eq!(resolve("/no/such/file").status.code(), Some(1));
     }
     docker(&["rm", "-f", &id]);
+}
+
+/// A client whose HTTP/2 windows are the protocol's default 64 KiB (not
+/// hyper's megabytes), so that a slow reader makes the agent queue.
+async fn small_window_client(
+    socket: &std::path::Path,
+) -> ctwatch_api::pb::containers_client::ContainersClient<tonic::transport::Channel> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://ctwatch.local")
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap();
+    ctwatch_api::pb::containers_client::ContainersClient::new(channel)
+}
+
+/// A `VmRSS:`/`VmHWM:` line of /proc/<pid>/status, in kB.
+fn vm_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_slow_reader_with_a_huge_buffer_is_dropped_and_a_hang_up_is_not_a_drop() {
+    require_root();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    // A 64 KiB byte budget per client, so that a burst as small as the other tests' is enough.
+    let serve = Serve::start(&["--no-enrich", "--client-buffer-bytes", "65536", "--metrics-addr", &metrics_addr]);
+    let rt = runtime();
+    let gauge = || metric(&scrape(&metrics_addr), "ctwatch_subscribers ").unwrap();
+    let dropped = || metric(&scrape(&metrics_addr), "ctwatch_subscribers_dropped_total").unwrap();
+
+    // A client that hangs up: the gauge goes down at once (no event needed), and it is no drop.
+    let mut quitter = rt.block_on(serve.client());
+    let stream = rt.block_on(async move { quitter.watch(pb::WatchRequest::default()).await.unwrap().into_inner() });
+    assert_eq!(gauge(), 1.0);
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge() != 0.0 {
+        assert!(Instant::now() < deadline, "the gauge stayed at {} after the hang-up", gauge());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A client asking for the largest buffer there is, reading one message every 20 ms
+    // while a burst goes on, then as fast as it can until its stream ends.
+    let mut slow = rt.block_on(small_window_client(&serve.socket));
+    let mut stream = rt
+        .block_on(async move { slow.watch(pb::WatchRequest { skip_current: true, buffer: u32::MAX }).await })
+        .unwrap()
+        .into_inner();
+    let bursting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let bursting = bursting.clone();
+        rt.spawn(async move {
+            let mut read = 0u64;
+            loop {
+                if bursting.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                match tokio::time::timeout(Duration::from_secs(120), stream.message()).await {
+                    Ok(Ok(Some(_))) => read += 1,
+                    Ok(Ok(None)) => return (read, None),
+                    Ok(Err(status)) => return (read, Some(status)),
+                    Err(_) => panic!("the slow client's stream neither ended nor failed"),
+                }
+            }
+        })
+    };
+    let rss_before = vm_kb(serve.pid(), "VmRSS:");
+
+    // 1,500 containers created and removed: 3,000 events, far more than 64 KiB (and than
+    // HTTP/2's 64 KiB window and the server's 64-message queue on the way).
+    let mut tree = CgroupTree::new();
+    let parent = tree.mkdir_p(&default_hierarchy(), "docker");
+    let tag = unique("burst");
+    for i in 0..1_500 {
+        let dir = parent.join(hex_id(&format!("{tag}-{i}")));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+    }
+    bursting.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (read, status) = rt.block_on(reader).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the slow client's stream ended without a status after {read}"));
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("behind") && status.message().contains("subscribe again"), "{status}");
+    assert!(read < 3_000, "dropped only after {read} messages");
+
+    // Its queue was bounded: the agent's peak RSS stayed near where it was.
+    let peak = vm_kb(serve.pid(), "VmHWM:");
+    eprintln!("agent RSS before the burst {rss_before} kB, peak {peak} kB, slow client read {read}");
+    assert!(peak.saturating_sub(rss_before) < 64 * 1024, "RSS grew from {rss_before} kB to a peak of {peak} kB");
+
+    assert_eq!(dropped(), 1.0, "only the slow client was dropped, not the one that hung up");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge() != 0.0 {
+        assert!(Instant::now() < deadline, "the gauge stayed at {} after the drop", gauge());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -74,7 +74,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             None => None,
         };
         tokio::spawn(shutdown);
-        let service = ContainersService::new(data_source.clone(), args.client_buffer);
+        let service =
+            ContainersService::new(data_source.clone(), args.client_buffer).with_client_bytes(args.client_buffer_bytes);
         let stopping = wait_stop(stop_rx.clone());
         tokio::select! {
             served = server::serve(service, &mut socket, tcp, wait_stop(stop_rx)) => served?,
