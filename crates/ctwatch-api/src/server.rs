@@ -22,6 +22,9 @@ use crate::pb::containers_server::{Containers, ContainersServer};
 /// How long a Watch client may leave a message unread before it is dropped.
 const STALLED_CLIENT: Duration = Duration::from_secs(10);
 
+/// The most bytes one ReadFile answer carries.
+pub const MAX_READ_BYTES: usize = 1 << 20;
+
 /// Messages queued per Watch stream between the subscription and the connection.
 const STREAM_QUEUE: usize = 64;
 
@@ -257,8 +260,33 @@ impl Containers for ContainersService {
             self.blocking(move |ds| ds.resolve_path(&container, &path)).await.map(|r| pb::ResolvePathResponse {
                 container_path: r.container_path.to_string_lossy().into_owned(),
                 host_path: r.host_path.to_string_lossy().into_owned(),
+                dev: r.dev,
+                ino: r.ino,
             });
         self.counted("ResolvePath", result)
+    }
+
+    async fn read_file(&self, request: Request<pb::ReadFileRequest>) -> Result<Response<pb::ReadFileResponse>, Status> {
+        let pb::ReadFileRequest { container, path, offset, max_bytes } = request.into_inner();
+        let max = match usize::try_from(max_bytes) {
+            Ok(0) | Err(_) => MAX_READ_BYTES,
+            Ok(n) => n.min(MAX_READ_BYTES),
+        };
+        let result = self
+            .blocking(move |ds| {
+                let resolved = ds.resolve_path(&container, &path)?;
+                let chunk = resolved.read(offset, max)?;
+                Ok(pb::ReadFileResponse {
+                    data: chunk.data,
+                    container_path: resolved.container_path.to_string_lossy().into_owned(),
+                    size: chunk.size,
+                    eof: chunk.eof,
+                    dev: resolved.dev,
+                    ino: resolved.ino,
+                })
+            })
+            .await;
+        self.counted("ReadFile", result)
     }
 }
 

@@ -48,7 +48,8 @@ pub enum Command {
     /// Show the container a process is in (exit status 1 if it is in none).
     Pid(PidArgs),
     /// Resolve a path as a container sees it to the host path that reaches it,
-    /// following symlinks and `..` inside the container's root only.
+    /// following symlinks and `..` inside the container's root only, with the
+    /// file's device and inode (check them after opening the path).
     Resolve(ResolveArgs),
 }
 
@@ -338,7 +339,9 @@ pub struct ResolveArgs {
     #[arg(value_name = "PATH")]
     pub path: String,
 
-    /// Output format: the host path alone, or JSON with both paths.
+    /// Output format: the host path, a tab, then the file's device and inode
+    /// (`<dev> <ino>`: what fstat of the path must give), or JSON with both
+    /// paths, `dev` and `ino`.
     #[arg(long, short = 'o', value_enum)]
     pub format: Option<Format>,
 

@@ -571,3 +571,92 @@ fn a_slow_reader_with_a_huge_buffer_is_dropped_and_a_hang_up_is_not_a_drop() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn read_file_reads_the_containers_file_and_dev_ino_catch_a_swapped_link() {
+    require_root();
+    let serve = Serve::start(&["--no-enrich"]);
+    let rt = runtime();
+    let client = rt.block_on(serve.client());
+    let name = unique("readfile");
+    let script = "mkdir -p /data; echo container-secret > /data/f; echo 0123456789 > /data/digits; \
+                  busybox dd if=/dev/zero of=/data/big bs=1024 count=1536 2>/dev/null; busybox mkfifo /data/fifo; \
+                  echo ready > /data/ready; sleep 300";
+    let id = docker(&["run", "-d", "--name", &name, "local/busybox:1", "sh", "-c", script]);
+    let _cleanup = Removal(id.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !run("/usr/bin/docker", &["exec", &id, "ls", "/data"]).contains("ready") {
+        assert!(Instant::now() < deadline, "the container never wrote its files");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid: u32 = docker(&["inspect", "-f", "{{.State.Pid}}", &id]).parse().unwrap();
+    let for_calls = client.clone();
+    let resolve = |path: &str| {
+        let request = pb::ResolvePathRequest { container: id.clone(), path: path.into() };
+        rt.block_on(for_calls.clone().resolve_path(request)).map(|r| r.into_inner())
+    };
+    let read = |path: &str, offset: u64, max_bytes: u64| {
+        let request = pb::ReadFileRequest { container: id.clone(), path: path.into(), offset, max_bytes };
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), for_calls.clone().read_file(request)).await })
+            .expect("ReadFile answered")
+            .map(|r| r.into_inner())
+    };
+
+    // dev and ino are the file's: as fstat of the host path's descriptor and stat inside the container say.
+    let resolved = resolve("/data/f").unwrap();
+    let opened = std::fs::File::open(&resolved.host_path).unwrap();
+    let meta = opened.metadata().unwrap();
+    assert_eq!((resolved.dev, resolved.ino), (meta.dev(), meta.ino()));
+    let inside = docker(&["exec", &id, "busybox", "stat", "-c", "%d %i", "/data/f"]);
+    assert_eq!(inside, format!("{} {}", resolved.dev, resolved.ino));
+    assert_eq!(resolved.host_path, format!("/proc/{pid}/root/data/f"));
+    // The CLI prints them after the host path.
+    let cli =
+        run(ctwatch_bin().to_str().unwrap(), &["resolve", "--socket", serve.socket.to_str().unwrap(), &id, "/data/f"]);
+    assert_eq!(cli, format!("{}\t{} {}", resolved.host_path, resolved.dev, resolved.ino));
+
+    // ReadFile: the content, bounded, from an offset; capped at 1 MiB.
+    let f = read("/data/f", 0, 0).unwrap();
+    assert_eq!(
+        (f.data.as_slice(), f.eof, f.dev, f.ino),
+        (&b"container-secret\n"[..], true, resolved.dev, resolved.ino)
+    );
+    let digits = read("/data/digits", 3, 4).unwrap();
+    assert_eq!((digits.data.as_slice(), digits.size, digits.eof), (&b"3456"[..], 11, false));
+    let big = read("/data/big", 0, u64::MAX).unwrap();
+    assert_eq!((big.data.len(), big.size, big.eof), (1 << 20, 1536 * 1024, false));
+    let rest = read("/data/big", 1 << 20, 0).unwrap();
+    assert_eq!((rest.data.len(), rest.eof), (512 * 1024, true));
+    // A FIFO is refused at once (never opened, so nothing blocks); a missing file is NOT_FOUND.
+    assert_eq!(read("/data/fifo", 0, 10).unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(read("/data/nothing", 0, 10).unwrap_err().code(), Code::NotFound);
+
+    // The container swaps the file for a link to /etc/shadow.
+    docker(&["exec", &id, "sh", "-c", "busybox rm /data/f && ln -s /etc/shadow /data/f"]);
+    let host_shadow = std::fs::read("/etc/shadow").unwrap();
+    // Opening the old host path by name now reaches a host file: dev/ino tell the client so.
+    let swapped = std::fs::File::open(&resolved.host_path).unwrap().metadata().unwrap();
+    assert_ne!((swapped.dev(), swapped.ino()), (resolved.dev, resolved.ino), "the check catches the swap");
+    // ReadFile resolves inside the container: no /etc/shadow there, so NOT_FOUND, never the host's.
+    let missing = read("/data/f", 0, 0).unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing}");
+    // With a /etc/shadow of the container's own, that one.
+    docker(&["exec", &id, "sh", "-c", "echo container-shadow > /etc/shadow"]);
+    let shadow = read("/data/f", 0, 0).unwrap();
+    assert_eq!((shadow.data.as_slice(), shadow.container_path.as_str()), (&b"container-shadow\n"[..], "/etc/shadow"));
+    assert_ne!(shadow.data, host_shadow);
+    let resolved_again = resolve("/data/f").unwrap();
+    assert_eq!((resolved_again.dev, resolved_again.ino), (shadow.dev, shadow.ino));
+    let host_meta = std::fs::metadata("/etc/shadow").unwrap();
+    assert_ne!((shadow.dev, shadow.ino), (host_meta.dev(), host_meta.ino()));
+    drop(opened);
+}
+
+/// Removes a Docker container when dropped (a failing test leaves none).
+struct Removal(String);
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("/usr/bin/docker").args(["rm", "-f", &self.0]).output();
+    }
+}
