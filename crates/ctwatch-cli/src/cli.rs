@@ -89,6 +89,11 @@ pub struct EnrichArgs {
     #[arg(long, value_name = "PATH")]
     pub docker_socket: Vec<PathBuf>,
 
+    /// Docker's data root, whose container records are read even while dockerd
+    /// is down. Default: "data-root" in /etc/docker/daemon.json, else /var/lib/docker.
+    #[arg(long, value_name = "DIR")]
+    pub docker_data_root: Option<PathBuf>,
+
     /// Podman API socket (repeatable). Default: /run/podman/podman.sock.
     #[arg(long, value_name = "PATH")]
     pub podman_socket: Vec<PathBuf>,
