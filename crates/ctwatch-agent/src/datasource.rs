@@ -430,6 +430,12 @@ impl DataSource {
         self.0.hub.subscribe(buffer)
     }
 
+    /// [`DataSource::subscribe_with_buffer`] that also drops the subscriber
+    /// once its queued events hold more than `bytes` bytes.
+    pub fn subscribe_bounded(&self, buffer: usize, bytes: usize) -> Subscription {
+        self.0.hub.subscribe_bounded(buffer, bytes)
+    }
+
     /// Resolves `path` as the container sees it (symlinks and `..` never
     /// leave its root) to a host path and an open file.
     pub fn resolve_path(&self, id_or_prefix: &str, path: &str) -> Result<ResolvedPath, DataSourceError> {

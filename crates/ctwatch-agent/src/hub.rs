@@ -3,15 +3,20 @@
 //! subscriber gets the current state and then exactly the events after it —
 //! no gap, no repeat — because both happen under one lock.
 //!
-//! Each subscriber has a bounded buffer. Publishing never waits: a
-//! subscriber whose buffer is full is dropped (it learns why from
-//! [`Subscription::next`]) and the others go on.
+//! Each subscriber has a bounded buffer, in events and in bytes (at most
+//! [`MAX_SUBSCRIBER_BUFFER`] events and [`MAX_SUBSCRIBER_BYTES`] bytes,
+//! whatever it asks for). Publishing never waits: a subscriber whose buffer
+//! is full is dropped (it learns why from [`Subscription::next`]) and the
+//! others go on. A subscriber that goes away is not a drop: it leaves the
+//! subscriber count at once.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::mem::size_of;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use ctwatch::{ContainerEvent, EventKind};
+use ctwatch::hook::HookInfo;
+use ctwatch::{Container, ContainerEvent, EventKind};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -20,17 +25,27 @@ use crate::metrics::Metrics;
 /// The default number of events a subscriber may fall behind before it is dropped.
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 4096;
 
-/// The largest buffer a subscriber may ask for (effectively unbounded).
-pub const MAX_SUBSCRIBER_BUFFER: usize = usize::MAX >> 4;
+/// The most events a subscriber may fall behind; a larger request gets this many.
+pub const MAX_SUBSCRIBER_BUFFER: usize = 65_536;
+
+/// The most bytes of events (their approximate size in memory) a subscriber
+/// may fall behind, whatever its buffer in events.
+pub const MAX_SUBSCRIBER_BYTES: usize = 32 << 20;
 
 /// Why a subscription ended early.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SubscriptionError {
     /// The subscriber did not keep up: its buffer filled and it was dropped.
-    #[error("dropped: fell more than {buffer} events behind (read faster, or ask for a larger buffer)")]
+    #[error(
+        "dropped: fell more than {buffer} events or {bytes} bytes behind; read faster (or ask for a larger \
+         buffer, at most {MAX_SUBSCRIBER_BUFFER} events) and subscribe again: the current state comes first, so \
+         nothing is lost but the events in between"
+    )]
     Lagged {
-        /// The buffer it had.
+        /// The buffer it had, in events.
         buffer: usize,
+        /// The buffer it had, in bytes.
+        bytes: usize,
     },
 }
 
@@ -49,16 +64,71 @@ struct Inner {
 }
 
 struct Slot {
-    tx: mpsc::Sender<ContainerEvent>,
-    lagged: Arc<AtomicBool>,
+    tx: mpsc::Sender<(ContainerEvent, usize)>,
+    shared: Arc<Shared>,
+}
+
+/// What a subscription and its slot in the hub both see.
+#[derive(Default)]
+struct Shared {
+    /// Set when the hub dropped the subscriber for falling behind.
+    lagged: AtomicBool,
+    /// Bytes queued and not yet taken.
+    queued_bytes: AtomicUsize,
+    /// The most bytes that may be queued.
+    max_bytes: usize,
 }
 
 /// The current containers, then every event after them.
 pub struct Subscription {
     current: Vec<ContainerEvent>,
-    rx: mpsc::Receiver<ContainerEvent>,
-    lagged: Arc<AtomicBool>,
+    rx: mpsc::Receiver<(ContainerEvent, usize)>,
+    shared: Arc<Shared>,
     buffer: usize,
+    /// Counted in the subscriber gauge until dropped.
+    counted: Option<Arc<Metrics>>,
+}
+
+/// About how many bytes an event holds in memory while queued (its
+/// container and hook record counted whole, though they may be shared).
+pub fn approx_event_bytes(event: &ContainerEvent) -> usize {
+    let map = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>();
+    let strings = |v: &[String]| v.iter().map(|s| s.len() + size_of::<String>()).sum::<usize>();
+    let c = &event.container;
+    let container = size_of::<Container>()
+        + c.id.len()
+        + c.cgroup_path.len()
+        + c.image.len()
+        + c.image_digest.len()
+        + c.name.len()
+        + c.pod.name.len()
+        + c.pod.namespace.len()
+        + c.pod.uid.len()
+        + map(&c.labels);
+    let hook = event.hook.as_deref().map_or(0, |h| {
+        let oci = h.oci.as_ref().map_or(0, |o| {
+            o.oci_version.len()
+                + strings(&o.args)
+                + o.cwd.len()
+                + o.hostname.len()
+                + o.root_path.len()
+                + o.cgroups_path.len()
+                + strings(&o.namespaces)
+                + strings(&o.capabilities)
+                + map(&o.annotations)
+        });
+        let verdict = h.verdict.as_ref().map_or(0, |v| v.mode.len() + v.rule.len() + v.reason.len());
+        size_of::<HookInfo>()
+            + h.runtime_binary.len()
+            + h.command.len()
+            + h.bundle.len()
+            + h.pid_file.len()
+            + h.state_root.len()
+            + h.oci_error.as_ref().map_or(0, String::len)
+            + oci
+            + verdict
+    });
+    size_of::<(ContainerEvent, usize)>() + container + hook
 }
 
 impl Hub {
@@ -105,40 +175,57 @@ impl Hub {
                 EventKind::ContainerPrecreate | EventKind::ContainerPolicyViolation => {}
             }
         }
-        let before = inner.subscribers.len();
+        let sizes: Vec<usize> = events.iter().map(approx_event_bytes).collect();
+        let mut dropped = 0;
         inner.subscribers.retain(|slot| {
-            for event in events {
-                match slot.tx.try_send(event.clone()) {
+            for (event, &size) in events.iter().zip(&sizes) {
+                let queued = slot.shared.queued_bytes.fetch_add(size, Ordering::AcqRel) + size;
+                let result = if queued > slot.shared.max_bytes {
+                    Err(mpsc::error::TrySendError::Full((event.clone(), size)))
+                } else {
+                    slot.tx.try_send((event.clone(), size))
+                };
+                match result {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        slot.lagged.store(true, Ordering::Release);
+                        slot.shared.lagged.store(true, Ordering::Release);
+                        dropped += 1;
                         return false;
                     }
+                    // It went away (its subscription was dropped): not a drop.
                     Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 }
             }
             true
         });
-        let dropped = before - inner.subscribers.len();
         if dropped > 0 {
             self.metrics.subscribers_dropped(dropped);
-            tracing::debug!(dropped, "subscribers gone or too slow");
+            tracing::debug!(dropped, "subscribers too slow, dropped");
         }
-        self.metrics.set_subscribers(inner.subscribers.len());
     }
 
-    /// Subscribes with room for `buffer` events (at least 1, at most [`MAX_SUBSCRIBER_BUFFER`]).
+    /// Subscribes with room for `buffer` events (at least 1, at most
+    /// [`MAX_SUBSCRIBER_BUFFER`]) and at most [`MAX_SUBSCRIBER_BYTES`] bytes.
     pub fn subscribe(&self, buffer: usize) -> Subscription {
+        self.subscribe_bounded(buffer, MAX_SUBSCRIBER_BYTES)
+    }
+
+    /// [`Hub::subscribe`] with room for at most `bytes` bytes of events
+    /// (at most [`MAX_SUBSCRIBER_BYTES`]).
+    pub fn subscribe_bounded(&self, buffer: usize, bytes: usize) -> Subscription {
         let buffer = buffer.clamp(1, MAX_SUBSCRIBER_BUFFER);
+        let bytes = bytes.clamp(1, MAX_SUBSCRIBER_BYTES);
         let (tx, rx) = mpsc::channel(buffer);
-        let lagged = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared { max_bytes: bytes, ..Shared::default() });
         let mut inner = self.lock();
         let current = inner.view.values().cloned().collect();
+        let mut counted = None;
         if !inner.closed {
-            inner.subscribers.push(Slot { tx, lagged: lagged.clone() });
-            self.metrics.set_subscribers(inner.subscribers.len());
+            inner.subscribers.push(Slot { tx, shared: shared.clone() });
+            self.metrics.subscriber_joined();
+            counted = Some(self.metrics.clone());
         }
-        Subscription { current, rx, lagged, buffer }
+        Subscription { current, rx, shared, buffer, counted }
     }
 
     /// Ends every subscription (the agent stopped); later ones get the last state and no events.
@@ -146,7 +233,6 @@ impl Hub {
         let mut inner = self.lock();
         inner.closed = true;
         inner.subscribers.clear();
-        self.metrics.set_subscribers(0);
     }
 
     /// How many live containers the published events describe.
@@ -167,14 +253,22 @@ impl Subscription {
         std::mem::take(&mut self.current)
     }
 
-    /// The next event; `Ok(None)` once the agent has stopped.
+    /// The next event; `Ok(None)` once the agent has stopped. Once the
+    /// subscriber has been dropped for falling behind, the error comes at
+    /// once (the events still queued are let go).
     pub async fn next(&mut self) -> Result<Option<ContainerEvent>, SubscriptionError> {
+        if self.is_lagged() {
+            return self.outcome(None);
+        }
         let event = self.rx.recv().await;
         self.outcome(event)
     }
 
     /// [`Subscription::next`] for code outside an async runtime (it blocks the thread).
     pub fn blocking_next(&mut self) -> Result<Option<ContainerEvent>, SubscriptionError> {
+        if self.is_lagged() {
+            return self.outcome(None);
+        }
         let event = self.rx.blocking_recv();
         self.outcome(event)
     }
@@ -182,19 +276,112 @@ impl Subscription {
     /// The next event if one is already queued (never blocks; the end of the
     /// subscription is reported by the next [`Subscription::blocking_next`]).
     pub fn try_next(&mut self) -> Option<ContainerEvent> {
-        self.rx.try_recv().ok()
+        let (event, size) = self.rx.try_recv().ok()?;
+        self.shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+        Some(event)
     }
 
     /// True once the subscriber has been dropped for falling behind.
     pub fn is_lagged(&self) -> bool {
-        self.lagged.load(Ordering::Acquire)
+        self.shared.lagged.load(Ordering::Acquire)
     }
 
-    fn outcome(&self, event: Option<ContainerEvent>) -> Result<Option<ContainerEvent>, SubscriptionError> {
+    fn outcome(&self, event: Option<(ContainerEvent, usize)>) -> Result<Option<ContainerEvent>, SubscriptionError> {
         match event {
-            Some(event) => Ok(Some(event)),
-            None if self.lagged.load(Ordering::Acquire) => Err(SubscriptionError::Lagged { buffer: self.buffer }),
+            Some((event, size)) => {
+                self.shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                Ok(Some(event))
+            }
+            None if self.is_lagged() => {
+                Err(SubscriptionError::Lagged { buffer: self.buffer, bytes: self.shared.max_bytes })
+            }
             None => Ok(None),
         }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.counted.take() {
+            metrics.subscriber_left();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use ctwatch::Runtime;
+
+    use super::*;
+
+    fn create(i: usize) -> ContainerEvent {
+        ContainerEvent {
+            time: SystemTime::now(),
+            kind: EventKind::ContainerCreate,
+            cgroup_id: i as u64,
+            container: Arc::new(Container::new(format!("{i:064x}"), Runtime::Docker)),
+            kernel_time: None,
+            enriched: None,
+            hook: None,
+        }
+    }
+
+    fn line(metrics: &Metrics, name: &str) -> String {
+        metrics
+            .encode(crate::metrics::Format::Text)
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn a_huge_buffer_is_clamped_and_a_full_one_drops_the_subscriber() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(metrics.clone());
+        let mut sub = hub.subscribe(usize::MAX);
+        let events: Vec<_> = (0..MAX_SUBSCRIBER_BUFFER).map(create).collect();
+        hub.publish(&events);
+        assert!(!sub.is_lagged());
+        hub.publish(&[create(MAX_SUBSCRIBER_BUFFER)]);
+        assert!(sub.is_lagged());
+        let err = sub.blocking_next().unwrap_err();
+        assert_eq!(err, SubscriptionError::Lagged { buffer: MAX_SUBSCRIBER_BUFFER, bytes: MAX_SUBSCRIBER_BYTES });
+        assert_eq!(line(&metrics, "ctwatch_subscribers_dropped_total"), "ctwatch_subscribers_dropped_total 1");
+    }
+
+    #[test]
+    fn the_byte_budget_drops_a_subscriber_before_its_event_buffer_fills() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let size = approx_event_bytes(&create(0));
+        let mut sub = hub.subscribe_bounded(1000, 10 * size);
+        hub.publish(&(0..10).map(create).collect::<Vec<_>>());
+        assert!(!sub.is_lagged());
+        // Reading frees room.
+        assert!(sub.try_next().is_some());
+        hub.publish(&[create(10)]);
+        assert!(!sub.is_lagged());
+        hub.publish(&[create(11)]);
+        assert!(sub.is_lagged());
+        let message = sub.blocking_next().unwrap_err().to_string();
+        assert!(message.contains(&format!("{} bytes", 10 * size)) && message.contains("subscribe again"), "{message}");
+    }
+
+    #[test]
+    fn a_hang_up_is_no_drop_and_leaves_the_gauge_at_once() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(metrics.clone());
+        let kept = hub.subscribe(8);
+        let gone = hub.subscribe(8);
+        assert_eq!(line(&metrics, "ctwatch_subscribers "), "ctwatch_subscribers 2");
+        drop(gone);
+        assert_eq!(line(&metrics, "ctwatch_subscribers "), "ctwatch_subscribers 1");
+        hub.publish(&[create(1)]);
+        assert_eq!(line(&metrics, "ctwatch_subscribers_dropped_total"), "ctwatch_subscribers_dropped_total 0");
+        assert_eq!(hub.lock().subscribers.len(), 1);
+        drop(kept);
+        assert_eq!(line(&metrics, "ctwatch_subscribers "), "ctwatch_subscribers 0");
     }
 }

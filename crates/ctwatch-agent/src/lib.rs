@@ -36,7 +36,7 @@ pub mod namespaces;
 pub mod pipeline;
 
 pub use datasource::{ContainerFilter, ContainerRecord, DataSource, DataSourceError, HostView, LookupKey};
-pub use hub::{Subscription, SubscriptionError, DEFAULT_SUBSCRIBER_BUFFER};
+pub use hub::{Subscription, SubscriptionError, DEFAULT_SUBSCRIBER_BUFFER, MAX_SUBSCRIBER_BYTES};
 pub use metrics::{Format as MetricsFormat, Metrics};
 pub use namespaces::Namespaces;
 pub use pipeline::{Agent, AgentConfig, AgentError, PinConfig, SourceChoice, WatchedTree};

@@ -156,7 +156,7 @@ impl Metrics {
         let subscribers_dropped = Counter::<u64, AtomicU64>::default();
         registry.register(
             "subscribers_dropped",
-            "Subscribers dropped because they fell too far behind or went away",
+            "Subscribers dropped because they fell too far behind",
             subscribers_dropped.clone(),
         );
         let hook_answer_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -263,12 +263,17 @@ impl Metrics {
         let _ = self.api_requests.get_or_create(&RequestLabels { method, code });
     }
 
-    /// How many subscribers are connected now.
-    pub fn set_subscribers(&self, n: usize) {
-        self.subscribers.set(n as i64);
+    /// One more subscriber connected.
+    pub fn subscriber_joined(&self) {
+        self.subscribers.inc();
     }
 
-    /// `n` subscribers were dropped.
+    /// A subscriber went away (hung up, was dropped, or the agent stopped).
+    pub fn subscriber_left(&self) {
+        self.subscribers.dec();
+    }
+
+    /// `n` subscribers were dropped for falling behind.
     pub fn subscribers_dropped(&self, n: usize) {
         self.subscribers_dropped.inc_by(n as u64);
     }

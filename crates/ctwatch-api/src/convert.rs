@@ -232,7 +232,9 @@ pub fn status(e: DataSourceError) -> Status {
         | DataSourceError::UnsupportedKey(_)
         | DataSourceError::InvalidKey { .. }
         | DataSourceError::Resolve(ResolveError::InvalidPath(_)) => Status::invalid_argument(message),
-        DataSourceError::NotRunning(_) => Status::failed_precondition(message),
+        DataSourceError::NotRunning(_) | DataSourceError::Resolve(ResolveError::NotRegular { .. }) => {
+            Status::failed_precondition(message)
+        }
         DataSourceError::Resolve(ResolveError::Changed { .. }) => Status::aborted(message),
         DataSourceError::Resolve(ResolveError::Unsupported) => Status::unimplemented(message),
         _ => Status::internal(message),

@@ -25,6 +25,9 @@ const STALLED_CLIENT: Duration = Duration::from_secs(10);
 /// How long a request waits for the scan at start before it is answered anyway.
 const SCAN_WAIT: Duration = Duration::from_secs(60);
 
+/// The most bytes one ReadFile answer carries.
+pub const MAX_READ_BYTES: usize = 1 << 20;
+
 /// Messages queued per Watch stream between the subscription and the connection.
 const STREAM_QUEUE: usize = 64;
 
@@ -120,6 +123,7 @@ const EXPECTED_CODES: &[(&str, &[Code])] = &[
     ("List", &[Code::Ok, Code::InvalidArgument]),
     ("Watch", &[Code::Ok]),
     ("ResolvePath", &[Code::Ok, Code::NotFound, Code::InvalidArgument]),
+    ("ReadFile", &[Code::Ok, Code::NotFound, Code::InvalidArgument]),
 ];
 
 /// A status code's canonical gRPC name (`OK`, `NOT_FOUND`...), as gRPC's own
@@ -151,6 +155,7 @@ pub fn code_name(code: Code) -> &'static str {
 pub struct ContainersService {
     data_source: DataSource,
     default_buffer: usize,
+    max_bytes: usize,
 }
 
 impl ContainersService {
@@ -163,7 +168,14 @@ impl ContainersService {
                 data_source.metrics().expect_api_request(method, code_name(*code));
             }
         }
-        ContainersService { data_source, default_buffer }
+        ContainersService { data_source, default_buffer, max_bytes: ctwatch_agent::MAX_SUBSCRIBER_BYTES }
+    }
+
+    /// Drops a Watch client once its queued events hold more than `bytes`
+    /// bytes (default and most: [`ctwatch_agent::MAX_SUBSCRIBER_BYTES`]).
+    pub fn with_client_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
     }
 
     fn counted<T>(&self, method: &'static str, result: Result<T, Status>) -> Result<Response<T>, Status> {
@@ -257,7 +269,7 @@ impl Containers for ContainersService {
         self.scanned().await;
         let request = request.into_inner();
         let buffer = if request.buffer == 0 { self.default_buffer } else { request.buffer as usize };
-        let mut subscription = self.data_source.subscribe_with_buffer(buffer);
+        let mut subscription = self.data_source.subscribe_bounded(buffer, self.max_bytes);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let ds = self.data_source.clone();
         tokio::spawn(async move {
@@ -294,7 +306,9 @@ impl Containers for ContainersService {
                     Ok(None) => return, // the agent is stopping
                     Err(lagged) => {
                         warn!("a Watch client fell behind and was dropped: {lagged}");
-                        let _ = tx.try_send(Err(convert::subscription_status(lagged)));
+                        // Let its queue go now; the status follows what is already on its way.
+                        drop(subscription);
+                        send(Err(convert::subscription_status(lagged))).await;
                         return;
                     }
                 }
@@ -313,8 +327,34 @@ impl Containers for ContainersService {
             self.blocking(move |ds| ds.resolve_path(&container, &path)).await.map(|r| pb::ResolvePathResponse {
                 container_path: r.container_path.to_string_lossy().into_owned(),
                 host_path: r.host_path.to_string_lossy().into_owned(),
+                dev: r.dev,
+                ino: r.ino,
             });
         self.counted("ResolvePath", result)
+    }
+
+    async fn read_file(&self, request: Request<pb::ReadFileRequest>) -> Result<Response<pb::ReadFileResponse>, Status> {
+        self.scanned().await;
+        let pb::ReadFileRequest { container, path, offset, max_bytes } = request.into_inner();
+        let max = match usize::try_from(max_bytes) {
+            Ok(0) | Err(_) => MAX_READ_BYTES,
+            Ok(n) => n.min(MAX_READ_BYTES),
+        };
+        let result = self
+            .blocking(move |ds| {
+                let resolved = ds.resolve_path(&container, &path)?;
+                let chunk = resolved.read(offset, max)?;
+                Ok(pb::ReadFileResponse {
+                    data: chunk.data,
+                    container_path: resolved.container_path.to_string_lossy().into_owned(),
+                    size: chunk.size,
+                    eof: chunk.eof,
+                    dev: resolved.dev,
+                    ino: resolved.ino,
+                })
+            })
+            .await;
+        self.counted("ReadFile", result)
     }
 }
 

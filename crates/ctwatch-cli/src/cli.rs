@@ -95,7 +95,8 @@ pub enum Command {
     /// Show the container a process is in (exit status 1 if it is in none).
     Pid(PidArgs),
     /// Resolve a path as a container sees it to the host path that reaches it,
-    /// following symlinks and `..` inside the container's root only.
+    /// following symlinks and `..` inside the container's root only, with the
+    /// file's device and inode (check them after opening the path).
     Resolve(ResolveArgs),
     /// Ask a running agent's standard gRPC health service
     /// (`grpc.health.v1.Health`): exit 0 when it is SERVING (the scan at start
@@ -169,6 +170,11 @@ pub struct EnrichArgs {
     /// Docker API socket (repeatable). Default: /var/run/docker.sock.
     #[arg(long, value_name = "PATH")]
     pub docker_socket: Vec<PathBuf>,
+
+    /// Docker's data root, whose container records are read even while dockerd
+    /// is down. Default: "data-root" in /etc/docker/daemon.json, else /var/lib/docker.
+    #[arg(long, value_name = "DIR")]
+    pub docker_data_root: Option<PathBuf>,
 
     /// Podman API socket (repeatable). Default: /run/podman/podman.sock.
     #[arg(long, value_name = "PATH")]
@@ -374,9 +380,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// Events a Watch client may fall behind before it is dropped.
+    /// Events a Watch client may fall behind before it is dropped (a client may ask for up to 65536).
     #[arg(long, value_name = "N", default_value_t = ctwatch_agent::DEFAULT_SUBSCRIBER_BUFFER)]
     pub client_buffer: usize,
+
+    /// Bytes of queued events a Watch client may fall behind before it is dropped, whatever its buffer.
+    #[arg(long, value_name = "BYTES", default_value_t = ctwatch_agent::MAX_SUBSCRIBER_BYTES)]
+    pub client_buffer_bytes: usize,
 }
 
 /// Where `get` and `pid` find their answer: a running agent, else a scan here.
@@ -430,7 +440,9 @@ pub struct ResolveArgs {
     #[arg(value_name = "PATH")]
     pub path: String,
 
-    /// Output format: the host path alone, or JSON with both paths.
+    /// Output format: the host path, a tab, then the file's device and inode
+    /// (`<dev> <ino>`: what fstat of the path must give), or JSON with both
+    /// paths, `dev` and `ino`.
     #[arg(long, short = 'o', value_enum)]
     pub format: Option<Format>,
 

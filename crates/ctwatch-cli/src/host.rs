@@ -61,6 +61,7 @@ pub fn enrich_config(args: &EnrichArgs, cgroups: &CgroupArgs) -> Option<EnrichCo
         deadline: args.enrich_deadline,
         concurrency_per_daemon: args.enrich_concurrency,
         state_dirs: state_dirs(cgroups),
+        docker_data_root: docker_data_root(args),
         ..EnrichConfig::default()
     };
     if !args.docker_socket.is_empty() {
@@ -76,6 +77,12 @@ pub fn enrich_config(args: &EnrichArgs, cgroups: &CgroupArgs) -> Option<EnrichCo
         config.cri_sockets = args.cri_socket.clone();
     }
     Some(config)
+}
+
+/// Docker's data root: `--docker-data-root`, else daemon.json's, else the default.
+pub fn docker_data_root(args: &EnrichArgs) -> std::path::PathBuf {
+    let daemon_json = std::path::Path::new(ctwatch_enrich::docker_api::DOCKER_DAEMON_JSON);
+    ctwatch_enrich::docker_api::docker_data_root(args.docker_data_root.as_deref(), daemon_json)
 }
 
 /// The agent's configuration from the flags.
@@ -103,6 +110,10 @@ pub fn agent_config(args: &PipelineArgs) -> Result<AgentConfig> {
             deadline: hook.hook_deadline,
             fail_closed: hook.fail_closed,
             policy,
+            identity: ctwatch_hook::identity::IdentitySources {
+                docker_root: docker_data_root(enrich),
+                ..Default::default()
+            },
             ..ctwatch_hook::HookConfig::default()
         });
         // A policy or an explicit path is a request, not a nicety: fail if it cannot be honoured.

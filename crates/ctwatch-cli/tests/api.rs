@@ -274,11 +274,13 @@ fn a_slow_client_is_dropped_and_the_others_go_on() {
     let tag = unique("slow");
     let ids: Vec<String> = (0..1500).map(|i| hex_id(&format!("{tag}-{i}"))).collect();
     let reader_task = {
-        let ids = ids.clone();
+        let ids: std::collections::HashSet<String> = ids.iter().cloned().collect();
         rt.spawn(async move {
             let mut watched = Watched::default();
+            // Its own removes only: other tests' containers come and go on this host too.
             watch_until(&mut reader, &mut watched, Duration::from_secs(120), "every remove", |w| {
-                w.events.iter().filter(|e| e.event == "container_remove").count() >= ids.len()
+                let ours = |e: &&pb::Event| e.container.as_ref().is_some_and(|c| ids.contains(&c.container_id));
+                w.events.iter().filter(|e| e.event == "container_remove").filter(ours).count() >= ids.len()
             })
             .await;
             watched
@@ -463,4 +465,199 @@ fn paths_resolve_inside_the_container_never_on_the_host() {
         assert_eq!(resolve("/no/such/file").status.code(), Some(1));
     }
     docker(&["rm", "-f", &id]);
+}
+
+/// A client whose HTTP/2 windows are the protocol's default 64 KiB (not
+/// hyper's megabytes), so that a slow reader makes the agent queue.
+async fn small_window_client(
+    socket: &std::path::Path,
+) -> ctwatch_api::pb::containers_client::ContainersClient<tonic::transport::Channel> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::try_from("http://ctwatch.local")
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap();
+    ctwatch_api::pb::containers_client::ContainersClient::new(channel)
+}
+
+/// A `VmRSS:`/`VmHWM:` line of /proc/<pid>/status, in kB.
+fn vm_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_slow_reader_with_a_huge_buffer_is_dropped_and_a_hang_up_is_not_a_drop() {
+    require_root();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    // A 64 KiB byte budget per client, so that a burst as small as the other tests' is enough.
+    let serve = Serve::start(&["--no-enrich", "--client-buffer-bytes", "65536", "--metrics-addr", &metrics_addr]);
+    let rt = runtime();
+    let gauge = || metric(&scrape(&metrics_addr), "ctwatch_subscribers ").unwrap();
+    let dropped = || metric(&scrape(&metrics_addr), "ctwatch_subscribers_dropped_total").unwrap();
+
+    // A client that hangs up: the gauge goes down at once (no event needed), and it is no drop.
+    let mut quitter = rt.block_on(serve.client());
+    let stream = rt.block_on(async move { quitter.watch(pb::WatchRequest::default()).await.unwrap().into_inner() });
+    assert_eq!(gauge(), 1.0);
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge() != 0.0 {
+        assert!(Instant::now() < deadline, "the gauge stayed at {} after the hang-up", gauge());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A client asking for the largest buffer there is, reading one message every 20 ms
+    // while a burst goes on, then as fast as it can until its stream ends.
+    let mut slow = rt.block_on(small_window_client(&serve.socket));
+    let mut stream = rt
+        .block_on(async move { slow.watch(pb::WatchRequest { skip_current: true, buffer: u32::MAX }).await })
+        .unwrap()
+        .into_inner();
+    let bursting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reader = {
+        let bursting = bursting.clone();
+        rt.spawn(async move {
+            let mut read = 0u64;
+            loop {
+                if bursting.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                match tokio::time::timeout(Duration::from_secs(120), stream.message()).await {
+                    Ok(Ok(Some(_))) => read += 1,
+                    Ok(Ok(None)) => return (read, None),
+                    Ok(Err(status)) => return (read, Some(status)),
+                    Err(_) => panic!("the slow client's stream neither ended nor failed"),
+                }
+            }
+        })
+    };
+    let rss_before = vm_kb(serve.pid(), "VmRSS:");
+
+    // 1,500 containers created and removed: 3,000 events, far more than 64 KiB (and than
+    // HTTP/2's 64 KiB window and the server's 64-message queue on the way).
+    let mut tree = CgroupTree::new();
+    let parent = tree.mkdir_p(&default_hierarchy(), "docker");
+    let tag = unique("burst");
+    for i in 0..1_500 {
+        let dir = parent.join(hex_id(&format!("{tag}-{i}")));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+    }
+    bursting.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (read, status) = rt.block_on(reader).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the slow client's stream ended without a status after {read}"));
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("behind") && status.message().contains("subscribe again"), "{status}");
+    assert!(read < 3_000, "dropped only after {read} messages");
+
+    // Its queue was bounded: the agent's peak RSS stayed near where it was.
+    let peak = vm_kb(serve.pid(), "VmHWM:");
+    eprintln!("agent RSS before the burst {rss_before} kB, peak {peak} kB, slow client read {read}");
+    assert!(peak.saturating_sub(rss_before) < 64 * 1024, "RSS grew from {rss_before} kB to a peak of {peak} kB");
+
+    assert_eq!(dropped(), 1.0, "only the slow client was dropped, not the one that hung up");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge() != 0.0 {
+        assert!(Instant::now() < deadline, "the gauge stayed at {} after the drop", gauge());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn read_file_reads_the_containers_file_and_dev_ino_catch_a_swapped_link() {
+    require_root();
+    let serve = Serve::start(&["--no-enrich"]);
+    let rt = runtime();
+    let client = rt.block_on(serve.client());
+    let name = unique("readfile");
+    let script = "mkdir -p /data; echo container-secret > /data/f; echo 0123456789 > /data/digits; \
+                  busybox dd if=/dev/zero of=/data/big bs=1024 count=1536 2>/dev/null; busybox mkfifo /data/fifo; \
+                  echo ready > /data/ready; sleep 300";
+    let id = docker(&["run", "-d", "--name", &name, "local/busybox:1", "sh", "-c", script]);
+    let _cleanup = Removal(id.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !run("/usr/bin/docker", &["exec", &id, "ls", "/data"]).contains("ready") {
+        assert!(Instant::now() < deadline, "the container never wrote its files");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid: u32 = docker(&["inspect", "-f", "{{.State.Pid}}", &id]).parse().unwrap();
+    let for_calls = client.clone();
+    let resolve = |path: &str| {
+        let request = pb::ResolvePathRequest { container: id.clone(), path: path.into() };
+        rt.block_on(for_calls.clone().resolve_path(request)).map(|r| r.into_inner())
+    };
+    let read = |path: &str, offset: u64, max_bytes: u64| {
+        let request = pb::ReadFileRequest { container: id.clone(), path: path.into(), offset, max_bytes };
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), for_calls.clone().read_file(request)).await })
+            .expect("ReadFile answered")
+            .map(|r| r.into_inner())
+    };
+
+    // dev and ino are the file's: as fstat of the host path's descriptor and stat inside the container say.
+    let resolved = resolve("/data/f").unwrap();
+    let opened = std::fs::File::open(&resolved.host_path).unwrap();
+    let meta = opened.metadata().unwrap();
+    assert_eq!((resolved.dev, resolved.ino), (meta.dev(), meta.ino()));
+    let inside = docker(&["exec", &id, "busybox", "stat", "-c", "%d %i", "/data/f"]);
+    assert_eq!(inside, format!("{} {}", resolved.dev, resolved.ino));
+    assert_eq!(resolved.host_path, format!("/proc/{pid}/root/data/f"));
+    // The CLI prints them after the host path.
+    let cli =
+        run(ctwatch_bin().to_str().unwrap(), &["resolve", "--socket", serve.socket.to_str().unwrap(), &id, "/data/f"]);
+    assert_eq!(cli, format!("{}\t{} {}", resolved.host_path, resolved.dev, resolved.ino));
+
+    // ReadFile: the content, bounded, from an offset; capped at 1 MiB.
+    let f = read("/data/f", 0, 0).unwrap();
+    assert_eq!(
+        (f.data.as_slice(), f.eof, f.dev, f.ino),
+        (&b"container-secret\n"[..], true, resolved.dev, resolved.ino)
+    );
+    let digits = read("/data/digits", 3, 4).unwrap();
+    assert_eq!((digits.data.as_slice(), digits.size, digits.eof), (&b"3456"[..], 11, false));
+    let big = read("/data/big", 0, u64::MAX).unwrap();
+    assert_eq!((big.data.len(), big.size, big.eof), (1 << 20, 1536 * 1024, false));
+    let rest = read("/data/big", 1 << 20, 0).unwrap();
+    assert_eq!((rest.data.len(), rest.eof), (512 * 1024, true));
+    // A FIFO is refused at once (never opened, so nothing blocks); a missing file is NOT_FOUND.
+    assert_eq!(read("/data/fifo", 0, 10).unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(read("/data/nothing", 0, 10).unwrap_err().code(), Code::NotFound);
+
+    // The container swaps the file for a link to /etc/shadow.
+    docker(&["exec", &id, "sh", "-c", "busybox rm /data/f && ln -s /etc/shadow /data/f"]);
+    let host_shadow = std::fs::read("/etc/shadow").unwrap();
+    // Opening the old host path by name now reaches a host file: dev/ino tell the client so.
+    let swapped = std::fs::File::open(&resolved.host_path).unwrap().metadata().unwrap();
+    assert_ne!((swapped.dev(), swapped.ino()), (resolved.dev, resolved.ino), "the check catches the swap");
+    // ReadFile resolves inside the container: no /etc/shadow there, so NOT_FOUND, never the host's.
+    let missing = read("/data/f", 0, 0).unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing}");
+    // With a /etc/shadow of the container's own, that one.
+    docker(&["exec", &id, "sh", "-c", "echo container-shadow > /etc/shadow"]);
+    let shadow = read("/data/f", 0, 0).unwrap();
+    assert_eq!((shadow.data.as_slice(), shadow.container_path.as_str()), (&b"container-shadow\n"[..], "/etc/shadow"));
+    assert_ne!(shadow.data, host_shadow);
+    let resolved_again = resolve("/data/f").unwrap();
+    assert_eq!((resolved_again.dev, resolved_again.ino), (shadow.dev, shadow.ino));
+    let host_meta = std::fs::metadata("/etc/shadow").unwrap();
+    assert_ne!((shadow.dev, shadow.ino), (host_meta.dev(), host_meta.ino()));
+    drop(opened);
+}
+
+/// Removes a Docker container when dropped (a failing test leaves none).
+struct Removal(String);
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("/usr/bin/docker").args(["rm", "-f", &self.0]).output();
+    }
 }

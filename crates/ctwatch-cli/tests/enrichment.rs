@@ -267,3 +267,61 @@ fn a_hung_daemon_delays_only_its_containers_until_the_deadline() {
     assert!(docker_at < Duration::from_secs(10), "but not longer ({docker_at:?})");
     eprintln!("podman create out after {podman_at:?}, hung docker's after {docker_at:?}");
 }
+
+/// Removes a Docker container when dropped (a failing test leaves none).
+struct DockerRm(String);
+
+impl Drop for DockerRm {
+    fn drop(&mut self) {
+        let _ = output(DOCKER, &["rm", "-f", &self.0]);
+    }
+}
+
+#[test]
+fn docker_containers_are_described_from_disk_while_dockerd_does_not_answer() {
+    // For this ctwatch, dockerd is down: its --docker-socket is a path where
+    // nothing listens (the shared daemon keeps running for the other tests,
+    // and its containers with it). Later that path becomes a link to the real
+    // socket: dockerd is back.
+    require_root();
+    let name = unique("disk-docker");
+    let id = run(DOCKER, &["run", "-d", "--name", &name, IMAGE, "sleep", "120"]);
+    let _rm = DockerRm(id.clone());
+    let image_id = inspect(DOCKER, "{{.Image}}", &id);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let mut watch = Watch::start(&["--docker-socket", socket.to_str().unwrap(), "--enrich-deadline", "1s"]);
+
+    // Found at start: described at once from config.v2.json and the image store, no daemon asked.
+    watch.wait_for("existing_container", &id);
+    let e = watch.event("existing_container", &id).clone();
+    assert_eq!(e["enriched"], false, "the daemon did not answer: {e}");
+    let a = &e["args"];
+    assert_eq!(
+        (a["container_name"].as_str(), a["container_image"].as_str()),
+        (Some(name.as_str()), Some(IMAGE)),
+        "{e}"
+    );
+    assert_eq!(a["container_image_digest"], image_id.as_str(), "{e}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !watch.logged("not answering") {
+        assert!(Instant::now() < deadline, "the outage is reported: {:?}", watch.log.lock().unwrap());
+        watch.drain_for(Duration::from_millis(100));
+    }
+
+    // dockerd is back: enrichment completes, and nothing it says takes a field away.
+    std::os::unix::fs::symlink("/var/run/docker.sock", &socket).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !watch.logged("answering again") {
+        assert!(Instant::now() < deadline, "dockerd's return was never noticed: {:?}", watch.log.lock().unwrap());
+        watch.drain_for(Duration::from_millis(200));
+    }
+    watch.drain_for(Duration::from_secs(2));
+    for later in watch.about(&id) {
+        let a = &later["args"];
+        assert_eq!((a["container_name"].as_str(), a["container_image"].as_str()), (Some(name.as_str()), Some(IMAGE)));
+        assert_eq!(a["container_image_digest"], image_id.as_str(), "{later}");
+    }
+    // Same answer from the daemon as from the disk: no update was needed.
+    assert!(watch.about(&id).iter().all(|e| e["event"] == "existing_container"), "{:#?}", watch.about(&id));
+}

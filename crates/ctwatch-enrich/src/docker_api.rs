@@ -25,6 +25,8 @@ pub struct DockerApi {
     digests: std::sync::Mutex<HashMap<String, String>>,
     /// Docker's data root, once known.
     data_root: tokio::sync::OnceCell<Option<PathBuf>>,
+    /// Docker's data root as configured (read without the daemon).
+    disk_root: Option<PathBuf>,
 }
 
 /// The parts of Docker's `config.v2.json` that enrichment reads.
@@ -64,6 +66,57 @@ pub fn docker_record_on_disk(root: &Path, id: &str) -> Option<(Metadata, String)
     Some((m, config.image))
 }
 
+/// Docker's daemon configuration file, where `data-root` may be set.
+pub const DOCKER_DAEMON_JSON: &str = "/etc/docker/daemon.json";
+
+/// Docker's data root when nothing says otherwise.
+pub const DEFAULT_DOCKER_DATA_ROOT: &str = "/var/lib/docker";
+
+/// Record files (such as `repositories.json`) larger than this are not read.
+const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Docker's data root without asking the daemon: `flag` when given, else
+/// `data-root` (or the older `graph`) in `daemon_json`, else
+/// [`DEFAULT_DOCKER_DATA_ROOT`].
+pub fn docker_data_root(flag: Option<&Path>, daemon_json: &Path) -> PathBuf {
+    if let Some(root) = flag {
+        return root.to_path_buf();
+    }
+    #[derive(serde::Deserialize)]
+    struct DaemonJson {
+        #[serde(rename = "data-root")]
+        data_root: Option<String>,
+        graph: Option<String>,
+    }
+    crate::oci_state::read_json_capped::<DaemonJson>(daemon_json, 1024 * 1024)
+        .and_then(|d| d.data_root.or(d.graph))
+        .filter(|root| root.starts_with('/'))
+        .map_or_else(|| PathBuf::from(DEFAULT_DOCKER_DATA_ROOT), PathBuf::from)
+}
+
+/// The repository digest (`sha256:...`) Docker recorded for an image ID in
+/// `<root>/image/<driver>/repositories.json`, if the image was pulled.
+pub fn docker_repo_digest_on_disk(root: &Path, image_id: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Repositories {
+        #[serde(rename = "Repositories", default)]
+        repositories: HashMap<String, HashMap<String, String>>,
+    }
+    if image_id.is_empty() {
+        return None;
+    }
+    for driver in ["overlay2", "vfs", "btrfs", "zfs", "fuse-overlayfs"] {
+        let path = root.join("image").join(driver).join("repositories.json");
+        let Some(repos) = crate::oci_state::read_json_capped::<Repositories>(&path, MAX_RECORD_BYTES) else {
+            continue;
+        };
+        return repos.repositories.values().flatten().find_map(|(reference, id)| {
+            (id == image_id).then(|| reference.split_once('@').map(|(_, d)| clean(d, 128))).flatten()
+        });
+    }
+    None
+}
+
 /// Image digests remembered at most (the cache is cleared when full).
 const MAX_CACHED_DIGESTS: usize = 4096;
 
@@ -75,7 +128,38 @@ impl DockerApi {
             health: DaemonHealth::new(runtime, socket),
             digests: std::sync::Mutex::new(HashMap::new()),
             data_root: tokio::sync::OnceCell::new(),
+            disk_root: None,
         }
+    }
+
+    /// Reads Docker's on-disk records under `root` even while the daemon is
+    /// down (see [`DockerApi::on_disk`]).
+    pub fn with_data_root(mut self, root: &Path) -> Self {
+        self.disk_root = Some(root.to_path_buf());
+        self
+    }
+
+    /// What Docker's on-disk records say of container `id` (name, image,
+    /// labels, and the digest from its image store), read without the
+    /// daemon, so containers are described while it is down; `None` for
+    /// Podman, without a data root, or with no record.
+    pub async fn on_disk(&self, id: &str) -> Option<Metadata> {
+        if self.runtime() != Runtime::Docker {
+            return None;
+        }
+        let root = self.disk_root.clone()?;
+        let id = id.to_string();
+        let (mut m, image_id, digest) = tokio::task::spawn_blocking(move || {
+            let (m, image_id) = docker_record_on_disk(&root, &id)?;
+            let digest = docker_repo_digest_on_disk(&root, &image_id);
+            Some((m, image_id, digest))
+        })
+        .await
+        .ok()??;
+        // The daemon's answer, when it gave one for this image, wins (it matches the named repository).
+        let cached = self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(&image_id).cloned();
+        m.image_digest = cached.or(digest).unwrap_or_else(|| sha256_digest(&image_id));
+        Some(m)
     }
 
     /// Which runtime this daemon is.
@@ -207,5 +291,40 @@ impl DockerApi {
 
     fn unavailable(&self, e: BollardError) -> EnrichError {
         self.health.unavailable(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_root_comes_from_the_flag_then_daemon_json_then_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("daemon.json");
+        assert_eq!(docker_data_root(None, &json), Path::new(DEFAULT_DOCKER_DATA_ROOT), "no file");
+        std::fs::write(&json, r#"{"live-restore": true, "data-root": "/srv/docker"}"#).unwrap();
+        assert_eq!(docker_data_root(None, &json), Path::new("/srv/docker"));
+        assert_eq!(docker_data_root(Some(Path::new("/flag")), &json), Path::new("/flag"));
+        std::fs::write(&json, r#"{"graph": "/old/docker"}"#).unwrap();
+        assert_eq!(docker_data_root(None, &json), Path::new("/old/docker"), "the older key");
+        for bad in ["{", r#"{"data-root": "relative"}"#, r#"{"data-root": 7}"#] {
+            std::fs::write(&json, bad).unwrap();
+            assert_eq!(docker_data_root(None, &json), Path::new(DEFAULT_DOCKER_DATA_ROOT), "{bad}");
+        }
+    }
+
+    #[test]
+    fn repo_digests_come_from_repositories_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = dir.path().join("image/overlay2");
+        std::fs::create_dir_all(&repos).unwrap();
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let json =
+            format!(r#"{{"Repositories":{{"nginx":{{"nginx:1":"sha256:aaa","nginx@{digest}":"sha256:aaa"}}}}}}"#);
+        std::fs::write(repos.join("repositories.json"), json).unwrap();
+        assert_eq!(docker_repo_digest_on_disk(dir.path(), "sha256:aaa"), Some(digest));
+        assert_eq!(docker_repo_digest_on_disk(dir.path(), "sha256:ccc"), None);
+        assert_eq!(docker_repo_digest_on_disk(dir.path(), ""), None);
     }
 }

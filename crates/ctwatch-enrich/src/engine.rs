@@ -15,7 +15,7 @@ use tracing::debug;
 
 use crate::containerd_api::ContainerdApi;
 use crate::cri_api::CriApi;
-use crate::docker_api::DockerApi;
+use crate::docker_api::{docker_data_root, DockerApi, DOCKER_DAEMON_JSON};
 use crate::metadata::Metadata;
 use crate::oci_state::OciState;
 use crate::EnrichError;
@@ -62,6 +62,8 @@ pub struct EnrichConfig {
     pub cri_sockets: Vec<PathBuf>,
     /// The runtimes' state directories (daemon-free enrichment).
     pub state_dirs: HostStateDirs,
+    /// Docker's data root, whose records are read even while dockerd is down.
+    pub docker_data_root: PathBuf,
 }
 
 impl Default for EnrichConfig {
@@ -74,6 +76,7 @@ impl Default for EnrichConfig {
             containerd_sockets: existing(DEFAULT_CONTAINERD_SOCKETS),
             cri_sockets: existing(DEFAULT_CRI_SOCKETS),
             state_dirs: HostStateDirs::default(),
+            docker_data_root: docker_data_root(None, Path::new(DOCKER_DAEMON_JSON)),
         }
     }
 }
@@ -163,7 +166,11 @@ impl Enrichment {
         };
         config.containerd_sockets.iter().for_each(|s| add(Api::Containerd(ContainerdApi::new(s))));
         config.cri_sockets.iter().for_each(|s| add(Api::Cri(CriApi::new(cri_runtime(s), s))));
-        config.docker_sockets.iter().for_each(|s| add(Api::Docker(DockerApi::new(Runtime::Docker, s))));
+        let docker_root = &config.docker_data_root;
+        config
+            .docker_sockets
+            .iter()
+            .for_each(|s| add(Api::Docker(DockerApi::new(Runtime::Docker, s).with_data_root(docker_root))));
         config.podman_sockets.iter().for_each(|s| add(Api::Docker(DockerApi::new(Runtime::Podman, s))));
         let permits = config.concurrency_per_daemon.max(1);
         let daemons = apis.into_iter().map(|api| Daemon { api, permits: Semaphore::new(permits) }).collect();
@@ -220,23 +227,31 @@ async fn enrich_one(
     let mut from_daemons = Metadata::default();
     let mut complete = true;
     let asked = shared.daemons.iter().filter(|d| runtime == Runtime::Unknown || d.api.runtime() == runtime);
+    let take = |from_daemons: &mut Metadata, found: Metadata| {
+        from_daemons.merge(found);
+        // Whole: the bundle can add nothing (at a pod sandbox's mkdir the
+        // CRI service does not know it yet: its annotations are the source).
+        let in_pod = in_pod || from_daemons.pod_sandbox == Some(true);
+        let whole = !from_daemons.name.is_empty()
+            && !from_daemons.image.is_empty()
+            && (!in_pod || !from_daemons.pod_name.is_empty());
+        if whole {
+            daemon_answered.store(true, Ordering::Relaxed);
+        }
+    };
     for daemon in asked {
         let Ok(_permit) = daemon.permits.acquire().await else {
             continue;
         };
-        match tokio::time::timeout(shared.request_deadline, daemon.api.lookup(&id, namespace.as_deref())).await {
-            Ok(Ok(Some(found))) => {
-                from_daemons.merge(found);
-                // Whole: the bundle can add nothing (at a pod sandbox's mkdir the
-                // CRI service does not know it yet: its annotations are the source).
-                let in_pod = in_pod || from_daemons.pod_sandbox == Some(true);
-                let whole = !from_daemons.name.is_empty()
-                    && !from_daemons.image.is_empty()
-                    && (!in_pod || !from_daemons.pod_name.is_empty());
-                if whole {
-                    daemon_answered.store(true, Ordering::Relaxed);
-                }
+        // Docker's records on disk first: they need no daemon (it may be down or
+        // restarting), and the daemon's answer, when it comes, is merged over them.
+        if let Api::Docker(docker) = &daemon.api {
+            if let Some(found) = docker.on_disk(&id).await {
+                take(&mut from_daemons, found);
             }
+        }
+        match tokio::time::timeout(shared.request_deadline, daemon.api.lookup(&id, namespace.as_deref())).await {
+            Ok(Ok(Some(found))) => take(&mut from_daemons, found),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 debug!(%id, "enrichment failed: {e}");

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ctwatch::{Container, Runtime};
 use ctwatch_enrich::containerd_api::ContainerdApi;
-use ctwatch_enrich::docker_api::docker_record_on_disk;
+use ctwatch_enrich::docker_api::{docker_record_on_disk, docker_repo_digest_on_disk};
 use ctwatch_enrich::metadata::{clean, sha256_digest, Metadata, MAX_IMAGE, MAX_NAME};
 use ctwatch_enrich::oci_state::read_json_capped;
 use serde::Deserialize;
@@ -113,26 +113,8 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
 /// Docker's `containers/<id>/config.v2.json`, with the digest from its image store.
 fn docker_record(root: &Path, id: &str) -> Option<Metadata> {
     let (mut m, image_id) = docker_record_on_disk(root, id)?;
-    m.image_digest = docker_repo_digest(root, &image_id).unwrap_or_else(|| sha256_digest(&image_id));
+    m.image_digest = docker_repo_digest_on_disk(root, &image_id).unwrap_or_else(|| sha256_digest(&image_id));
     Some(m)
-}
-
-/// The repository digest (`sha256:...`) Docker recorded for an image ID, if it was pulled.
-fn docker_repo_digest(root: &Path, image_id: &str) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Repositories {
-        #[serde(rename = "Repositories", default)]
-        repositories: HashMap<String, HashMap<String, String>>,
-    }
-    for driver in ["overlay2", "vfs", "btrfs", "zfs", "fuse-overlayfs"] {
-        let Some(repos) = read_json::<Repositories>(&root.join("image").join(driver).join("repositories.json")) else {
-            continue;
-        };
-        return repos.repositories.values().flatten().find_map(|(reference, id)| {
-            (id == image_id).then(|| reference.split_once('@').map(|(_, d)| clean(d, 128))).flatten()
-        });
-    }
-    None
 }
 
 /// containers/storage's records, as Podman leaves them at `podman create`.

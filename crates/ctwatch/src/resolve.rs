@@ -48,6 +48,12 @@ pub enum ResolveError {
         /// The path asked for.
         path: String,
     },
+    /// The path is not a regular file, so it is not read (a FIFO, device or directory).
+    #[error("{path:?} is not a regular file in the container; only regular files are read")]
+    NotRegular {
+        /// The path inside the container.
+        path: String,
+    },
     /// Another failure of the kernel call.
     #[error("cannot resolve {path:?}: {source}")]
     Io {
@@ -67,8 +73,63 @@ pub struct ResolvedPath {
     /// Only a name: to read the file, use [`ResolvedPath::file`], which cannot be raced.
     pub host_path: PathBuf,
     /// The file itself, opened `O_PATH` (no read access; reopen through
-    /// `/proc/self/fd/<fd>` with the mode wanted).
+    /// `/proc/self/fd/<fd>` with the mode wanted, or use [`ResolvedPath::read`]).
     pub file: OwnedFd,
+    /// The file's device (`st_dev` of [`ResolvedPath::file`]): whoever opens
+    /// [`ResolvedPath::host_path`] must find the same device and inode.
+    pub dev: u64,
+    /// The file's inode number (`st_ino` of [`ResolvedPath::file`]).
+    pub ino: u64,
+}
+
+/// Part of a file read through its resolved descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChunk {
+    /// The bytes read.
+    pub data: Vec<u8>,
+    /// The file's size when it was read.
+    pub size: u64,
+    /// True when `data` reaches the end of the file.
+    pub eof: bool,
+}
+
+impl ResolvedPath {
+    /// Reads at most `max` bytes from `offset` of the resolved file, through
+    /// [`ResolvedPath::file`] (never by name, so a link swapped in meanwhile
+    /// cannot redirect the read). Only regular files are read: a FIFO or a
+    /// device is refused with [`ResolveError::NotRegular`], never opened.
+    pub fn read(&self, offset: u64, max: usize) -> Result<FileChunk, ResolveError> {
+        let path = self.container_path.to_string_lossy().into_owned();
+        let io_err = |source: io::Error| ResolveError::Io { path: path.clone(), source };
+        let st = fstat(self.file.as_raw_fd()).map_err(|e| io_err(e.into()))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(ResolveError::NotRegular { path });
+        }
+        // Reopening our own descriptor's /proc link opens that very inode, for reading.
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+        let fd = nix::fcntl::open(format!("/proc/self/fd/{}", self.file.as_raw_fd()).as_str(), flags, Mode::empty())
+            .map_err(|e| io_err(e.into()))?;
+        // SAFETY: `open` just returned this descriptor and nothing else owns it.
+        let file = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let meta = file.metadata().map_err(io_err)?;
+        if meta.dev() != self.dev || meta.ino() != self.ino {
+            return Err(ResolveError::Changed { path });
+        }
+        let size = meta.len();
+        let want = max.min(size.saturating_sub(offset).try_into().unwrap_or(usize::MAX));
+        let mut data = vec![0; want];
+        let mut got = 0;
+        while got < want {
+            match std::os::unix::fs::FileExt::read_at(&file, &mut data[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        data.truncate(got);
+        Ok(FileChunk { eof: offset + got as u64 >= size, data, size })
+    }
 }
 
 /// Opens `path` inside `root` (a directory), resolving every component inside it.
@@ -101,7 +162,7 @@ pub fn resolve_in_process_root(proc_root: &Path, pid: u32, path: &str) -> Result
         Ok(m) if m.dev() == want.st_dev && m.ino() == want.st_ino => {}
         _ => return Err(ResolveError::Changed { path: path.to_string() }),
     }
-    Ok(ResolvedPath { container_path, host_path, file })
+    Ok(ResolvedPath { container_path, host_path, file, dev: want.st_dev, ino: want.st_ino })
 }
 
 fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
@@ -178,6 +239,32 @@ mod tests {
         assert!(matches!(open_in_root(root, "/shadow-link"), Err(ResolveError::NotFound { .. })));
         assert!(matches!(open_in_root(root, ""), Err(ResolveError::InvalidPath(_))));
         assert!(matches!(open_in_root(root, "a\0b"), Err(ResolveError::InvalidPath(_))));
+    }
+
+    #[test]
+    fn reads_go_through_the_descriptor_and_only_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, "0123456789").unwrap();
+        let me = std::process::id();
+        let resolved = resolve_in_process_root(Path::new("/proc"), me, file.to_str().unwrap()).unwrap();
+        let meta = fs::metadata(&file).unwrap();
+        assert_eq!((resolved.dev, resolved.ino), (meta.dev(), meta.ino()));
+        let chunk = resolved.read(3, 4).unwrap();
+        assert_eq!((chunk.data.as_slice(), chunk.size, chunk.eof), (&b"3456"[..], 10, false));
+        let tail = resolved.read(8, 100).unwrap();
+        assert_eq!((tail.data.as_slice(), tail.eof), (&b"89"[..], true));
+        assert_eq!(resolved.read(50, 10).unwrap(), FileChunk { data: Vec::new(), size: 10, eof: true });
+        // Swapped for a link to another file after resolving: the read still reaches the file resolved.
+        fs::remove_file(&file).unwrap();
+        fs::write(dir.path().join("other"), "other").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("other"), &file).unwrap();
+        assert_eq!(resolved.read(0, 100).unwrap().data, b"0123456789");
+        // A FIFO is refused, not opened (which would block).
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let resolved = resolve_in_process_root(Path::new("/proc"), me, fifo.to_str().unwrap()).unwrap();
+        assert!(matches!(resolved.read(0, 10), Err(ResolveError::NotRegular { .. })));
     }
 
     #[test]

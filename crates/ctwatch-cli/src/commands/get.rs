@@ -84,26 +84,30 @@ fn quiet_pipe(written: io::Result<()>) -> Result<()> {
 
 /// Runs `ctwatch resolve`.
 pub fn run_resolve(args: &ResolveArgs) -> Result<()> {
-    let (container_path, host_path) = match remote::connect(&args.agent)? {
+    let (container_path, host_path, dev, ino) = match remote::connect(&args.agent)? {
         Some(remote) => {
             let request = pb::ResolvePathRequest { container: args.container.clone(), path: args.path.clone() };
             let answer = remote.call(|mut client| async move {
                 client.resolve_path(request).await.map(tonic::Response::into_inner)
             })?;
-            (answer.container_path, answer.host_path)
+            (answer.container_path, answer.host_path, answer.dev, answer.ino)
         }
         None => {
             let ds = host::snapshot(&args.cgroups)?;
             let id = find_here(&ds, &LookupKey::Id(args.container.clone()), &args.enrich, &args.cgroups)?;
             let resolved = ds.resolve_path(&id, &args.path).map_err(lookup_error)?;
-            (resolved.container_path.to_string_lossy().into_owned(), resolved.host_path.to_string_lossy().into_owned())
+            let paths = [&resolved.container_path, &resolved.host_path].map(|p| p.to_string_lossy().into_owned());
+            let [container_path, host_path] = paths;
+            (container_path, host_path, resolved.dev, resolved.ino)
         }
     };
     let line = match args.format {
         Some(Format::Json) => {
-            serde_json::json!({ "container_path": container_path, "host_path": host_path }).to_string()
+            serde_json::json!({ "container_path": container_path, "host_path": host_path, "dev": dev, "ino": ino })
+                .to_string()
         }
-        Some(Format::Table) | None => host_path,
+        // The path, then what must be found there: `<dev> <ino>` (the kernel's st_dev, and st_ino).
+        Some(Format::Table) | None => format!("{host_path}\t{dev} {ino}"),
     };
     let mut out = io::stdout().lock();
     quiet_pipe(writeln!(out, "{line}").and_then(|()| out.flush()))

@@ -71,7 +71,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             None => None,
         };
         tokio::spawn(shutdown);
-        let service = ContainersService::new(data_source.clone(), args.client_buffer);
+        let service =
+            ContainersService::new(data_source.clone(), args.client_buffer).with_client_bytes(args.client_buffer_bytes);
         let standard = StandardServices::new().await?;
         // Health says NOT_SERVING until the scan at start is done; requests
         // made before then wait for it.

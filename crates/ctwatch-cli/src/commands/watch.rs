@@ -33,7 +33,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, agent.stop_flag()).context("cannot handle signals")?;
     }
-    // The local agent's own output: never dropped for being slow.
+    // The local agent's own output: the largest buffer there is.
     let mut events = agent.data_source().subscribe_with_buffer(MAX_SUBSCRIBER_BUFFER);
     let current = events.take_current();
     let mut written = writer.write_all(current);

@@ -87,6 +87,11 @@ impl Serve {
         child.wait().unwrap();
     }
 
+    /// Its process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// A client connected to it.
     pub async fn client(&self) -> ContainersClient<Channel> {
         ctwatch_api::client::connect(&self.socket).await.expect("connect to the agent")
