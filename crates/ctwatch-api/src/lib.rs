@@ -17,5 +17,9 @@ pub mod pb {
     tonic::include_proto!("ctwatch.v1");
 }
 
+/// The encoded `FileDescriptorSet` of `ctwatch.proto` (with its imports), for
+/// gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ctwatch_descriptor.bin"));
+
 /// The socket `ctwatch serve` listens on by default.
 pub const DEFAULT_SOCKET: &str = "/run/ctwatch/ctwatch.sock";
