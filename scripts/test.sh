@@ -11,6 +11,8 @@ scripts/setup-host.sh
 
 echo "== eBPF objects are current with their C sources"
 scripts/build-ebpf.sh --check
+echo "== builds without protoc (every build script run with protoc hidden)"
+scripts/check-no-protoc.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -17,11 +17,26 @@ pub mod pb {
     tonic::include_proto!("ctwatch.v1");
 }
 
-/// The encoded `FileDescriptorSet` of `ctwatch.proto`, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ctwatch_descriptor");
+/// The encoded `FileDescriptorSet` of `ctwatch.proto` (with its imports), for
+/// gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ctwatch_descriptor.bin"));
 
 /// The full gRPC name of the containers service (`ctwatch.v1.Containers`), as health checks name it.
 pub const SERVICE_NAME: &str = "ctwatch.v1.Containers";
 
 /// The socket `ctwatch serve` listens on by default.
 pub const DEFAULT_SOCKET: &str = "/run/ctwatch/ctwatch.sock";
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    #[test]
+    fn file_descriptor_set_describes_the_service() {
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).expect("a FileDescriptorSet");
+        let file = set.file.iter().find(|f| f.name() == "ctwatch/v1/ctwatch.proto").expect("ctwatch.proto in the set");
+        assert_eq!(file.package(), "ctwatch.v1");
+        let service = file.service.iter().find(|s| s.name() == "Containers").expect("the Containers service");
+        assert!(service.method.iter().any(|m| m.name() == "Watch"), "no Watch in {:?}", service.method);
+    }
+}

@@ -39,8 +39,8 @@ fn main() {
 
     let (get, version) = rt.block_on(async {
         let mut client = ctwatch_api::client::connect(&socket).await.unwrap();
-        let mut containerd = containerd_client::services::v1::version_client::VersionClient::new(
-            containerd_client::connect("/run/containerd/containerd.sock").await.expect("containerd"),
+        let mut containerd = ctwatch_protos::containerd::services::v1::version_client::VersionClient::new(
+            ctwatch_protos::connect("/run/containerd/containerd.sock").await.expect("containerd"),
         );
         let mut get = Vec::new();
         let mut version = Vec::new();

@@ -6,7 +6,7 @@ mod common;
 
 use common::cri::{self, run_pod};
 use common::*;
-use k8s_cri::v1::ContainerStatusRequest;
+use ctwatch_protos::cri::v1::ContainerStatusRequest;
 
 #[test]
 fn a_pods_sandbox_and_containers_carry_their_pod_data() {

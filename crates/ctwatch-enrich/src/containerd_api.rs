@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use containerd_client::services::v1::containers_client::ContainersClient;
-use containerd_client::services::v1::images_client::ImagesClient;
-use containerd_client::services::v1::namespaces_client::NamespacesClient;
-use containerd_client::services::v1::{GetContainerRequest, GetImageRequest, ListNamespacesRequest};
 use ctwatch::Runtime;
+use ctwatch_protos::containerd::services::v1::containers_client::ContainersClient;
+use ctwatch_protos::containerd::services::v1::images_client::ImagesClient;
+use ctwatch_protos::containerd::services::v1::namespaces_client::NamespacesClient;
+use ctwatch_protos::containerd::services::v1::{GetContainerRequest, GetImageRequest, ListNamespacesRequest};
 use tonic::Code;
 
 use crate::grpc::{in_namespace, GrpcDaemon};

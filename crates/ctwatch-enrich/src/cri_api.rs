@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use ctwatch::Runtime;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{ContainerFilter, ListContainersRequest, PodSandboxStatusRequest};
+use ctwatch_protos::cri::v1::runtime_service_client::RuntimeServiceClient;
+use ctwatch_protos::cri::v1::{ContainerFilter, ListContainersRequest, PodSandboxStatusRequest};
 use tonic::Code;
 
 use crate::grpc::GrpcDaemon;

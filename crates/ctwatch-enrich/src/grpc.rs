@@ -37,7 +37,7 @@ impl GrpcDaemon {
         if let Some(channel) = guard.as_ref() {
             return Ok(channel.clone());
         }
-        let channel = containerd_client::connect(self.health.socket()).await.map_err(|e| self.unavailable(&e))?;
+        let channel = ctwatch_protos::connect(self.health.socket()).await.map_err(|e| self.unavailable(&e))?;
         *guard = Some(channel.clone());
         Ok(channel)
     }

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use super::{hex_id, unique};
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
+use ctwatch_protos::cri::v1::runtime_service_client::RuntimeServiceClient;
+use ctwatch_protos::cri::v1::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
@@ -92,7 +92,7 @@ pub async fn run_pod(cri: &mut RuntimeServiceClient<Channel>, tag: &str) -> Pod 
 
 /// A CRI client on containerd's socket.
 pub async fn connect() -> RuntimeServiceClient<Channel> {
-    RuntimeServiceClient::new(containerd_client::connect(SOCKET).await.expect("CRI socket"))
+    RuntimeServiceClient::new(ctwatch_protos::connect(SOCKET).await.expect("CRI socket"))
 }
 
 /// Stops and removes a pod.
