@@ -5,6 +5,7 @@ mod commands;
 mod host;
 mod output;
 mod remote;
+mod service_manager;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -74,6 +74,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             None => None,
         };
         tokio::spawn(shutdown);
+        // systemd (Type=notify): READY=1 once the socket answers (the scan at start is done by now).
+        tokio::spawn(crate::service_manager::notify_service_manager(args.socket.clone(), stop_rx.clone()));
         let service = ContainersService::new(data_source.clone(), args.client_buffer);
         let stopping = wait_stop(stop_rx.clone());
         tokio::select! {
