@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -277,6 +277,22 @@ fn hardened_unit_sandbox_still_serves_and_notifies_ready_after_the_socket_answer
     // unshare (mount, UTS namespaces: ProtectHostname=) → mounts → setpriv
     // (CapabilityBoundingSet=, NoNewPrivileges=, no inheritable or ambient
     // capabilities) → unit_seccomp.py (the unit's seccomp settings) → ctwatch.
+    // The unit's own ExecStart arguments, with this test's socket, a free
+    // metrics port, and a group that exists here (`daemon`, not root's: the
+    // chown needs CAP_CHOWN, as with the unit's `ctwatch` group).
+    let metrics_addr = format!("127.0.0.1:{}", common::serve::free_port());
+    let group = nix::unistd::Group::from_name("daemon").unwrap().expect("a daemon group");
+    let exec_start = unit_values("ExecStart")[0].clone();
+    let mut serve_args: Vec<String> = exec_start.split_whitespace().skip(1).map(String::from).collect();
+    for (flag, value) in [
+        ("--socket", socket.to_str().unwrap()),
+        ("--socket-group", "daemon"),
+        ("--metrics-addr", metrics_addr.as_str()),
+    ] {
+        let at = serve_args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("ExecStart has no {flag}"));
+        serve_args[at + 1] = value.to_string();
+    }
+    assert!(serve_args.iter().any(|a| a == "--keep-pinned"));
     let bounding = unit_capabilities().iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",");
     let seccomp_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/unit_seccomp.py");
     let writable = format!("{} /sys/fs/bpf", dir.join("api").display());
@@ -289,8 +305,7 @@ fn hardened_unit_sandbox_still_serves_and_notifies_ready_after_the_socket_answer
         .arg(unit_file())
         .arg("--")
         .arg(ctwatch_bin())
-        .args(["serve", "--socket"])
-        .arg(&socket)
+        .args(&serve_args)
         .args(["--pin-path"])
         .arg(&pin_dir)
         // Every part on, and required: a capability the sandbox lacks fails the start.
@@ -325,7 +340,16 @@ fn hardened_unit_sandbox_still_serves_and_notifies_ready_after_the_socket_answer
 
     // READY=1 arrives, and right then the socket answers with the scan's
     // result (ls is a real client: it fails when nothing answers).
-    let ready_at = wait_for_notify(&notified, "READY=1", Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !notified.lock().unwrap().iter().any(|(_, m)| m.lines().any(|l| l == "READY=1")) && Instant::now() < deadline
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            std::thread::sleep(Duration::from_millis(200)); // the last log lines
+            panic!("the sandboxed agent exited before READY=1 ({status}); log: {:#?}", log.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ready_at = wait_for_notify(&notified, "READY=1", Duration::ZERO);
     assert!(
         notified.lock().unwrap().iter().all(|(at, m)| *at >= ready_at || !m.contains("WATCHDOG=1")),
         "a keep-alive before READY=1"
@@ -350,8 +374,7 @@ fn hardened_unit_sandbox_still_serves_and_notifies_ready_after_the_socket_answer
     let mount_opts = |mp: &str| {
         mountinfo
             .lines()
-            .filter(|l| l.split_whitespace().nth(4) == Some(mp))
-            .last()
+            .rfind(|l| l.split_whitespace().nth(4) == Some(mp))
             .map(|l| l.split_whitespace().nth(5).unwrap().to_string())
             .unwrap_or_else(|| panic!("{mp} not mounted for the agent"))
     };
@@ -362,6 +385,10 @@ fn hardened_unit_sandbox_still_serves_and_notifies_ready_after_the_socket_answer
         assert!(mount_opts(mp).split(',').any(|o| o == want), "{mp} is not {want} for the agent");
     }
     assert!(pin_dir.join("ctwatch_containers").exists(), "the map was not pinned in the writable bpffs");
+    let socket_meta = fs::metadata(&socket).unwrap();
+    assert_eq!((socket_meta.gid(), socket_meta.mode() & 0o777), (group.gid.as_raw(), 0o660), "the socket's group");
+    let metrics = common::serve::scrape(&metrics_addr);
+    assert!(metrics.contains("ctwatch_containers"), "metrics over TCP: {metrics}");
 
     // A real container: its create (enriched from Docker over the read-only
     // /run) and the hook's precreate (argv read through /proc/<pid>/mem).
@@ -391,7 +418,7 @@ fn hardened_unit_sandbox_still_serves_and_notifies_ready_after_the_socket_answer
     assert!(status.success(), "exit {status:?}; log: {:#?}", log.lock().unwrap());
     wait_for_notify(&notified, "STOPPING=1", Duration::from_secs(5));
     assert!(!socket.exists(), "the socket outlived the agent");
-    assert!(!pin_dir.join("ctwatch_containers").exists(), "the pinned map outlived the agent");
+    assert!(pin_dir.join("ctwatch_containers").exists(), "--keep-pinned (the unit's) did not keep the map");
 }
 
 // ------------------------------------------------------------------ DaemonSet
@@ -545,7 +572,7 @@ fn daemonset_mounts_what_the_readme_names_and_probes_the_health_service() {
         assert!(covering(&host_path).is_some(), "{path} ({host_path})");
     }
     assert!(args.contains(&"--docker-socket=/host/run/docker.sock"));
-    assert!(args.iter().any(|a| *a == "--runtime-path=/host/usr/sbin/runc"));
+    assert!(args.contains(&"--runtime-path=/host/usr/sbin/runc"));
 }
 
 // ---------------------------------------------------------------------- image
