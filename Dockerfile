@@ -15,7 +15,7 @@
 # Written for the classic builder and BuildKit alike (no RUN --mount), so the
 # `prebuilt` target needs nothing but the runtime image.
 
-ARG BUILDER_IMAGE=docker.io/library/rust:1.85-slim-bookworm
+ARG BUILDER_IMAGE=docker.io/library/rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
 
 # The runtime image without the binary. util-linux (nsenter, for the
@@ -32,13 +32,19 @@ ENTRYPOINT ["/usr/local/bin/ctwatch"]
 CMD ["serve"]
 
 # A binary built on the host: `--target prebuilt`, optionally
-# `--build-arg PREBUILT=path/in/the/context`. Comes before the Rust stage so
-# that the classic builder, which builds every stage up to the target, does
-# not need the Rust image for it.
+# `--build-arg PREBUILT=path/in/the/context/ctwatch`. Comes before the Rust
+# stage so that the classic builder, which builds every stage up to the
+# target, does not need the Rust image for it. For the same reason the
+# classic builder passes through here on a default build, when there may be
+# no binary: LICENSE keeps the COPY valid then, and the stage says so.
 FROM runtime-base AS prebuilt
 ARG PREBUILT=target/release/ctwatch
-COPY ${PREBUILT} /usr/local/bin/ctwatch
-RUN ["/usr/local/bin/ctwatch", "--version"]
+COPY LICENSE ${PREBUILT}* /usr/share/doc/ctwatch/
+RUN if [ -f /usr/share/doc/ctwatch/ctwatch ]; then \
+      mv /usr/share/doc/ctwatch/ctwatch /usr/local/bin/ctwatch && /usr/local/bin/ctwatch --version; \
+    else \
+      echo "no ${PREBUILT} in the build context: the prebuilt target needs one (cargo build --release)"; \
+    fi
 
 # Compile: protoc for the gRPC crates' .proto files; the eBPF objects are
 # committed, so no clang.
@@ -52,5 +58,6 @@ RUN cargo build --release --locked --bin ctwatch \
  && install -D -m 0755 target/release/ctwatch /out/ctwatch
 
 FROM runtime-base AS runtime
+COPY LICENSE /usr/share/doc/ctwatch/
 COPY --from=build /out/ctwatch /usr/local/bin/ctwatch
 RUN ["/usr/local/bin/ctwatch", "--version"]

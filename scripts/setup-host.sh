@@ -13,10 +13,10 @@ mkdir -p "$STATE"
 
 # deploy tests: python3-yaml (the DaemonSet), python3-seccomp (the unit's
 # seccomp settings), debootstrap (a local Debian image for the Dockerfile),
-# binutils (strip).
+# binutils (strip), python3-venv (kubernetes-validate, below).
 PACKAGES=(docker.io containerd runc podman crun busybox-static clang llvm libbpf-dev bpftool
           protobuf-compiler inotify-tools util-linux procps iproute2
-          python3-yaml python3-seccomp debootstrap binutils)
+          python3-yaml python3-seccomp python3-venv debootstrap binutils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -113,6 +113,16 @@ for ns in default k8s.io; do
   ctr -n "$ns" images ls -q | grep -q 'local/pause:1' || ctr -n "$ns" images import "$STATE/pause.tar" >/dev/null
 done
 podman image exists local/busybox:1 2>/dev/null || podman load -q -i "$STATE/bb.tar" >/dev/null
+
+# kubernetes-validate (PyPI): the DaemonSet against Kubernetes' own OpenAPI
+# schemas, without a cluster or kubectl. In a venv: Debian's Python is
+# externally managed.
+if ! "$STATE/venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx '1.37.0'; then
+  log "installing kubernetes-validate into $STATE/venv"
+  python3_debian=/usr/bin/python3
+  "$python3_debian" -m venv "$STATE/venv"
+  "$STATE/venv/bin/pip" install -q 'kubernetes-validate==1.37.0' >/dev/null
+fi
 
 # A Debian bookworm base image for the Dockerfile's test (the same release as
 # its debian:bookworm-slim default, which no registry here can give):

@@ -448,6 +448,26 @@ fn readme_deployment_paths() -> BTreeSet<String> {
 }
 
 #[test]
+fn daemonset_is_valid_against_the_kubernetes_schemas() {
+    // Kubernetes' own OpenAPI schemas (kubernetes-validate, installed by
+    // scripts/setup-host.sh), strict: an unknown field fails too. The oldest
+    // and newest minor versions it knows that matter here.
+    let validate = Path::new("/var/lib/ctwatch-test/venv/bin/kubernetes-validate");
+    assert!(validate.exists(), "{} is missing: run scripts/setup-host.sh", validate.display());
+    let manifest = repo().join("deploy/daemonset.yaml");
+    for version in ["1.26", "1.30", "1.37"] {
+        let (ok, out) = run_both(Command::new(validate).args(["--strict", "-k", version]).arg(&manifest));
+        assert!(ok && out.matches(" passed for resource ").count() == 2, "Kubernetes {version}:\n{out}");
+    }
+    // It does reject what is wrong.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("daemonset.yaml");
+    fs::write(&bad, fs::read_to_string(&manifest).unwrap().replace("hostPID: true", "hostPid: true")).unwrap();
+    let (ok, out) = run_both(Command::new(validate).arg("--strict").arg(&bad));
+    assert!(!ok && out.contains("'hostPid' was unexpected"), "{out}");
+}
+
+#[test]
 fn daemonset_mounts_what_the_readme_names_and_probes_the_health_service() {
     let docs = yaml_documents(&repo().join("deploy/daemonset.yaml"));
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
