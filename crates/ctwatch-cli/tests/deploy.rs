@@ -631,6 +631,8 @@ fn dockerfile_builds_an_image_that_runs_ctwatch() {
     let ctx = context.path();
     let (ok, out) = run_both(Command::new("strip").arg("-o").arg(ctx.join("ctwatch")).arg(ctwatch_bin()));
     assert!(ok, "strip: {out}");
+    // The context holds what the prebuilt stage copies: LICENSE and the binary.
+    fs::copy(repo().join("LICENSE"), ctx.join("LICENSE")).unwrap();
     let bad = ctx.join("Dockerfile.bad");
     fs::write(&bad, text.replace("RUN cargo build", "RUNN cargo build")).unwrap();
     let build = |file: &Path, tag: &str| {
@@ -652,6 +654,25 @@ fn dockerfile_builds_an_image_that_runs_ctwatch() {
     let (ok, out) = build(&bad, "local/ctwatch-test-bad:0");
     assert!(!ok && out.contains("unknown instruction: RUNN"), "a broken Rust stage was not caught:\n{out}");
 
+    // A default build goes through the prebuilt stage with the classic
+    // builder, usually without a binary: that stage must not fail then.
+    let (ok, out) = docker(&[
+        "build",
+        "-f",
+        dockerfile.to_str().unwrap(),
+        "--target",
+        "prebuilt",
+        "--build-arg",
+        &format!("RUNTIME_IMAGE={RUNTIME_IMAGE}"),
+        "--build-arg",
+        "PREBUILT=no-such-binary",
+        "-t",
+        "local/ctwatch-test-nobinary:0",
+        ctx.to_str().unwrap(),
+    ]);
+    let _ = docker(&["rmi", "-f", "local/ctwatch-test-nobinary:0"]);
+    assert!(ok && out.contains("no no-such-binary in the build context"), "{out}");
+
     let tag = format!("local/{}:{}", unique("image"), env!("CARGO_PKG_VERSION"));
     struct Rmi(String);
     impl Drop for Rmi {
@@ -671,6 +692,8 @@ fn dockerfile_builds_an_image_that_runs_ctwatch() {
     let (ok, out) =
         docker(&["run", "--rm", "--entrypoint", "sh", &tag, "-c", ". /etc/os-release; echo $VERSION_CODENAME"]);
     assert!(ok && out.trim() == "bookworm", "{out}");
+    let (ok, out) = docker(&["run", "--rm", "--entrypoint", "cat", &tag, "/usr/share/doc/ctwatch/LICENSE"]);
+    assert!(ok && out.contains("Apache License") && out.contains("Version 2.0, January 2004"), "{out}");
     let (ok, out) = docker(&["image", "inspect", "--format", "{{json .Config.Entrypoint}} {{json .Config.Cmd}}", &tag]);
     assert!(ok && out.trim() == r#"["/usr/local/bin/ctwatch"] ["serve"]"#, "{out}");
 }
