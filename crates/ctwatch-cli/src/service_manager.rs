@@ -36,10 +36,14 @@ pub async fn notify_service_manager(socket: PathBuf, mut stop: watch::Receiver<b
     };
     tokio::select! {
         _ = ready => {}
-        _ = stopped(&mut stop) => return send(&[NotifyState::Stopping]),
+        _ = stopped(&mut stop) => {
+            send(&[NotifyState::Stopping]);
+            return;
+        }
     }
-    send(&[NotifyState::Ready, NotifyState::Status("serving")]);
-    info!("told the service manager: ready");
+    if send(&[NotifyState::Ready, NotifyState::Status("serving")]) {
+        info!("told the service manager: ready");
+    }
     // WatchdogSec=: keep-alives at half the interval, each one only after the
     // socket answered again (a wedged API gets the agent restarted).
     if let Some(every) = sd_notify::watchdog_enabled() {
@@ -50,7 +54,7 @@ pub async fn notify_service_manager(socket: PathBuf, mut stop: watch::Receiver<b
                 _ = stopped(&mut stop) => break,
                 _ = tick.tick() => {
                     if answers(&socket, limit).await {
-                        send(&[NotifyState::Watchdog]);
+                        let _ = send(&[NotifyState::Watchdog]);
                     } else {
                         warn!("the API socket did not answer within {limit:?}: no watchdog keep-alive");
                     }
@@ -68,10 +72,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Sends `states`; a failure is logged, never fatal.
-fn send(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        warn!("cannot notify the service manager (NOTIFY_SOCKET): {e}");
+/// Sends `states`; a failure is logged, never fatal. True when sent.
+fn send(states: &[NotifyState]) -> bool {
+    match sd_notify::notify(states) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!("cannot notify the service manager (NOTIFY_SOCKET): {e}");
+            false
+        }
     }
 }
 
