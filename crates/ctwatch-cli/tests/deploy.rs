@@ -697,3 +697,170 @@ fn dockerfile_builds_an_image_that_runs_ctwatch() {
     let (ok, out) = docker(&["image", "inspect", "--format", "{{json .Config.Entrypoint}} {{json .Config.Cmd}}", &tag]);
     assert!(ok && out.trim() == r#"["/usr/local/bin/ctwatch"] ["serve"]"#, "{out}");
 }
+
+// ------------------------------------------------ the DaemonSet's pod, in Docker
+
+/// Builds the image's `prebuilt` target with this build's binary (local images only).
+fn build_prebuilt_image(tag: &str) {
+    let context = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ctx = context.path();
+    let (ok, out) = run_both(Command::new("strip").arg("-o").arg(ctx.join("ctwatch")).arg(ctwatch_bin()));
+    assert!(ok, "strip: {out}");
+    fs::copy(repo().join("LICENSE"), ctx.join("LICENSE")).unwrap();
+    let (ok, out) = run_both(
+        Command::new("/usr/bin/docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-f"])
+            .arg(repo().join("Dockerfile"))
+            .args(["--target", "prebuilt", "--build-arg", &format!("RUNTIME_IMAGE={RUNTIME_IMAGE}")])
+            .args(["--build-arg", "PREBUILT=ctwatch", "-t", tag])
+            .arg(ctx),
+    );
+    assert!(ok, "docker build --target prebuilt:\n{out}");
+}
+
+/// Removes containers, images, directories when dropped.
+struct DockerCleanup {
+    containers: Vec<String>,
+    images: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = Command::new("/usr/bin/docker").args(["rm", "-f", c]).output();
+        }
+        for i in &self.images {
+            let _ = Command::new("/usr/bin/docker").args(["rmi", "-f", i]).output();
+        }
+        for d in &self.dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// `docker run` arguments standing for the DaemonSet's pod: its mounts, its
+/// command and arguments. Where this VM cannot do what a node does, the
+/// substitutes are: capabilities instead of `privileged` (runc here cannot
+/// apply a full set: no CAP_SYS_RESOURCE), no mount propagation flags (`/` is
+/// a private mount here), dockerd's cgroup namespace instead of PID 1's
+/// (PID 1 here is no init, and even root may not open its /proc/1/ns), and the
+/// test's own socket directory and pin path.
+fn pod_as_docker_run(name: &str, image: &str, run_dir: &Path, pin_dir: &Path, nsenter: bool) -> Vec<String> {
+    let docs = yaml_documents(&repo().join("deploy/daemonset.yaml"));
+    let spec = &docs[1]["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let mut run: Vec<String> =
+        ["run", "-d", "--name", name, "--pid=host", "--cgroupns=private"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(spec["hostPID"], true);
+    assert_eq!(c["securityContext"]["privileged"], true);
+    for cap in ["SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "CHOWN"] {
+        run.push(format!("--cap-add={cap}"));
+    }
+    run.extend(["--security-opt=seccomp=unconfined".into(), "--security-opt=apparmor=unconfined".into()]);
+    for m in c["volumeMounts"].as_array().unwrap() {
+        let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == m["name"]).unwrap();
+        let mut host = vol["hostPath"]["path"].as_str().unwrap().to_string();
+        let inside = m["mountPath"].as_str().unwrap();
+        if inside == "/run/ctwatch" {
+            host = run_dir.display().to_string();
+        }
+        if !Path::new(&host).exists() {
+            continue; // DirectoryOrCreate: kubelet would make an empty one
+        }
+        let ro = if m["readOnly"] == true { ":ro" } else { "" };
+        run.push(format!("--volume={host}:{inside}{ro}"));
+    }
+    let command: Vec<String> = c["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    let dockerd = fs::read_to_string("/var/run/docker.pid").expect("dockerd's pid file").trim().to_string();
+    let (entrypoint, mut rest) = if nsenter {
+        let args = command[1..]
+            .iter()
+            .map(|a| a.replace("/proc/1/ns/cgroup", &format!("/proc/{dockerd}/ns/cgroup")))
+            .collect::<Vec<_>>();
+        (command[0].clone(), args)
+    } else {
+        (command.last().unwrap().clone(), Vec::new())
+    };
+    run.push(format!("--entrypoint={entrypoint}"));
+    run.push(image.to_string());
+    rest.extend(c["args"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+    rest.push(format!("--pin-path={}", pin_dir.display()));
+    run.extend(rest);
+    run
+}
+
+/// Polls `ctwatch <args>` until it succeeds; its stdout.
+fn ctwatch_until_ok(args: &[&str], timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = Command::new(ctwatch_bin()).args(args).output().unwrap();
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        if Instant::now() > deadline {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn daemonset_pod_in_a_private_cgroup_namespace_finds_host_pids_through_nsenter() {
+    require_root();
+    let name = unique("pod");
+    let image = format!("local/{name}:{}", env!("CARGO_PKG_VERSION"));
+    let mut cleanup = DockerCleanup { containers: vec![], images: vec![image.clone()], dirs: vec![] };
+    build_prebuilt_image(&image);
+    // dockerd stands for the host's init: it must be in our cgroup namespace.
+    let dockerd = fs::read_to_string("/var/run/docker.pid").unwrap().trim().to_string();
+    assert_eq!(
+        fs::read_link(format!("/proc/{dockerd}/ns/cgroup")).unwrap(),
+        fs::read_link("/proc/self/ns/cgroup").unwrap()
+    );
+
+    // The pod as shipped (nsenter), and the same without nsenter.
+    let mut sockets = Vec::new();
+    for (suffix, nsenter) in [("agent", true), ("no-nsenter", false)] {
+        let container = format!("{name}-{suffix}");
+        let run_dir = PathBuf::from("/run").join(&container);
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&container);
+        fs::create_dir_all(&run_dir).unwrap();
+        cleanup.containers.push(container.clone());
+        cleanup.dirs.extend([run_dir.clone(), pin_dir.clone()]);
+        let args = pod_as_docker_run(&container, &image, &run_dir, &pin_dir, nsenter);
+        let (ok, out) = run_both(Command::new("/usr/bin/docker").args(&args));
+        assert!(ok, "docker {args:?}:\n{out}");
+        sockets.push((container, run_dir.join("ctwatch.sock")));
+    }
+    let logs = |container: &str| run_both(Command::new("/usr/bin/docker").args(["logs", container])).1;
+    for (container, socket) in &sockets {
+        let answered = ctwatch_until_ok(&["ls", "--socket", socket.to_str().unwrap()], Duration::from_secs(60));
+        assert!(answered.is_ok(), "{container} does not answer: {answered:?}\n{}", logs(container));
+    }
+    let (agent, socket) = &sockets[0];
+    let agent_log = logs(agent);
+    assert!(agent_log.contains("runtime binary hooked path=/host/usr/sbin/runc"), "{agent_log}");
+
+    // A container started now: the agent knows its PID (host PID, host cgroup path).
+    let victim = format!("{name}-victim");
+    cleanup.containers.push(victim.clone());
+    let id = run("/usr/bin/docker", &["run", "-d", "--name", &victim, "local/busybox:1", "sleep", "60"]);
+    let pid = run("/usr/bin/docker", &["inspect", "-f", "{{.State.Pid}}", &victim]);
+    let found = ctwatch_until_ok(&["pid", "--socket", socket.to_str().unwrap(), &pid], Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("the pod's agent does not know PID {pid}: {e}\n{}", logs(agent)));
+    let record: Value = serde_json::from_str(&found).unwrap();
+    assert_eq!(
+        (record["container_id"].as_str(), record["container_name"].as_str()),
+        (Some(id.as_str()), Some(victim.as_str()))
+    );
+    assert_eq!(record["container_image"], "local/busybox:1", "enriched through /host/run/docker.sock");
+
+    // Without nsenter the kernel prints the PID's cgroup relative to the
+    // agent's own cgroup namespace ("/../<id>"): no container matches.
+    let out =
+        Command::new(ctwatch_bin()).args(["pid", "--socket", sockets[1].1.to_str().unwrap(), &pid]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("/../"), "without nsenter: {err}");
+}
