@@ -442,7 +442,13 @@ fn readme_deployment_paths() -> BTreeSet<String> {
         .split('`')
         .skip(1)
         .step_by(2)
-        .filter(|s| s.starts_with('/') && !s.contains(' ') && !s.starts_with("/host/") && !s.starts_with("/proc/"))
+        .filter(|s| {
+            s.len() > 1
+                && s.starts_with('/')
+                && !s.contains(' ')
+                && !s.starts_with("/host/")
+                && !s.starts_with("/proc/")
+        })
         .map(|s| s.trim_end_matches('/').to_string())
         .collect()
 }
