@@ -119,8 +119,7 @@ podman image exists local/busybox:1 2>/dev/null || podman load -q -i "$STATE/bb.
 # externally managed.
 if ! "$STATE/venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx '1.37.0'; then
   log "installing kubernetes-validate into $STATE/venv"
-  python3_debian=/usr/bin/python3
-  "$python3_debian" -m venv "$STATE/venv"
+  /usr/bin/python3 -m venv "$STATE/venv"
   "$STATE/venv/bin/pip" install -q 'kubernetes-validate==1.37.0' >/dev/null
 fi
 
