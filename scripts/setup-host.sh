@@ -11,17 +11,32 @@ log() { printf 'setup-host: %s\n' "$*" >&2; }
 STATE=/var/lib/ctwatch-test
 mkdir -p "$STATE"
 
+# deploy tests: python3-yaml (the DaemonSet), python3-seccomp (the unit's
+# seccomp settings), debootstrap (a local Debian image for the Dockerfile),
+# binutils (strip), python3-venv (kubernetes-validate, below).
 PACKAGES=(docker.io containerd runc podman crun busybox-static clang llvm libbpf-dev bpftool
-          inotify-tools util-linux procps iproute2 prometheus)
+          inotify-tools util-linux procps iproute2 prometheus
+          python3-yaml python3-seccomp python3-venv debootstrap binutils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+apt_updated=
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
+  apt-get update -q >/dev/null && apt_updated=1
   apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+# systemd-analyze (the unit's tests). The `systemd` package alone does not
+# make systemd PID 1 or /sbin/init (that is systemd-sysv), and its scripts
+# skip every systemctl call when systemd is not running; without recommends,
+# so no dbus or timesyncd gets installed and started by their init scripts.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  log "installing: systemd (for systemd-analyze; PID 1 stays as it is)"
+  export DEBIAN_FRONTEND=noninteractive
+  [ -n "$apt_updated" ] || apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends systemd >/dev/null
 fi
 
 # Python gRPC tools for the interoperability tests (a stock generated client).
@@ -106,4 +121,28 @@ for ns in default k8s.io; do
 done
 podman image exists local/busybox:1 2>/dev/null || podman load -q -i "$STATE/bb.tar" >/dev/null
 
-log "ready: containerd, dockerd, podman service, local/busybox:1 in docker, containerd (default, k8s.io), podman"
+# kubernetes-validate (PyPI): the DaemonSet against Kubernetes' own OpenAPI
+# schemas, without a cluster or kubectl. In a venv: Debian's Python is
+# externally managed.
+if ! "$STATE/venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx '1.37.0'; then
+  log "installing kubernetes-validate into $STATE/venv"
+  /usr/bin/python3 -m venv "$STATE/venv"
+  "$STATE/venv/bin/pip" install -q 'kubernetes-validate==1.37.0' >/dev/null
+fi
+
+# A Debian bookworm base image for the Dockerfile's test (the same release as
+# its debian:bookworm-slim default, which no registry here can give):
+# debootstrap's minbase from the host's Debian mirror, imported into Docker.
+if ! /usr/bin/docker image inspect local/debian:bookworm-minbase >/dev/null 2>&1; then
+  log "building local/debian:bookworm-minbase with debootstrap (a few minutes, once)"
+  mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)\/* *$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+  rootfs=$(mktemp -d "$STATE/minbase.XXXXXX")
+  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$STATE/debootstrap.log" 2>&1 ||
+    { log "debootstrap failed (see $STATE/debootstrap.log)"; rm -rf "$rootfs"; exit 1; }
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -c . | /usr/bin/docker import --change 'CMD ["/bin/bash"]' - local/debian:bookworm-minbase >/dev/null
+  rm -rf "$rootfs"
+fi
+
+log "ready: containerd, dockerd, podman service, local/busybox:1 in docker, containerd (default, k8s.io), podman; local/debian:bookworm-minbase"

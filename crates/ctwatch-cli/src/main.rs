@@ -6,6 +6,7 @@ mod filter;
 mod host;
 mod output;
 mod remote;
+mod service_manager;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -71,6 +71,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             None => None,
         };
         tokio::spawn(shutdown);
+        // systemd (Type=notify): READY=1 once the socket answers SERVING.
+        tokio::spawn(crate::service_manager::notify_service_manager(args.socket.clone(), stop_rx.clone()));
         let service =
             ContainersService::new(data_source.clone(), args.client_buffer).with_client_bytes(args.client_buffer_bytes);
         let standard = StandardServices::new().await?;
