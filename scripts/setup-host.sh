@@ -39,13 +39,6 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   apt-get install -y -q --no-install-recommends systemd >/dev/null
 fi
 
-# Python gRPC tools for the interoperability tests (a stock generated client).
-if ! python3 -c 'import grpc, grpc_tools, grpc_health.v1, grpc_reflection.v1alpha' 2>/dev/null; then
-  log "installing grpcio, grpcio-tools, grpcio-health-checking, grpcio-reflection (PyPI)"
-  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-    grpcio grpcio-tools grpcio-health-checking grpcio-reflection >/dev/null
-fi
-
 # tracefs for the eBPF source (not mounted at boot on this kind of machine).
 if [ -d /sys/kernel/tracing ] && [ ! -e /sys/kernel/tracing/events ]; then
   mount -t tracefs nodev /sys/kernel/tracing || log "could not mount tracefs"
@@ -128,6 +121,15 @@ if ! "$STATE/venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx '1.3
   log "installing kubernetes-validate into $STATE/venv"
   /usr/bin/python3 -m venv "$STATE/venv"
   "$STATE/venv/bin/pip" install -q 'kubernetes-validate==1.37.0' >/dev/null
+fi
+
+# Python gRPC tools (PyPI) for the interoperability tests: a stock client
+# generated from proto/ with grpcio-tools, plus the standard health and
+# reflection clients. Same venv.
+if ! "$STATE/venv/bin/python3" -c 'import grpc, grpc_tools, grpc_health.v1, grpc_reflection.v1alpha' 2>/dev/null; then
+  log "installing grpcio, grpcio-tools, grpcio-health-checking, grpcio-reflection into $STATE/venv"
+  [ -x "$STATE/venv/bin/pip" ] || /usr/bin/python3 -m venv "$STATE/venv"
+  "$STATE/venv/bin/pip" install -q grpcio grpcio-tools grpcio-health-checking grpcio-reflection >/dev/null
 fi
 
 # A Debian bookworm base image for the Dockerfile's test (the same release as

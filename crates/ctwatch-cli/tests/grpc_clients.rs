@@ -11,10 +11,13 @@ use common::serve::Serve;
 use common::*;
 use serde_json::Value;
 
+/// The Python of the venv that scripts/setup-host.sh fills with grpcio (Debian's own is externally managed).
+const PYTHON: &str = "/var/lib/ctwatch-test/venv/bin/python3";
+
 /// Generates the Python modules of `proto/` with grpcio-tools into `dir`.
 fn generate_python(dir: &Path) {
     let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let out = Command::new("python3")
+    let out = Command::new(PYTHON)
         .args(["-m", "grpc_tools.protoc", "-I"])
         .arg(&proto)
         .arg(format!("--python_out={}", dir.display()))
@@ -39,7 +42,7 @@ fn a_stock_python_client_uses_every_method_over_the_unix_socket() {
     let cgroup = default_hierarchy().join("docker").join(&id);
     std::fs::create_dir_all(cgroup.parent().unwrap()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/stock_client.py");
-    let out = Command::new("python3")
+    let out = Command::new(PYTHON)
         .arg(&script)
         .arg(generated.path())
         .arg(&serve.socket)
