@@ -329,3 +329,38 @@ pub fn path_of_cgroup_id(mount_point: &Path, cgroup_id: u64) -> std::io::Result<
     }
     relative_path(mount_point, &target).ok_or_else(gone)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_keep_every_byte_and_utf8_is_unchanged() {
+        for valid in ["/", "/docker/abc", "/system.slice/machine-my\\x2dbox.scope", "/é/ünï/😀"] {
+            assert_eq!(path_from_bytes(valid.as_bytes()), valid);
+            assert_eq!(path_to_bytes(valid), valid.as_bytes());
+            assert!(!path_is_escaped(valid));
+            assert_eq!(display_path(valid), valid);
+        }
+        let raw: &[u8] = b"/\xff\xfe-x/caf\xc3/\xe2\x82/docker/abc";
+        let kept = path_from_bytes(raw);
+        assert_eq!(kept, "/\0ff\0fe-x/caf\0c3/\0e2\082/docker/abc");
+        assert_eq!(path_to_bytes(&kept), raw);
+        assert!(path_is_escaped(&kept));
+        assert_eq!(display_path(&kept), "/\\xff\\xfe-x/caf\\xc3/\\xe2\\x82/docker/abc");
+        for n in 0..=255u8 {
+            let b = [b'/', n, n.wrapping_mul(7), b'a'];
+            if !b.contains(&0) {
+                assert_eq!(path_to_bytes(&path_from_bytes(&b)), b);
+            }
+        }
+        assert_eq!(
+            absolute_path(Path::new("/sys/fs/cgroup"), &kept).as_os_str().as_bytes(),
+            [b"/sys/fs/cgroup".as_slice(), raw].concat()
+        );
+        assert_eq!(
+            relative_path(Path::new("/m"), Path::new(std::ffi::OsStr::from_bytes(b"/m/\xff"))).unwrap(),
+            "/\0ff"
+        );
+    }
+}
