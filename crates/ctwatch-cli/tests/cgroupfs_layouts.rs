@@ -536,15 +536,18 @@ fn odd_paths_with(source: &str) {
     let out =
         run(ctwatch_bin().to_str().unwrap(), &["ls", "--cgroup-root", parent.to_str().unwrap(), "--format", "json"]);
     let listed: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let path_of = |cid: &str| {
-        listed.iter().find(|c| c["container_id"] == cid).unwrap_or_else(|| panic!("{cid} listed: {out}"))["cgroup_path"]
-            .as_str()
-            .unwrap()
-            .to_string()
+    let record = |cid: &str| {
+        listed.iter().find(|c| c["container_id"] == cid).unwrap_or_else(|| panic!("{cid} listed: {out}")).clone()
     };
-    // Lossless: the bytes that are not UTF-8 as NUL + two hex digits.
-    assert_eq!(path_of(&old_bad), format!("/{parent_name}/\u{0}ff\u{0}fe-old/docker/{old_bad}"));
-    assert_eq!(path_of(&old_deep).matches('/').count(), 120);
+    // Readable, with the exact bytes beside it only when they are not UTF-8.
+    let bad = record(&old_bad);
+    assert_eq!(bad["cgroup_path"], format!("/{parent_name}/\\xff\\xfe-old/docker/{old_bad}"));
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(bad["cgroup_path_bytes"].as_str().unwrap()).unwrap();
+    assert_eq!(bytes, [format!("/{parent_name}/").as_bytes(), b"\xff\xfe-old/docker/", old_bad.as_bytes()].concat());
+    let deep = record(&old_deep);
+    assert_eq!(deep["cgroup_path"].as_str().unwrap().matches('/').count(), 120);
+    assert!(deep.get("cgroup_path_bytes").is_none(), "UTF-8 paths are as they were: {deep}");
 
     let mut args = vec!["--cgroup-root", parent.to_str().unwrap()];
     if source == "ebpf" {
