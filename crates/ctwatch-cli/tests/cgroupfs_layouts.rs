@@ -411,7 +411,7 @@ fn existing_containers_are_reported_at_start_and_listed() {
     watch.wait_until(Duration::from_secs(5), "existing", |seen| !seen.is_empty());
     assert_eq!(watch.seen[0]["event"], "existing_container");
     assert_eq!(watch.seen[0]["args"]["container_id"], id.as_str());
-    assert_eq!(watch.seen[0]["args"].as_object().unwrap().len(), 10, "same arguments as container_create");
+    assert_eq!(watch.seen[0]["args"].as_object().unwrap().len(), 11, "same arguments as container_create");
     tree.remove_all();
     watch.wait_until(Duration::from_secs(5), "remove", |seen| seen.len() == 2);
     assert_eq!(watch.seen[1]["event"], "container_remove");
