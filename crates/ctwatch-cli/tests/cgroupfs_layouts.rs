@@ -596,4 +596,6 @@ fn odd_paths_with(source: &str) {
         }
         assert_eq!(watch.about(cid).len(), 2, "{source}: {cid}: {:#?}", watch.about(cid));
     }
+    // 120 levels of short names are far from PATH_MAX: nothing was skipped.
+    assert!(!watch.logged("PATH_MAX"), "{source}: {:#?}", watch.log.lock().unwrap());
 }
