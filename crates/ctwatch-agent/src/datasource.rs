@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use ctwatch::cgroupfs::Hierarchy;
+use ctwatch::cgroupfs::{self, Hierarchy};
 use ctwatch::proc::{self, Namespace, ProcError};
 use ctwatch::resolve::{self, ResolveError, ResolvedPath};
 use ctwatch::{Container, ContainerState, LookupError, Runtime, SharedStore};
@@ -167,8 +167,15 @@ pub struct ContainerRecord {
     pub k8s_pod_sandbox: bool,
     /// Its root cgroup's ID.
     pub cgroup_id: u64,
-    /// Its root cgroup's path in the watched hierarchy.
+    /// Its root cgroup's path in the watched hierarchy. Names that are not
+    /// UTF-8 are kept as in [`ctwatch::cgroupfs::path_from_bytes`] (so gRPC
+    /// carries them losslessly); in JSON such bytes read `\xNN` and the exact
+    /// bytes are in `cgroup_path_bytes`.
+    #[serde(serialize_with = "readable_cgroup_path")]
     pub cgroup_path: String,
+    /// The root cgroup path's bytes in standard base64, only when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_path_bytes: Option<String>,
     /// Its init process (host PID), once it has one.
     pub init_pid: Option<u32>,
     /// Its mount namespace's inode number, once it has a process.
@@ -197,6 +204,7 @@ impl ContainerRecord {
             k8s_pod_sandbox: c.pod.sandbox,
             cgroup_id: c.cgroup_id,
             cgroup_path: c.cgroup_path.clone(),
+            cgroup_path_bytes: cgroup_path_bytes(&c.cgroup_path),
             init_pid: ns.map(|n| n.init_pid),
             mount_ns: ns.map(|n| n.mount_ns),
             net_ns: ns.map(|n| n.net_ns),
@@ -204,6 +212,17 @@ impl ContainerRecord {
             state: c.state,
         }
     }
+}
+
+/// A cgroup path's bytes in standard base64, when they are not UTF-8.
+fn cgroup_path_bytes(path: &str) -> Option<String> {
+    use base64::Engine;
+    cgroupfs::path_is_escaped(path)
+        .then(|| base64::engine::general_purpose::STANDARD.encode(cgroupfs::path_to_bytes(path)))
+}
+
+fn readable_cgroup_path<S: serde::Serializer>(path: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&cgroupfs::display_path(path))
 }
 
 /// Which containers [`DataSource::list`] returns; every field set must match.

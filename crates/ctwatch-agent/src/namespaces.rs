@@ -89,7 +89,7 @@ impl NamespaceCache {
     }
 
     fn read(&self, container: &Container) -> Option<Namespaces> {
-        let dir = self.cgroup_mount.join(container.cgroup_path.trim_start_matches('/'));
+        let dir = ctwatch::cgroupfs::absolute_path(&self.cgroup_mount, &container.cgroup_path);
         let init_pid = proc::container_init_pid(&self.proc_root, &dir)?;
         let mount_ns = proc::namespace_of(&self.proc_root, init_pid, Namespace::Mount).ok()?;
         let net_ns = proc::namespace_of(&self.proc_root, init_pid, Namespace::Net).ok()?;

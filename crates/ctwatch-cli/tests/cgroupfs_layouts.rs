@@ -491,3 +491,115 @@ fn table_format_prints_aligned_columns() {
     assert!(lines[1].contains("existing_container") && lines[1].contains(&id[..12]), "{text}");
     assert_eq!(lines[0].find("EVENT"), lines[1].find("existing_container"), "columns align:\n{text}");
 }
+
+/// Makes `base/<name bytes>` (a name that need not be UTF-8), recorded in `tree`.
+fn mkdir_bytes(tree: &mut CgroupTree, base: &std::path::Path, name: &[u8]) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = base.join(std::ffi::OsStr::from_bytes(name));
+    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    tree.created.push(dir.clone());
+    dir
+}
+
+/// `<parent>/<0xff 0xfe tag>/docker/<id>`: a name that is not UTF-8 above the container.
+fn not_utf8_container(tree: &mut CgroupTree, parent: &std::path::Path, tag: &str, id: &str) {
+    let mut name = vec![0xff, 0xfe, b'-'];
+    name.extend_from_slice(tag.as_bytes());
+    let bad = mkdir_bytes(tree, parent, &name);
+    tree.mkdir_p(&bad, &format!("docker/{id}/sub"));
+}
+
+/// A container whose root cgroup is 120 levels below the hierarchy's root
+/// (deeper than the eBPF program's 96-level walk).
+fn deep_container(tree: &mut CgroupTree, hierarchy: &std::path::Path, parent: &std::path::Path, tag: &str, id: &str) {
+    let depth = parent.strip_prefix(hierarchy).unwrap().components().count();
+    let levels: Vec<String> = (0..120 - depth - 2).map(|i| format!("{tag}{i}")).collect();
+    let dir = tree.mkdir_p(parent, &format!("{}/docker/{id}", levels.join("/")));
+    assert_eq!(dir.strip_prefix(hierarchy).unwrap().components().count(), 120);
+}
+
+#[test]
+fn paths_that_are_not_utf8_or_120_levels_deep_are_seen_once_each_way() {
+    for source in SOURCES {
+        odd_paths_with(source);
+    }
+}
+
+fn odd_paths_with(source: &str) {
+    require_root();
+    let hierarchy = default_hierarchy();
+    let parent_name = unique(&format!("oddpaths-{source}"));
+    let mut tree = CgroupTree::new();
+    let parent = tree.mkdir_p(&hierarchy, &parent_name);
+    let id = |n: &str| hex_id(&format!("{parent_name}-{n}"));
+    let (old_bad, old_deep, new_bad, new_deep) = (id("old-bad"), id("old-deep"), id("new-bad"), id("new-deep"));
+    // Found by the scan at start.
+    not_utf8_container(&mut tree, &parent, "old", &old_bad);
+    deep_container(&mut tree, &hierarchy, &parent, "o", &old_deep);
+
+    let out =
+        run(ctwatch_bin().to_str().unwrap(), &["ls", "--cgroup-root", parent.to_str().unwrap(), "--format", "json"]);
+    let listed: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let record = |cid: &str| {
+        listed.iter().find(|c| c["container_id"] == cid).unwrap_or_else(|| panic!("{cid} listed: {out}")).clone()
+    };
+    // Readable, with the exact bytes beside it only when they are not UTF-8.
+    let bad = record(&old_bad);
+    assert_eq!(bad["cgroup_path"], format!("/{parent_name}/\\xff\\xfe-old/docker/{old_bad}"));
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(bad["cgroup_path_bytes"].as_str().unwrap()).unwrap();
+    assert_eq!(bytes, [format!("/{parent_name}/").as_bytes(), b"\xff\xfe-old/docker/", old_bad.as_bytes()].concat());
+    let deep = record(&old_deep);
+    assert_eq!(deep["cgroup_path"].as_str().unwrap().matches('/').count(), 120);
+    assert!(deep.get("cgroup_path_bytes").is_none(), "UTF-8 paths are as they were: {deep}");
+
+    let mut args = vec!["--cgroup-root", parent.to_str().unwrap()];
+    if source == "ebpf" {
+        args.extend(["--ring-buffer-size", "4096"]);
+    }
+    let mut watch = Watch::start_with(source, &args);
+    watch.wait_until(Duration::from_secs(10), "the existing ones", |seen| {
+        has_event(seen, "existing_container", &old_bad) && has_event(seen, "existing_container", &old_deep)
+    });
+    not_utf8_container(&mut tree, &parent, "new", &new_bad);
+    deep_container(&mut tree, &hierarchy, &parent, "n", &new_deep);
+    watch.wait_until(Duration::from_secs(10), "the new ones", |seen| {
+        has_event(seen, "container_create", &new_bad) && has_event(seen, "container_create", &new_deep)
+    });
+    if source == "ebpf" {
+        // Overflow the 4 KiB ring buffer: the rescan that repairs it must keep
+        // every container that still exists.
+        let burst = tree.mkdir_p(&parent, "burst");
+        for i in 0..300 {
+            tree.mkdir_p(&burst, &format!("b{i}"));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !watch.logged("ring buffer overflowed") && std::time::Instant::now() < deadline {
+            watch.drain_for(Duration::from_millis(100));
+        }
+        assert!(watch.logged("ring buffer overflowed"), "{source}: the burst overflowed the ring buffer");
+    }
+    watch.drain_for(Duration::from_millis(500));
+    for cid in [&old_bad, &old_deep, &new_bad, &new_deep] {
+        assert!(!has_event(&watch.seen, "container_remove", cid), "{source}: {cid} removed while it exists");
+    }
+    tree.remove_all();
+    watch.wait_until(Duration::from_secs(20), "every remove", |seen| {
+        [&old_bad, &old_deep, &new_bad, &new_deep].iter().all(|cid| has_event(seen, "container_remove", cid))
+    });
+    watch.drain_for(Duration::from_millis(500));
+    let counts = counts(&watch.seen);
+    for (cid, first) in [
+        (&old_bad, "existing_container"),
+        (&old_deep, "existing_container"),
+        (&new_bad, "container_create"),
+        (&new_deep, "container_create"),
+    ] {
+        for kind in [first, "container_remove"] {
+            assert_eq!(counts.get(&(kind.to_string(), cid.to_string())), Some(&1), "{source}: {kind} of {cid}");
+        }
+        assert_eq!(watch.about(cid).len(), 2, "{source}: {cid}: {:#?}", watch.about(cid));
+    }
+    // 120 levels of short names are far from PATH_MAX: nothing was skipped.
+    assert!(!watch.logged("PATH_MAX"), "{source}: {:#?}", watch.log.lock().unwrap());
+}

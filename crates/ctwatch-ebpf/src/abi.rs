@@ -7,8 +7,10 @@ use ctwatch::sources::CgroupChange;
 pub const RECORD_HEADER: usize = 40;
 /// The longest path the programs report in full (PATH_MAX).
 pub const PATH_MAX: usize = 4096;
-/// `CTWATCH_PATH_TRUNCATED`: the path was longer than [`PATH_MAX`] (or deeper
-/// than 96 levels) and only its innermost components are present.
+/// `CTWATCH_MAX_DEPTH`: how many levels the programs' path walk follows.
+pub const MAX_DEPTH: u32 = 96;
+/// `CTWATCH_PATH_TRUNCATED`: the path was longer than [`PATH_MAX`] or deeper
+/// than [`MAX_DEPTH`] levels, and only its innermost components are present.
 pub const PATH_TRUNCATED: u32 = 1;
 
 /// One cgroup change as the kernel reported it.
@@ -24,7 +26,7 @@ pub struct CgroupRecord {
     pub level: u32,
     /// mkdir or rmdir.
     pub change: CgroupChange,
-    /// True when the path was cut (see [`PATH_TRUNCATED`]).
+    /// True when the path was cut (see [`PATH_TRUNCATED`]): find it by ID.
     pub truncated: bool,
     /// The path relative to the hierarchy's root (`/a/b`).
     pub path: String,
@@ -63,8 +65,9 @@ pub fn parse_record(bytes: &[u8]) -> Result<CgroupRecord, RecordError> {
     let raw =
         bytes.get(RECORD_HEADER..RECORD_HEADER.saturating_add(path_len)).ok_or(RecordError::Short(bytes.len()))?;
     // Components come innermost first, each ended by a NUL.
+    // Names that are not UTF-8 are kept, escaped (see `cgroupfs::path_from_bytes`).
     let mut components: Vec<String> =
-        raw.split(|b| *b == 0).filter(|c| !c.is_empty()).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        raw.split(|b| *b == 0).filter(|c| !c.is_empty()).map(ctwatch::cgroupfs::path_from_bytes).collect();
     components.reverse();
     let mut path = String::with_capacity(path_len + 1);
     for c in &components {
@@ -168,6 +171,17 @@ mod tests {
             let junk: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
             let _ = parse_record(&junk);
         }
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_kept_escaped() {
+        let mut b = record(&["abc", "docker", "x"], 1);
+        // Replace the "x" component with the byte 0xff.
+        let at = b.len() - 2;
+        b[at] = 0xff;
+        let r = parse_record(&b).unwrap();
+        assert_eq!(r.path, "/\u{0}ff/docker/abc");
+        assert_eq!(ctwatch::cgroupfs::path_to_bytes(&r.path), b"/\xff/docker/abc");
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl CgroupObserver for ContainersMap {
         inner.by_path.insert(path.to_string(), value);
         let mirror = inner.pending_mirrors.remove(path).or_else(|| {
             let root = inner.mirror_root.as_ref()?;
-            fs::symlink_metadata(root.join(path.trim_start_matches('/'))).ok().map(|m| m.ino())
+            fs::symlink_metadata(ctwatch::cgroupfs::absolute_path(root, path)).ok().map(|m| m.ino())
         });
         if let Some(mirror_id) = mirror {
             inner.put_mirror(path, mirror_id, value);

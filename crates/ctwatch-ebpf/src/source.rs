@@ -60,7 +60,8 @@ pub struct EbpfStats {
     pub dropped: AtomicU64,
     /// Rescans made to repair losses.
     pub resyncs: AtomicU64,
-    /// Records whose path exceeded PATH_MAX (skipped).
+    /// Records whose path exceeded PATH_MAX (skipped). Paths deeper than the
+    /// kernel walk's 96 levels are found by cgroup ID and not counted here.
     pub truncated: AtomicU64,
     /// Records that could not be parsed.
     pub bad_records: AtomicU64,
@@ -143,17 +144,39 @@ impl EbpfSource {
             let records_empty = records.is_empty();
             let mut tracked = Vec::new();
             let mut mirror = Vec::new();
-            for record in records {
+            for mut record in records {
                 if record.truncated {
-                    self.stats.truncated.fetch_add(1, Ordering::Relaxed);
-                    if !warned_truncated {
-                        warned_truncated = true;
-                        warn!(
-                            id = record.cgroup_id,
-                            "a cgroup path is longer than PATH_MAX: it cannot be opened by path and is skipped"
-                        );
+                    if record.hierarchy_id != self.config.tracked_hierarchy {
+                        continue; // mirror events are matched by path: none to match this deep
                     }
-                    continue;
+                    match record.change {
+                        // The ID names the cgroup: the tracker finds what it knew by it.
+                        CgroupChange::Rmdir => record.path = String::new(),
+                        CgroupChange::Mkdir => match cgroupfs::path_of_cgroup_id(mount_point, record.cgroup_id) {
+                            Ok(path) => record.path = path,
+                            Err(e) => {
+                                // Gone already (its rmdir follows and pairs by ID with
+                                // nothing), or its path does not fit in PATH_MAX.
+                                if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+                                    self.stats.truncated.fetch_add(1, Ordering::Relaxed);
+                                    if !warned_truncated {
+                                        warned_truncated = true;
+                                        warn!(
+                                            id = record.cgroup_id,
+                                            "a cgroup path is longer than PATH_MAX: it cannot be opened by path and is skipped"
+                                        );
+                                    }
+                                } else {
+                                    debug!(id = record.cgroup_id, %e, "a deep cgroup vanished before its path was read");
+                                }
+                                continue;
+                            }
+                        },
+                    }
+                    if record.change == CgroupChange::Rmdir {
+                        tracked.push(self.to_event(&record));
+                        continue;
+                    }
                 }
                 if record.hierarchy_id == self.config.tracked_hierarchy {
                     if is_under(&record.path, &prefix) {

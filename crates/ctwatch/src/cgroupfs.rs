@@ -5,6 +5,7 @@
 //! hierarchy; ctwatch watches exactly one, so each container is seen once.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -204,9 +205,162 @@ pub fn info_from_metadata(meta: &fs::Metadata) -> CgroupDirInfo {
 }
 
 /// The path of `dir` relative to the hierarchy mounted at `mount_point`,
-/// as the kernel prints it: `/` for the root, else `/a/b`.
+/// as the kernel prints it: `/` for the root, else `/a/b`, in the form of
+/// [`path_from_bytes`] (names that are not UTF-8 are kept, escaped).
 pub fn relative_path(mount_point: &Path, dir: &Path) -> Option<String> {
     let rel = dir.strip_prefix(mount_point).ok()?;
-    let rel = rel.to_str()?;
+    let rel = path_from_bytes(rel.as_os_str().as_bytes());
     Some(if rel.is_empty() { "/".to_string() } else { format!("/{rel}") })
+}
+
+/// The character that starts the escape of a byte that is not UTF-8 in a
+/// cgroup path string (NUL: the kernel never allows it in a name).
+pub const BYTE_ESCAPE: char = '\0';
+
+/// A cgroup path (or name) as ctwatch keeps it: bytes that are valid UTF-8
+/// unchanged; each byte that is not part of valid UTF-8 as NUL followed by
+/// its two lowercase hex digits. No cgroup name contains NUL, so this is
+/// lossless and unambiguous, and [`path_to_bytes`] gives the bytes back.
+pub fn path_from_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push(BYTE_ESCAPE);
+            out.push_str(&format!("{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The bytes of a path made by [`path_from_bytes`] (a NUL not followed by
+/// two hex digits is kept as it is).
+pub fn path_to_bytes(path: &str) -> Vec<u8> {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == 0 {
+            if let Some(byte) = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// True when the path (in the form of [`path_from_bytes`]) is not UTF-8 on the filesystem.
+pub fn path_is_escaped(path: &str) -> bool {
+    path.contains(BYTE_ESCAPE)
+}
+
+/// A path for people to read: bytes that are not UTF-8 as `\xNN`.
+pub fn display_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path_is_escaped(path) {
+        return path.into();
+    }
+    let bytes = path_to_bytes(path);
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.into()
+}
+
+/// The absolute path of the cgroup at `rel` (a path relative to the
+/// hierarchy, in the form of [`path_from_bytes`]).
+pub fn absolute_path(mount_point: &Path, rel: &str) -> PathBuf {
+    let bytes = path_to_bytes(rel.trim_start_matches('/'));
+    mount_point.join(std::ffi::OsStr::from_bytes(&bytes))
+}
+
+/// `FILEID_KERNFS`: the file handle type of kernfs (cgroupfs), whose 8 handle
+/// bytes are the node's 64-bit ID, which is the cgroup ID.
+const FILEID_KERNFS: i32 = 0xfe;
+
+#[repr(C)]
+struct KernfsHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    id: [u8; 8],
+}
+
+/// Finds a cgroup's path from its ID, whatever its depth: opens it by file
+/// handle on the hierarchy mounted at `mount_point` (the kernel's own way of
+/// naming a cgroup by ID; needs `CAP_DAC_READ_SEARCH`) and reads the path of
+/// the descriptor back. Returns the path relative to the hierarchy in the
+/// form of [`path_from_bytes`]; an error when the cgroup is gone, or when its
+/// path does not fit in PATH_MAX (`ENAMETOOLONG`).
+pub fn path_of_cgroup_id(mount_point: &Path, cgroup_id: u64) -> std::io::Result<String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mount = fs::File::open(mount_point)?;
+    let mut handle = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id: cgroup_id.to_ne_bytes() };
+    // SAFETY: `handle` is a `struct file_handle` with 8 bytes of handle
+    // data, as `handle_bytes` says; the kernel reads no further.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&mut handle as *mut KernfsHandle).cast::<libc::file_handle>(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just returned by the kernel, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let target = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    let gone = || std::io::Error::from_raw_os_error(libc::ENOENT);
+    // A cgroup removed meanwhile reads back as "<path> (deleted)", which is no directory of this ID.
+    let meta = fs::metadata(&target).map_err(|_| gone())?;
+    if meta.ino() != cgroup_id {
+        return Err(gone());
+    }
+    relative_path(mount_point, &target).ok_or_else(gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_keep_every_byte_and_utf8_is_unchanged() {
+        for valid in ["/", "/docker/abc", "/system.slice/machine-my\\x2dbox.scope", "/é/ünï/😀"] {
+            assert_eq!(path_from_bytes(valid.as_bytes()), valid);
+            assert_eq!(path_to_bytes(valid), valid.as_bytes());
+            assert!(!path_is_escaped(valid));
+            assert_eq!(display_path(valid), valid);
+        }
+        let raw: &[u8] = b"/\xff\xfe-x/caf\xc3/\xe2\x82/docker/abc";
+        let kept = path_from_bytes(raw);
+        assert_eq!(kept, "/\0ff\0fe-x/caf\0c3/\0e2\082/docker/abc");
+        assert_eq!(path_to_bytes(&kept), raw);
+        assert!(path_is_escaped(&kept));
+        assert_eq!(display_path(&kept), "/\\xff\\xfe-x/caf\\xc3/\\xe2\\x82/docker/abc");
+        for n in 0..=255u8 {
+            let b = [b'/', n, n.wrapping_mul(7), b'a'];
+            if !b.contains(&0) {
+                assert_eq!(path_to_bytes(&path_from_bytes(&b)), b);
+            }
+        }
+        assert_eq!(
+            absolute_path(Path::new("/sys/fs/cgroup"), &kept).as_os_str().as_bytes(),
+            [b"/sys/fs/cgroup".as_slice(), raw].concat()
+        );
+        assert_eq!(
+            relative_path(Path::new("/m"), Path::new(std::ffi::OsStr::from_bytes(b"/m/\xff"))).unwrap(),
+            "/\0ff"
+        );
+    }
 }

@@ -62,10 +62,12 @@ impl Namespace {
     }
 }
 
-/// The path of process `pid`'s cgroup in `hierarchy`, as the kernel prints it (`/a/b`).
+/// The path of process `pid`'s cgroup in `hierarchy`, as the kernel prints it (`/a/b`), in
+/// the form of [`crate::cgroupfs::path_from_bytes`].
 pub fn cgroup_path_of(proc_root: &Path, pid: u32, hierarchy: &Hierarchy) -> Result<String, ProcError> {
     let file = proc_root.join(pid.to_string()).join("cgroup");
-    let text = fs::read_to_string(&file).map_err(|e| ProcError::io(pid, &file, e))?;
+    // The kernel prints the path's bytes as they are: keep names that are not UTF-8 (escaped).
+    let text = crate::cgroupfs::path_from_bytes(&fs::read(&file).map_err(|e| ProcError::io(pid, &file, e))?);
     cgroup_path_in(&text, hierarchy).map(str::to_string).ok_or(ProcError::NotInHierarchy(pid))
 }
 

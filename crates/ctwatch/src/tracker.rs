@@ -240,11 +240,22 @@ impl Ctx<'_> {
     }
 
     fn on_rmdir(&mut self, event: &CgroupEvent, now: Instant) {
-        let Some((removed, container)) = self.store.remove_cgroup(&event.path, now) else {
+        // A source that could not give the whole path (eBPF beyond its walk's
+        // depth) still gives the ID, which names one cgroup for ever.
+        let path = match self.store.cgroup_at(&event.path) {
+            None if event.cgroup_id != 0 => match self.store.cgroup(event.cgroup_id) {
+                Some(m) if self.store.cgroup_at(&m.path).is_some_and(|(_, id)| id == event.cgroup_id) => {
+                    m.path.to_string()
+                }
+                _ => return,
+            },
+            _ => event.path.clone(),
+        };
+        let Some((removed, container)) = self.store.remove_cgroup(&path, now) else {
             return;
         };
         for o in self.observers.iter_mut() {
-            o.cgroup_removed(removed.cgroup_id, &event.path);
+            o.cgroup_removed(removed.cgroup_id, &path);
         }
         if let Some(container) = container {
             self.out.push(ContainerEvent {

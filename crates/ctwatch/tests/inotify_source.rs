@@ -75,3 +75,99 @@ fn root_and_sub_cgroups_are_recorded_with_their_kernel_ids() {
     assert_eq!(events.len(), 1);
     assert_eq!((events[0].kind, events[0].cgroup_id), (EventKind::ContainerCreate, root_id));
 }
+
+/// A real tree under a test-owned parent: a container below a name that is
+/// not UTF-8, and one 120 levels deep. Returns (non-UTF-8 root, deep root).
+fn odd_tree(mount: &std::path::Path, parent: &std::path::Path, cleanup: &mut Cleanup, tag: &str) -> (PathBuf, PathBuf) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut mk = |d: PathBuf| {
+        fs::create_dir(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        cleanup.0.push(d.clone());
+        d
+    };
+    let bad = mk(parent.join(std::ffi::OsStr::from_bytes(&[b"\xff\xfe-".as_slice(), tag.as_bytes()].concat())));
+    let bad_docker = mk(bad.join("docker"));
+    let bad_root = mk(bad_docker.join(hex(tag, 'a')));
+    let mut deep = parent.to_path_buf();
+    while deep.strip_prefix(mount).unwrap().components().count() < 118 {
+        deep = mk(deep.join(format!("{tag}{}", deep.components().count())));
+    }
+    let deep_docker = mk(deep.join("docker"));
+    let deep_root = mk(deep_docker.join(hex(tag, 'b')));
+    assert_eq!(deep_root.strip_prefix(mount).unwrap().components().count(), 120);
+    (bad_root, deep_root)
+}
+
+fn hex(tag: &str, c: char) -> String {
+    let mut id: String = tag.bytes().map(|b| format!("{:02x}", b)).collect();
+    id.truncate(63);
+    format!("{c}{id:0>63}")
+}
+
+#[test]
+fn odd_paths_are_followed_found_by_id_and_kept_by_a_resync() {
+    use ctwatch::sources::scan::scan;
+    use ctwatch::sources::Origin;
+    assert!(nix::unistd::geteuid().is_root(), "run as root (scripts/test.sh)");
+    let hierarchies = cgroupfs::mounted_hierarchies().unwrap();
+    let h = cgroupfs::default_hierarchy(&hierarchies).unwrap().clone();
+    let parent = h.mount_point.join(format!("ctwatch-lib-odd-{}", std::process::id()));
+    fs::create_dir(&parent).unwrap();
+    let mut cleanup = Cleanup(vec![parent.clone()]);
+
+    // Made before the watch: found by its scan. Made after: followed live.
+    let (old_bad, old_deep) = odd_tree(&h.mount_point, &parent, &mut cleanup, "old");
+    let source = InotifySource::new(&h.mount_point, &parent).unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = std::thread::spawn({
+        let stop = stop.clone();
+        move || source.run(tx, stop)
+    });
+    let store = SharedStore::new(Store::default());
+    let mut tracker = Tracker::new(store.clone(), Box::new(PathOnly));
+    let mut events = Vec::new();
+    let Ok(SourceMessage::Events(batch)) = rx.recv() else { panic!("the scan at start") };
+    tracker.apply(&batch, &mut events);
+    assert_eq!(rx.recv().unwrap(), SourceMessage::ScanComplete);
+    let (new_bad, new_deep) = odd_tree(&h.mount_point, &parent, &mut cleanup, "new");
+    let roots = [&old_bad, &old_deep, &new_bad, &new_deep];
+    let ids: Vec<u64> = roots.iter().map(|r| fs::metadata(r).unwrap().ino()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.read().live().count() < 4 && Instant::now() < deadline {
+        if let Ok(SourceMessage::Events(batch)) = rx.recv_timeout(Duration::from_millis(100)) {
+            tracker.apply(&batch, &mut events);
+        }
+    }
+    assert_eq!(events.len(), 4, "{events:#?}");
+    for (root, id) in roots.iter().zip(&ids) {
+        let rel = cgroupfs::relative_path(&h.mount_point, root).unwrap();
+        let c = store.read().get_by_cgroup_id(*id).cloned().unwrap_or_else(|| panic!("{} tracked", root.display()));
+        assert_eq!(c.cgroup_path, rel);
+        assert_eq!(cgroupfs::absolute_path(&h.mount_point, &rel), **root, "the path's bytes are kept");
+        // The kernel's way to name a cgroup by ID gives the same path, at any depth.
+        assert_eq!(cgroupfs::path_of_cgroup_id(&h.mount_point, *id).unwrap(), rel);
+    }
+    assert!(cgroupfs::path_is_escaped(&store.read().get_by_cgroup_id(ids[0]).unwrap().cgroup_path));
+
+    // A resync (what follows a lost event) finds them all again and removes none.
+    let present = scan(&h.mount_point, &parent, Origin::Live);
+    let before = events.len();
+    tracker.reconcile(&present, &mut events);
+    assert_eq!(events.len(), before, "{:#?}", &events[before..]);
+    assert_eq!(store.read().live().count(), 4);
+
+    // Removed: each one remove, found by path (inotify).
+    drop(cleanup);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events.len() < 8 && Instant::now() < deadline {
+        if let Ok(SourceMessage::Events(batch)) = rx.recv_timeout(Duration::from_millis(100)) {
+            tracker.apply(&batch, &mut events);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    thread.join().unwrap().unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == EventKind::ContainerRemove).count(), 4, "{events:#?}");
+    assert_eq!(events.len(), 8);
+    assert!(cgroupfs::path_of_cgroup_id(&h.mount_point, ids[1]).is_err(), "a removed cgroup is not found");
+}

@@ -165,3 +165,40 @@ fn a_cgroup_that_vanished_before_it_was_read_still_pairs() {
     );
     assert!(store.read().get_by_cgroup_id(0).is_none());
 }
+
+#[test]
+fn an_rmdir_known_only_by_its_cgroup_id_pairs_with_its_mkdir() {
+    // eBPF cannot give the whole path of a cgroup deeper than its walk: the ID names it.
+    let (mut t, store) = tracker(Duration::from_secs(5));
+    let mut out = Vec::new();
+    let deep: String = (0..118).map(|i| format!("/l{i}")).collect::<String>() + &format!("/docker/{A}");
+    t.apply(&[ev(CgroupChange::Mkdir, 10, &deep, 1), ev(CgroupChange::Mkdir, 11, &format!("{deep}/sub"), 2)], &mut out);
+    assert_eq!(out.len(), 1);
+    // An unknown path with an unknown ID removes nothing.
+    t.apply(&[ev(CgroupChange::Rmdir, 99, "", 0)], &mut out);
+    assert_eq!(out.len(), 1);
+    t.apply(&[ev(CgroupChange::Rmdir, 11, "", 0), ev(CgroupChange::Rmdir, 10, "", 0)], &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[1].kind, out[1].cgroup_id), (EventKind::ContainerRemove, 10));
+    assert_eq!(store.read().get(A).unwrap().state, ContainerState::Removed);
+    assert!(store.read().cgroup_at(&format!("{deep}/sub")).is_none());
+    // Reported again by ID: nothing more.
+    t.apply(&[ev(CgroupChange::Rmdir, 10, "", 0)], &mut out);
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn a_resync_keeps_containers_whose_paths_are_not_utf8_or_deep() {
+    use ctwatch::cgroupfs::path_from_bytes;
+    let (mut t, store) = tracker(Duration::from_secs(5));
+    let mut out = Vec::new();
+    let bad = path_from_bytes(&[b"/\xff\xfe/docker/", A.as_bytes()].concat());
+    let deep: String = (0..118).map(|i| format!("/l{i}")).collect::<String>() + &format!("/docker/{B}");
+    let present = [ev(CgroupChange::Mkdir, 10, &bad, 1), ev(CgroupChange::Mkdir, 20, &deep, 2)];
+    t.apply(&present, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(store.read().get(A).unwrap().cgroup_path, bad);
+    t.reconcile(&present, &mut out);
+    assert_eq!(out.len(), 2, "a resync that finds them again reports nothing: {out:#?}");
+    assert_eq!(store.read().live().count(), 2);
+}

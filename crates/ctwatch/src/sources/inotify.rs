@@ -8,9 +8,9 @@
 //! overflow the whole tree is rescanned and diffed against the known set.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -110,7 +110,7 @@ impl InotifySource {
             match self.inotify.read_events(&mut buffer) {
                 Ok(events) => {
                     for e in events {
-                        raw.push((e.wd, e.mask, e.name.and_then(OsStr::to_str).map(str::to_string)));
+                        raw.push((e.wd, e.mask, e.name.map(|n| cgroupfs::path_from_bytes(n.as_bytes()))));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -158,7 +158,7 @@ impl InotifySource {
     }
 
     fn abs_path(&self, rel: &str) -> PathBuf {
-        self.mount_point.join(rel.trim_start_matches('/'))
+        cgroupfs::absolute_path(&self.mount_point, rel)
     }
 
     /// Watches `dir` and everything below it, reporting each directory not yet known.
