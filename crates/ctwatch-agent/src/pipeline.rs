@@ -456,7 +456,7 @@ impl Pipeline {
                 let id = container.id.clone();
                 self.metrics.hook_create_answered(Duration::from_micros(info.answer_us));
                 let info = Arc::new(*info);
-                let violation = info.verdict.is_some();
+                let violation = info.trusted && info.verdict.is_some();
                 let event = ContainerEvent {
                     time,
                     kind: EventKind::ContainerPrecreate,
@@ -470,7 +470,9 @@ impl Pipeline {
                 if violation {
                     events.push(ContainerEvent { kind: EventKind::ContainerPolicyViolation, ..event });
                 }
-                if !info.verdict.as_ref().is_some_and(|v| v.denied) {
+                // An untrusted caller's findings are its own event and nothing
+                // more: never kept, so never attached to a container's events.
+                if info.trusted && !info.verdict.as_ref().is_some_and(|v| v.denied) {
                     self.hooked.insert(id, info);
                 }
             }

@@ -127,6 +127,8 @@ pub fn hook_message(h: &HookInfo) -> pb::HookInfo {
         answer_us: h.answer_us,
         answered_by_deadline: h.answered_by_deadline,
         init_pid: h.init_pid,
+        untrusted: !h.trusted,
+        caller_uid: h.caller_uid,
     }
 }
 
@@ -164,6 +166,8 @@ pub fn hook_from_message(m: &pb::HookInfo) -> HookInfo {
         answer_us: m.answer_us,
         answered_by_deadline: m.answered_by_deadline,
         init_pid: m.init_pid,
+        trusted: !m.untrusted,
+        caller_uid: m.caller_uid,
     }
 }
 
