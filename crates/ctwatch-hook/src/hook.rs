@@ -68,8 +68,11 @@ pub struct HookConfig {
     pub identity: IdentitySources,
     /// The proc mount.
     pub proc_root: PathBuf,
-    /// When set, the hook reports containers' cgroups in this hierarchy (it is the only source).
+    /// When set, `Started`/`Exited` carry the init's cgroup in this hierarchy
+    /// (what the kernel says the container got: findings are joined to it).
     pub hierarchy: Option<Hierarchy>,
+    /// Follow each init to its exit (the hook is the only source).
+    pub follow_exits: bool,
     /// Worker threads that decide.
     pub workers: usize,
 }
@@ -85,6 +88,7 @@ impl Default for HookConfig {
             identity: IdentitySources::default(),
             proc_root: PathBuf::from("/proc"),
             hierarchy: None,
+            follow_exits: false,
             workers: 4,
         }
     }
@@ -247,7 +251,7 @@ impl Hook {
             proc_root: config.proc_root.clone(),
             hierarchy: config.hierarchy.clone(),
             // With a kernel source, the cgroup's rmdir says when a container is gone.
-            follow_exits: config.hierarchy.is_some(),
+            follow_exits: config.follow_exits,
         };
         hook.spawn("hook-lifecycle", move || lifecycle.run())?;
         let by_inode: HashMap<(u64, u64), RuntimeBinary> = hook.marked.iter().map(|b| (b.dev_ino, b.clone())).collect();
