@@ -253,4 +253,36 @@ mod tests {
         let through = dir.path().join("up").join(file.strip_prefix("/").unwrap());
         assert_eq!(fs.read(&through, 10).map_err(|e| e.to_string()), Ok(b"x".to_vec()), "{}", through.display());
     }
+
+    #[test]
+    fn reads_with_the_callers_file_rights() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to take another user's file credentials");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let public = dir.path().join("public");
+        std::fs::write(&public, "p").unwrap();
+        std::fs::set_permissions(&public, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let nobody = Caller {
+            euid: 65534,
+            fsuid: 65534,
+            fsgid: 65534,
+            groups: vec![],
+            cap_sys_admin: false,
+            initial_userns: true,
+        };
+        let fs = CallerFs::open(Path::new("/proc"), std::process::id(), nobody).unwrap();
+        assert_eq!(fs.read(&public, 10).unwrap(), b"p");
+        match fs.read(&secret, 10) {
+            Err(RecordFileError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied),
+            other => panic!("a root-only file read for nobody: {other:?}"),
+        }
+        // This thread kept its own credentials.
+        assert_eq!(std::fs::read(&secret).unwrap(), b"s");
+    }
 }
