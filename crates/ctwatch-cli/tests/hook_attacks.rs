@@ -297,10 +297,24 @@ fn with_the_hook_alone_a_pid_file_cannot_end_a_running_container() {
     let id = run(DOCKER, &["run", "-d", "--name", &name, IMAGE, "sleep", "120"]);
     let mut watch = Watch::start_with("hook", &[]);
     watch.wait_for("existing_container", &id);
+    let (out, _attack) = pid_file_attack(&name, &id);
+    // The named process ends; the container does not.
+    watch.drain_for(Duration::from_secs(4));
+    assert!(!has_event(&watch.seen, "container_remove", &id), "{out:?} {:#?}", watch.about(&id));
+    assert_eq!(untrusted_precreates(&watch.seen, &id).len(), 1, "reported as untrusted: {:#?}", watch.about(&id));
+    assert_eq!(run(DOCKER, &["inspect", "-f", "{{.State.Running}}", &id]), "true");
+    // (A container found at start is not followed by the hook alone: its real end is not awaited here.)
+    run(DOCKER, &["rm", "-f", &name]);
+}
+
+/// As the test user, runs `runc create` of container `id` with a pid file
+/// naming a short-lived process (`sleep 2`) inside that real container (the
+/// user's directory is kept until the result is dropped).
+fn pid_file_attack(name: &str, id: &str) -> (Output, UserDir) {
     // A short-lived process inside the real container, named by the attacker's pid file.
-    run(DOCKER, &["exec", "-d", &name, "sleep", "2"]);
-    let init: u32 = run(DOCKER, &["inspect", "-f", "{{.State.Pid}}", &id]).parse().unwrap();
-    let short = process_in_container(&id, init).expect("the exec'd sleep in the container").to_string();
+    run(DOCKER, &["exec", "-d", name, "sleep", "2"]);
+    let init: u32 = run(DOCKER, &["inspect", "-f", "{{.State.Pid}}", id]).parse().unwrap();
+    let short = process_in_container(id, init).expect("the exec'd sleep in the container").to_string();
     let attack = UserDir::new("ctwatch-pidfile");
     // No claimed image: the enforcing policy of the test next door does not apply to it.
     attack.write("b/config.json", r#"{"ociVersion":"1.0.2","hostname":"EVIL-HOSTNAME"}"#);
@@ -311,13 +325,27 @@ fn with_the_hook_alone_a_pid_file_cannot_end_a_running_container() {
         attack.0.join("b").to_str().unwrap(),
         "--pid-file",
         pid_file.to_str().unwrap(),
-        &id,
+        id,
     ]);
-    // The named process ends; the container does not.
-    watch.drain_for(Duration::from_secs(4));
-    assert!(!has_event(&watch.seen, "container_remove", &id), "{out:?} {:#?}", watch.about(&id));
-    assert_eq!(untrusted_precreates(&watch.seen, &id).len(), 1, "reported as untrusted: {:#?}", watch.about(&id));
+    (out, attack)
+}
+
+#[test]
+fn with_the_hook_alone_ls_keeps_a_container_a_pid_file_names() {
+    require_root();
+    let name = unique("attack-ls");
+    let _remove = RemoveOnDrop(name.clone());
+    let id = run(DOCKER, &["run", "-d", "--name", &name, IMAGE, "sleep", "120"]);
+    let serve = serve::Serve::start(&["--source", "hook", "--hook", "on"]);
+    let socket = serve.socket.to_str().unwrap().to_string();
+    let ls = || run(ctwatch_bin().to_str().unwrap(), &["ls", "-q", "--no-trunc", "--socket", &socket]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ls().contains(&id) {
+        assert!(std::time::Instant::now() < deadline, "ls never listed the container");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (out, _attack) = pid_file_attack(&name, &id);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(ls().contains(&id), "ls keeps the running container: {out:?}");
     assert_eq!(run(DOCKER, &["inspect", "-f", "{{.State.Running}}", &id]), "true");
-    // (A container found at start is not followed by the hook alone: its real end is not awaited here.)
-    run(DOCKER, &["rm", "-f", &name]);
 }
