@@ -224,6 +224,7 @@ impl Agent {
             hook,
             hook_only,
             hooked: HashMap::new(),
+            hooked_cgroup: HashMap::new(),
             awaiting_pid: Vec::new(),
         };
         let thread_stop = stop.clone();
@@ -275,8 +276,11 @@ struct Pipeline {
     hook: Option<Hook>,
     /// The hook is the only live source: its init start/exit stand for cgroup mkdir/rmdir.
     hook_only: bool,
-    /// What the hook learned, by container ID, until the container is removed.
+    /// What the hook learned from trusted callers, by container ID, until the container is removed.
     hooked: HashMap<String, Arc<HookInfo>>,
+    /// The cgroup (ID) each hooked container's init was found in: findings go
+    /// only to events of that cgroup, whatever ID a runtime was given.
+    hooked_cgroup: HashMap<String, u64>,
     /// Creates of hooked containers waiting for the init PID, with when they go out regardless.
     awaiting_pid: Vec<(Instant, ContainerEvent)>,
 }
@@ -414,9 +418,14 @@ impl Pipeline {
             }
         }
         for event in out.iter_mut().filter(|e| e.hook.is_none()) {
-            event.hook = self.hooked.get(&event.container.id).cloned();
-            if event.kind == EventKind::ContainerRemove {
-                self.hooked.remove(&event.container.id);
+            let id = &event.container.id;
+            let same_cgroup = self.hooked_cgroup.get(id).is_none_or(|c| *c == event.cgroup_id);
+            if same_cgroup {
+                event.hook = self.hooked.get(id).cloned();
+            }
+            if event.kind == EventKind::ContainerRemove && same_cgroup {
+                self.hooked.remove(id);
+                self.hooked_cgroup.remove(id);
             }
         }
         *ready = out;
@@ -456,7 +465,7 @@ impl Pipeline {
                 let id = container.id.clone();
                 self.metrics.hook_create_answered(Duration::from_micros(info.answer_us));
                 let info = Arc::new(*info);
-                let violation = info.verdict.is_some();
+                let violation = info.trusted && info.verdict.is_some();
                 let event = ContainerEvent {
                     time,
                     kind: EventKind::ContainerPrecreate,
@@ -470,13 +479,19 @@ impl Pipeline {
                 if violation {
                     events.push(ContainerEvent { kind: EventKind::ContainerPolicyViolation, ..event });
                 }
-                if !info.verdict.as_ref().is_some_and(|v| v.denied) {
+                // An untrusted caller's findings are its own event and nothing
+                // more: never kept, so never attached to a container's events.
+                if info.trusted && !info.verdict.as_ref().is_some_and(|v| v.denied) {
+                    self.hooked_cgroup.remove(&id);
                     self.hooked.insert(id, info);
                 }
             }
             HookMessage::Started { id, init_pid, cgroup } => {
                 if let Some(info) = self.hooked.get_mut(&id) {
                     Arc::make_mut(info).init_pid = Some(init_pid);
+                    if let Some(c) = &cgroup {
+                        self.hooked_cgroup.insert(id.clone(), c.cgroup_id);
+                    }
                 }
                 if let (true, Some(cgroup)) = (self.hook_only, cgroup) {
                     self.tracker.apply(&[cgroup], events);
@@ -489,6 +504,7 @@ impl Pipeline {
             }
             HookMessage::Failed { id } => {
                 self.hooked.remove(&id);
+                self.hooked_cgroup.remove(&id);
             }
         }
     }
@@ -558,7 +574,9 @@ fn start_hook(config: &AgentConfig, hook_only: bool, tx: Sender<SourceMessage>) 
         None => return Ok(None),
     };
     let hook_config = HookConfig {
-        hierarchy: hook_only.then(|| config.tree.hierarchy.clone()),
+        // Always: the init's cgroup is what the hook's findings are joined on.
+        hierarchy: Some(config.tree.hierarchy.clone()),
+        follow_exits: hook_only,
         proc_root: config.proc_root.clone(),
         ..hook_config
     };

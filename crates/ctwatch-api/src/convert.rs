@@ -127,6 +127,8 @@ pub fn hook_message(h: &HookInfo) -> pb::HookInfo {
         answer_us: h.answer_us,
         answered_by_deadline: h.answered_by_deadline,
         init_pid: h.init_pid,
+        untrusted: !h.trusted,
+        caller_uid: h.caller_uid,
     }
 }
 
@@ -164,6 +166,8 @@ pub fn hook_from_message(m: &pb::HookInfo) -> HookInfo {
         answer_us: m.answer_us,
         answered_by_deadline: m.answered_by_deadline,
         init_pid: m.init_pid,
+        trusted: !m.untrusted,
+        caller_uid: m.caller_uid,
     }
 }
 
@@ -254,4 +258,38 @@ pub fn record_from_message(m: &pb::Container) -> ContainerRecord {
     record.mount_ns = m.mount_ns;
     record.net_ns = m.net_ns;
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_findings_keep_who_called() {
+        let info = HookInfo {
+            runtime_binary: "/usr/sbin/runc".into(),
+            runtime_pid: 7,
+            command: "create".into(),
+            bundle: "/b".into(),
+            pid_file: String::new(),
+            state_root: String::new(),
+            oci: None,
+            oci_error: Some("not read".into()),
+            verdict: None,
+            answer_us: 3,
+            answered_by_deadline: false,
+            init_pid: None,
+            trusted: false,
+            caller_uid: 1000,
+        };
+        let m = hook_message(&info);
+        assert!(m.untrusted);
+        assert_eq!(m.caller_uid, 1000);
+        assert_eq!(hook_from_message(&m), info);
+        let trusted = HookInfo { trusted: true, caller_uid: 0, ..info };
+        assert!(!hook_message(&trusted).untrusted);
+        assert_eq!(hook_from_message(&hook_message(&trusted)), trusted);
+        // A message without the fields (an older agent) is a trusted create.
+        assert!(hook_from_message(&pb::HookInfo::default()).trusted);
+    }
 }

@@ -12,6 +12,8 @@ use ctwatch_enrich::oci_state::{read_capped, RecordFileError};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::caller::CallerFs;
+
 /// A `config.json` larger than this is refused.
 pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 const MAX_ARGS: usize = 64;
@@ -145,6 +147,19 @@ pub struct BundleConfig {
 /// Reads and summarises the OCI config at `path` without ever blocking on it.
 pub fn read_config(path: &Path) -> Result<BundleConfig, BundleError> {
     let text = read_capped(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+        RecordFileError::Io(source) => BundleError::Io { path: path.to_path_buf(), source },
+        RecordFileError::NotAFile => BundleError::NotAFile(path.to_path_buf()),
+        RecordFileError::TooLarge { size, .. } => BundleError::TooLarge { path: path.to_path_buf(), size },
+    })?;
+    let spec: Spec =
+        serde_json::from_slice(&text).map_err(|source| BundleError::Json { path: path.to_path_buf(), source })?;
+    Ok(summarise(spec))
+}
+
+/// Reads and summarises the OCI config at `path` as the runtime's caller
+/// would read it (inside its root, with its file access rights).
+pub fn read_config_as(fs: &CallerFs, path: &Path) -> Result<BundleConfig, BundleError> {
+    let text = fs.read(path, MAX_CONFIG_BYTES).map_err(|e| match e {
         RecordFileError::Io(source) => BundleError::Io { path: path.to_path_buf(), source },
         RecordFileError::NotAFile => BundleError::NotAFile(path.to_path_buf()),
         RecordFileError::TooLarge { size, .. } => BundleError::TooLarge { path: path.to_path_buf(), size },

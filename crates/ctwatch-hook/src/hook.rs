@@ -28,6 +28,8 @@ use crossbeam_channel::{Receiver, Sender};
 use ctwatch::cgroupfs::Hierarchy;
 use ctwatch::hook::{HookInfo, HookMessage};
 use ctwatch::sources::SourceMessage;
+use ctwatch::{Container, Runtime};
+use ctwatch_enrich::metadata::clean;
 use nix::errno::Errno;
 use nix::sys::fanotify::{
     EventFFlags, Fanotify, FanotifyEvent, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
@@ -36,11 +38,12 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::binaries::{candidate_paths, find_runtime_binaries, RuntimeBinary, RuntimeTool};
-use crate::bundle::{caller_path, read_config};
+use crate::bundle::{caller_path, read_config_as};
+use crate::caller::{Caller, CallerFs};
 use crate::exec_args::exec_argv;
 use crate::identity::{identify, IdentitySources};
 use crate::invocation::{parse, CreateCall, Invocation};
-use crate::lifecycle::{pidfd_open, Lifecycle, Track};
+use crate::lifecycle::{pidfd_open, start_time, Lifecycle, Track};
 use crate::policy::{Policy, Subject};
 
 /// The default time a runtime may wait for ctwatch's answer.
@@ -65,8 +68,11 @@ pub struct HookConfig {
     pub identity: IdentitySources,
     /// The proc mount.
     pub proc_root: PathBuf,
-    /// When set, the hook reports containers' cgroups in this hierarchy (it is the only source).
+    /// When set, `Started`/`Exited` carry the init's cgroup in this hierarchy
+    /// (what the kernel says the container got: findings are joined to it).
     pub hierarchy: Option<Hierarchy>,
+    /// Follow each init to its exit (the hook is the only source).
+    pub follow_exits: bool,
     /// Worker threads that decide.
     pub workers: usize,
 }
@@ -82,6 +88,7 @@ impl Default for HookConfig {
             identity: IdentitySources::default(),
             proc_root: PathBuf::from("/proc"),
             hierarchy: None,
+            follow_exits: false,
             workers: 4,
         }
     }
@@ -244,7 +251,7 @@ impl Hook {
             proc_root: config.proc_root.clone(),
             hierarchy: config.hierarchy.clone(),
             // With a kernel source, the cgroup's rmdir says when a container is gone.
-            follow_exits: config.hierarchy.is_some(),
+            follow_exits: config.follow_exits,
         };
         hook.spawn("hook-lifecycle", move || lifecycle.run())?;
         let by_inode: HashMap<(u64, u64), RuntimeBinary> = hook.marked.iter().map(|b| (b.dev_ino, b.clone())).collect();
@@ -450,17 +457,32 @@ impl Worker {
     fn handle_create(&mut self, job: Job, call: CreateCall) {
         let proc_root = self.config.proc_root.clone();
         let pid = tgid_of(&proc_root, job.tid).unwrap_or(job.tid);
+        // The exec is held: the task cannot change its credentials meanwhile.
+        let creds = match Caller::of(&proc_root, job.tid) {
+            Some(creds) if creds.trusted() => creds,
+            other => return self.handle_untrusted(job, call, pid, other.map_or(u32::MAX, |c| c.euid)),
+        };
         // Taken while the runtime is held, so it is the right process.
         let owner = pidfd_open(pid);
+        let owner_start = start_time(&proc_root, pid);
+        let caller_uid = creds.euid;
+        let fs = match CallerFs::open(&proc_root, pid, creds) {
+            Ok(fs) => Some(Arc::new(fs)),
+            Err(e) => {
+                debug!(pid, error = %e, "the caller's root is not openable");
+                None
+            }
+        };
         let bundle_arg = call.bundle.clone().unwrap_or_else(|| ".".into());
         let bundle_path = caller_path(&proc_root, pid, &bundle_arg);
-        let config_path = match &call.config {
-            Some(c) => caller_path(&proc_root, pid, c),
-            None => bundle_path.join("config.json"),
+        let config_rel = match &call.config {
+            Some(c) => PathBuf::from(c),
+            None => Path::new(&bundle_arg).join("config.json"),
         };
-        let (config, oci_error) = match read_config(&config_path) {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(e.to_string())),
+        let (config, oci_error) = match fs.as_deref().map(|fs| read_config_as(fs, &config_rel)) {
+            Some(Ok(c)) => (Some(c), None),
+            Some(Err(e)) => (None, Some(e.to_string())),
+            None => (None, Some("the runtime's root could not be opened".to_string())),
         };
         let bundle = bundle_path.display().to_string();
         let container = identify(&call, &bundle, config.as_ref(), &self.config.identity, self.tokio.as_deref());
@@ -496,6 +518,8 @@ impl Worker {
             answer_us,
             answered_by_deadline: claimed.is_none(),
             init_pid: None,
+            trusted: true,
+            caller_uid,
         };
         // The event goes out before the answer, so it is ahead of the cgroup's mkdir.
         if first || info.verdict.is_some() {
@@ -513,13 +537,44 @@ impl Worker {
                 RuntimeTool::Runc => Some("/run/runc"),
                 RuntimeTool::Conmon => return,
             };
-            let state_json = call
-                .root
-                .as_deref()
-                .or(default_root)
-                .map(|root| caller_path(&proc_root, pid, root).join(&call.id).join("state.json"));
-            let _ = self.tracks.send(Track { id: call.id, owner_pid: pid, owner, pid_file, state_json });
+            let state_json =
+                call.root.as_deref().or(default_root).map(|root| Path::new(root).join(&call.id).join("state.json"));
+            let pid_file = call.pid_file.as_ref().map(PathBuf::from);
+            let track = Track { id: call.id, owner_pid: pid, owner, owner_start, pid_file, state_json, fs };
+            let _ = self.tracks.send(track);
         }
+    }
+
+    /// An exec by a caller that could not create the container (not root with
+    /// `CAP_SYS_ADMIN` in the initial user namespace): allowed at once (it has
+    /// no more power than the user already has, and the policy is about
+    /// containers, which it cannot make), none of its files read, no record
+    /// looked up, not followed, and reported as an untrusted precreate that
+    /// names only what it claimed. It never counts as a sighting of its ID.
+    fn handle_untrusted(&mut self, job: Job, call: CreateCall, pid: u32, caller_uid: u32) {
+        if let Some(p) = self.shared.claim(job.seq) {
+            self.shared.answer(p, true);
+        }
+        debug!(pid, caller_uid, id = %call.id, "runtime exec by an untrusted caller");
+        let info = HookInfo {
+            runtime_binary: job.binary.display().to_string(),
+            runtime_pid: pid,
+            command: call.command.clone(),
+            bundle: clean(call.bundle.as_deref().unwrap_or("."), 512),
+            pid_file: String::new(),
+            state_root: String::new(),
+            oci: None,
+            oci_error: Some("not read: the caller is not trusted".into()),
+            verdict: None,
+            answer_us: job.read_at.elapsed().as_micros() as u64,
+            answered_by_deadline: false,
+            init_pid: None,
+            trusted: false,
+            caller_uid,
+        };
+        let container = Container::new(clean(&call.id, 128), Runtime::Runc);
+        let message = HookMessage::Precreate { container, info: Box::new(info), time: job.time };
+        let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
     }
 
     /// Whether this is the first create seen for `id` lately (conmon then runc report the same container).

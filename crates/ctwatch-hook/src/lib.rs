@@ -7,6 +7,7 @@
 //! - [`binaries`]: which runtime binaries exist here, to be marked.
 //! - [`exec_args`]: the argv of an exec that is still waiting.
 //! - [`invocation`]: what the runtime was asked to do.
+//! - [`caller`]: who executed the runtime, and reading its files as it would.
 //! - [`bundle`]: the OCI config, read safely.
 //! - [`identity`]: name, image, digest and pod, without a daemon that may be the one waiting.
 //! - [`policy`]: the admission rules.
@@ -17,6 +18,7 @@
 
 pub mod binaries;
 pub mod bundle;
+pub mod caller;
 pub mod exec_args;
 pub mod hook;
 pub mod identity;

@@ -17,8 +17,10 @@ use crossbeam_channel::{Receiver, Sender};
 use ctwatch::cgroupfs::{self, Hierarchy};
 use ctwatch::hook::HookMessage;
 use ctwatch::sources::{CgroupChange, CgroupEvent, Origin, SourceMessage};
-use ctwatch_enrich::oci_state::{read_capped, read_json_capped};
+use ctwatch_enrich::oci_state::read_capped;
 use tracing::debug;
+
+use crate::caller::CallerFs;
 
 /// How often pid files are looked at while a create is under way.
 const WAITING_TICK: Duration = Duration::from_millis(5);
@@ -38,10 +40,16 @@ pub struct Track {
     pub owner_pid: u32,
     /// A pidfd for it, when the kernel has them.
     pub owner: Option<OwnedFd>,
-    /// Where the init PID will be written (host path).
+    /// The runtime process's start time (`/proc/<pid>/stat` field 22), taken
+    /// while its exec was held: an init PID must be of a process started later.
+    pub owner_start: Option<u64>,
+    /// Where the init PID will be written (the caller's path, read through `fs`).
     pub pid_file: Option<PathBuf>,
     /// The runtime's `state.json` for the container (holds `init_process_pid`).
     pub state_json: Option<PathBuf>,
+    /// The caller's root and credentials, to read its files as it would
+    /// (`None`: the paths are read as they are, as ctwatch; only for tests).
+    pub fs: Option<Arc<CallerFs>>,
 }
 
 enum Followed {
@@ -68,23 +76,59 @@ fn has_exited(pidfd: &OwnedFd) -> bool {
 }
 
 /// A process's start time (field 22 of `/proc/<pid>/stat`): tells a PID's reuse apart.
-fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+pub fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A file the runtime was told of, read as its caller would.
+fn read_caller_file(track: &Track, path: &Path) -> Option<Vec<u8>> {
+    match &track.fs {
+        Some(fs) => fs.read(path, MAX_STATE_BYTES).ok(),
+        None => read_capped(path, MAX_STATE_BYTES).ok(),
+    }
 }
 
 /// The PID in a pid file or a runc/crun `state.json`.
 fn read_init_pid(track: &Track) -> Option<u32> {
     if let Some(file) = &track.pid_file {
-        let text = read_capped(file, MAX_STATE_BYTES).ok()?;
+        let text = read_caller_file(track, file)?;
         return String::from_utf8_lossy(&text).trim().parse().ok().filter(|&p| p > 0);
     }
     #[derive(serde::Deserialize)]
     struct State {
         init_process_pid: u32,
     }
-    let state: State = read_json_capped(track.state_json.as_ref()?, MAX_STATE_BYTES)?;
+    let text = read_caller_file(track, track.state_json.as_ref()?)?;
+    let state: State = serde_json::from_slice(&text).ok()?;
     Some(state.init_process_pid).filter(|&p| p > 0)
+}
+
+/// Whether `pid` descends from `ancestor` (following `PPid`, at most 64 steps).
+fn descends_from(proc_root: &Path, pid: u32, ancestor: u32) -> bool {
+    let mut pid = pid;
+    for _ in 0..64 {
+        let Ok(status) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")) else { return false };
+        let parent: Option<u32> =
+            status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok());
+        match parent {
+            Some(p) if p == ancestor => return true,
+            Some(p) if p > 1 => pid = p,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Whether a PID the runtime's files name can be the container's init: a
+/// process started after the runtime's exec and, while the runtime lives,
+/// its descendant. A pid file may name anything; this is what the kernel says.
+fn plausible_init(proc_root: &Path, track: &Track, init_pid: u32, owner_alive: bool) -> bool {
+    let Some(started) = start_time(proc_root, init_pid) else { return false };
+    if track.owner_start.is_some_and(|owner| started < owner) {
+        return false;
+    }
+    !owner_alive || descends_from(proc_root, init_pid, track.owner_pid)
 }
 
 /// The lifecycle thread's state.
@@ -143,7 +187,10 @@ impl Lifecycle {
                     None => !self.proc_root.join(track.owner_pid.to_string()).exists(),
                 };
                 if let Some(init_pid) = read_init_pid(&track) {
-                    return self.started(track.id, init_pid);
+                    if plausible_init(&self.proc_root, &track, init_pid, !owner_gone) {
+                        return self.started(track.id, init_pid);
+                    }
+                    debug!(id = %track.id, init_pid, "the pid file names a process that is not the runtime's; ignored");
                 }
                 if owner_gone || since.elapsed() > MAX_WAIT {
                     debug!(id = %track.id, "the runtime exited without starting the container");
@@ -229,18 +276,24 @@ mod tests {
         };
         let thread = std::thread::spawn(move || lifecycle.run());
         let mut owner = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        // A pid file naming a process that is not the live runtime's descendant is ignored.
+        let foreign = dir.path().join("foreign.pid");
+        std::fs::write(&foreign, child.id().to_string()).unwrap();
         let owner_pid = owner.id();
-        track_tx
-            .send(Track {
-                id: "c1".into(),
-                owner_pid,
-                owner: pidfd_open(owner_pid),
-                pid_file: Some(pid_file.clone()),
-                state_json: None,
-            })
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(rx.try_recv().is_err(), "nothing before the pid file");
+        let track = |id: &str, owner_pid: u32, pid_file: &Path| Track {
+            id: id.into(),
+            owner_pid,
+            owner: pidfd_open(owner_pid),
+            owner_start: start_time(Path::new("/proc"), owner_pid),
+            pid_file: Some(pid_file.to_path_buf()),
+            state_json: None,
+            fs: None,
+        };
+        track_tx.send(track("c0", owner_pid, &foreign)).unwrap();
+        // The test process runs the child: its descendant, started after it.
+        track_tx.send(track("c1", std::process::id(), &pid_file)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(rx.try_recv().is_err(), "nothing before the pid file, nothing from a foreign pid");
         std::fs::write(&pid_file, child.id().to_string()).unwrap();
         let started = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(
@@ -261,8 +314,10 @@ mod tests {
                 id: "c2".into(),
                 owner_pid: owner2.id(),
                 owner: pidfd,
+                owner_start: None,
                 pid_file: Some(dir.path().join("none")),
                 state_json: None,
+                fs: None,
             })
             .unwrap();
         let failed = rx.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -292,8 +347,15 @@ mod tests {
         };
         let thread = std::thread::spawn(move || lifecycle.run());
         let owner = pidfd_open(std::process::id());
-        let track =
-            Track { id: "c3".into(), owner_pid: std::process::id(), owner, pid_file: Some(pid_file), state_json: None };
+        let track = Track {
+            id: "c3".into(),
+            owner_pid: std::process::id(),
+            owner,
+            owner_start: None,
+            pid_file: Some(pid_file),
+            state_json: None,
+            fs: None,
+        };
         track_tx.send(track).unwrap();
         let started = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(matches!(started, SourceMessage::Hook(m) if matches!(*m, HookMessage::Started { .. })));

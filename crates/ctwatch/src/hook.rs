@@ -85,6 +85,14 @@ pub struct HookInfo {
     pub answered_by_deadline: bool,
     /// The container's init PID, once the runtime wrote it.
     pub init_pid: Option<u32>,
+    /// Whether the caller could create this container (euid 0 with
+    /// `CAP_SYS_ADMIN` in the initial user namespace). An untrusted caller's
+    /// exec is reported as it is and nothing more: its files are not read,
+    /// no runtime record is looked up, no policy applies, and its findings
+    /// are never attached to any container's events.
+    pub trusted: bool,
+    /// The caller's effective UID when it executed the runtime.
+    pub caller_uid: u32,
 }
 
 /// What the hook sends the tracker loop.
