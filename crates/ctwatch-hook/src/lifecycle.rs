@@ -235,7 +235,7 @@ impl Lifecycle {
     /// The init's cgroup as a `Mkdir` event.
     fn cgroup_of(&self, hierarchy: &Hierarchy, pid: u32) -> Option<CgroupEvent> {
         let path = ctwatch::proc::cgroup_path_of(&self.proc_root, pid, hierarchy).ok()?;
-        let dir = hierarchy.mount_point.join(path.trim_start_matches('/'));
+        let dir = cgroupfs::absolute_path(&hierarchy.mount_point, &path);
         let info = cgroupfs::cgroup_dir_info(&dir).ok()?;
         Some(CgroupEvent {
             change: CgroupChange::Mkdir,
