@@ -294,7 +294,14 @@ fn hardened_unit_sandbox_still_serves_and_notifies_ready_after_the_socket_answer
     }
     assert!(serve_args.iter().any(|a| a == "--keep-pinned"));
     let bounding = unit_capabilities().iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",");
-    let seccomp_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/unit_seccomp.py");
+    // The sandbox hides /tmp, where the repository may live (a CI clone):
+    // run copies of the script, the unit and the binary from this test's directory.
+    let seccomp_script = dir.join("unit_seccomp.py");
+    fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/unit_seccomp.py"), &seccomp_script).unwrap();
+    let unit_copy = dir.join("ctwatch.service");
+    fs::copy(unit_file(), &unit_copy).unwrap();
+    let binary = dir.join("ctwatch");
+    fs::copy(ctwatch_bin(), &binary).unwrap();
     let writable = format!("{} /sys/fs/bpf", dir.join("api").display());
     let mut child = Command::new("unshare")
         .args(["--mount", "--uts", "--propagation", "slave", "--", "sh", "-c", SANDBOX_MOUNTS, "sandbox", &writable])
@@ -302,9 +309,9 @@ fn hardened_unit_sandbox_still_serves_and_notifies_ready_after_the_socket_answer
         .args(["--no-new-privs", "--"])
         .arg(python)
         .arg(&seccomp_script)
-        .arg(unit_file())
+        .arg(&unit_copy)
         .arg("--")
-        .arg(ctwatch_bin())
+        .arg(&binary)
         .args(&serve_args)
         .args(["--pin-path"])
         .arg(&pin_dir)
