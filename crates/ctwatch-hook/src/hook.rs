@@ -466,8 +466,11 @@ impl Worker {
         let container = identify(&call, &bundle, config.as_ref(), &self.config.identity, self.tokio.as_deref());
         let empty = HashMap::new();
         let annotations = config.as_ref().map_or(&empty, |c| &c.annotations);
-        let mut verdict =
-            self.config.policy.as_ref().and_then(|p| p.check(Subject { container: &container, annotations }));
+        let policy = self.config.policy.as_ref();
+        let mut verdict = policy.and_then(|p| p.check(Subject { container: &container, annotations })).or_else(|| {
+            // Enforce never passes a config it could not check.
+            policy.zip(oci_error.as_deref()).and_then(|(p, why)| p.unverifiable(why))
+        });
         let allow = !verdict.as_ref().is_some_and(|v| v.denied);
         let first = self.first_sight(&container.id);
         let claimed = self.shared.claim(job.seq);
