@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::binaries::{candidate_paths, find_runtime_binaries, RuntimeBinary, RuntimeTool};
 use crate::bundle::{caller_path, read_config};
-use crate::exec_args::exec_argv;
+use crate::exec_args::{ArgvReader, ExecArgsError};
 use crate::identity::{identify, IdentitySources};
 use crate::invocation::{parse, CreateCall, Invocation};
 use crate::lifecycle::{pidfd_open, Lifecycle, Track};
@@ -125,7 +125,13 @@ pub struct HookStats {
     pub denied: AtomicU64,
     /// Execs whose argv could not be read (answered with the default).
     pub unreadable: AtomicU64,
+    /// Of them, the unverifiable ones: the read did not finish in time, or too many reads were stuck.
+    pub unverifiable: AtomicU64,
 }
+
+/// How long the hook waits for its threads when it stops; a thread stuck
+/// past this (a read that never ends) is left behind, never joined.
+const STOP_PATIENCE: Duration = Duration::from_secs(2);
 
 struct Pending {
     event: FanotifyEvent,
@@ -263,8 +269,10 @@ impl Hook {
             None => None,
         };
         let config = Arc::new(config);
+        let argv_reader = Arc::new(ArgvReader::new());
         for i in 0..config.workers.max(1) {
             let worker = Worker {
+                argv_reader: argv_reader.clone(),
                 shared: shared.clone(),
                 config: config.clone(),
                 tx: tx.clone(),
@@ -304,10 +312,22 @@ impl Hook {
         self.shared.stats.clone()
     }
 
+    /// Stops the threads, waiting at most [`STOP_PATIENCE`] in all: one
+    /// that is still stuck then is left behind (it holds nothing that keeps
+    /// a runtime waiting once the marks are gone and the pending events are
+    /// answered).
     fn stop_threads(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let until = Instant::now() + STOP_PATIENCE;
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            while !t.is_finished() && Instant::now() < until {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                warn!(thread = t.thread().name().unwrap_or("?"), "a hook thread is stuck; leaving it behind");
+            }
         }
     }
 }
@@ -327,7 +347,8 @@ impl Drop for Hook {
                 debug!(path = %b.path.display(), error = %e, "unmark");
             }
         }
-        // The group's fd closes when the last Arc goes (the threads are joined: this is it).
+        // The group's fd closes when the last Arc goes (this one, unless a
+        // thread was left behind: then at exit; no exec waits on it meanwhile).
     }
 }
 
@@ -401,6 +422,8 @@ fn read_events(
 
 struct Worker {
     shared: Arc<Shared>,
+    /// Reads argvs in children, with a timeout.
+    argv_reader: Arc<ArgvReader>,
     config: Arc<HookConfig>,
     tx: Sender<SourceMessage>,
     tracks: Sender<Track>,
@@ -422,13 +445,30 @@ impl Worker {
 
     fn handle(&mut self, job: Job) {
         let proc_root = self.config.proc_root.clone();
-        let argv = match exec_argv(&proc_root, job.tid) {
+        // Three quarters of the deadline, so the answer (and the warning) is
+        // the worker's, not the deadline's.
+        let budget = (job.read_at + self.config.deadline * 3 / 4)
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(2));
+        let argv = match self.argv_reader.read(&proc_root, job.tid, budget) {
             Ok(argv) => argv,
             Err(e) => {
                 self.shared.stats.unreadable.fetch_add(1, Ordering::Relaxed);
-                debug!(tid = job.tid, error = %e, "exec argv unreadable; default answer");
+                let allow = self.shared.default_allow;
+                if matches!(e, ExecArgsError::Timeout { .. } | ExecArgsError::TooManyStuck { .. }) {
+                    self.shared.stats.unverifiable.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        tid = job.tid,
+                        binary = %job.binary.display(),
+                        stuck_readers = self.argv_reader.stuck(),
+                        allow,
+                        "runtime exec unverifiable: {e}; answered with the default"
+                    );
+                } else {
+                    debug!(tid = job.tid, error = %e, "exec argv unreadable; default answer");
+                }
                 if let Some(p) = self.shared.claim(job.seq) {
-                    self.shared.answer(p, self.shared.default_allow);
+                    self.shared.answer(p, allow);
                 }
                 return;
             }
