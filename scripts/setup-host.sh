@@ -12,7 +12,7 @@ STATE=/var/lib/ctwatch-test
 mkdir -p "$STATE"
 
 PACKAGES=(docker.io containerd runc podman crun busybox-static clang llvm libbpf-dev bpftool
-          inotify-tools util-linux procps iproute2 prometheus)
+          inotify-tools util-linux procps iproute2 prometheus fuse3 gcc libc6-dev python3 passwd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
