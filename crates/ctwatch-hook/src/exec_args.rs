@@ -19,7 +19,10 @@
 //! waits for its output with a timeout, and leaves a child that does not
 //! finish behind (killed, reaped when it can be; it holds no fd of ctwatch's,
 //! so it never keeps the fanotify group open). Children left behind are
-//! capped: past [`MAX_STUCK_READERS`] an exec is unverifiable at once.
+//! capped per caller's user: with [`MAX_STUCK_PER_USER`] of a user's reads
+//! still stuck, that user's next execs are unverifiable at once (without
+//! taking a worker's time), while other users' execs are still read; past
+//! [`MAX_STUCK_READERS`] in all, every exec is.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -74,11 +77,13 @@ pub enum ExecArgsError {
         /// How long ctwatch waited.
         waited: Duration,
     },
-    /// Too many earlier reads are still stuck; this one was not tried.
-    #[error("{stuck} earlier argv reads are still stuck; the exec of task {tid} is unverifiable")]
+    /// Too many earlier reads (of this user's execs, or in all) are still stuck; this one was not tried.
+    #[error("{stuck} earlier argv reads of uid {uid}'s execs are still stuck; the exec of task {tid} is unverifiable")]
     TooManyStuck {
         /// The task.
         tid: u32,
+        /// The caller's real UID.
+        uid: u32,
         /// Reads still stuck.
         stuck: usize,
     },
@@ -198,7 +203,9 @@ fn read_c_string(mem: &File, address: u64, max: usize) -> std::io::Result<String
 
 /// Children left behind by reads that did not finish; past this many (not
 /// yet exited), an exec is unverifiable without a read.
-pub const MAX_STUCK_READERS: usize = 16;
+pub const MAX_STUCK_READERS: usize = 64;
+/// Of them, at most this many for execs of one user (the caller's real UID).
+pub const MAX_STUCK_PER_USER: usize = 4;
 
 /// Exit codes of the reader child (the errno follows on the pipe).
 const CHILD_SYSCALL_FAILED: i32 = 10;
@@ -211,8 +218,8 @@ const CHILD_WRITE_FAILED: i32 = 13;
 /// caller's memory is backed by.
 #[derive(Debug, Default)]
 pub struct ArgvReader {
-    /// Children that did not finish in time and were not reaped yet.
-    stuck: Mutex<Vec<libc::pid_t>>,
+    /// Children that did not finish in time and were not reaped yet, with the caller's UID.
+    stuck: Mutex<Vec<(libc::pid_t, u32)>>,
 }
 
 impl ArgvReader {
@@ -228,26 +235,33 @@ impl ArgvReader {
 
     /// Reaps the children that exited; returns how many are still stuck.
     fn reap(&self) -> usize {
-        let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: waitpid on our own children, no status wanted.
-        stuck.retain(|&pid| unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
-        stuck.len()
+        self.reap_for(u32::MAX).0
     }
 
-    fn leave_behind(&self, pid: libc::pid_t) {
+    /// Reaps the children that exited; returns how many are still stuck, in all and for `uid`.
+    fn reap_for(&self, uid: u32) -> (usize, usize) {
+        let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: waitpid on our own children, no status wanted.
+        stuck.retain(|&(pid, _)| unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
+        (stuck.len(), stuck.iter().filter(|(_, u)| *u == uid).count())
+    }
+
+    fn leave_behind(&self, pid: libc::pid_t, uid: u32) {
         // SAFETY: signalling and reaping our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         if unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0 {
-            self.stuck.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+            self.stuck.lock().unwrap_or_else(|e| e.into_inner()).push((pid, uid));
         }
     }
 
     /// Reads the argv task `tid` passed to the `execve` it is blocked in, in
     /// a forked child, giving up after `timeout`.
     pub fn read(&self, proc_root: &Path, tid: u32, timeout: Duration) -> Result<Vec<String>, ExecArgsError> {
-        let stuck = self.reap();
-        if stuck >= MAX_STUCK_READERS {
-            return Err(ExecArgsError::TooManyStuck { tid, stuck });
+        // An unknown caller counts as one user (u32::MAX), so it cannot take everyone's share.
+        let uid = caller_uid(proc_root, tid).unwrap_or(u32::MAX);
+        let (all, users) = self.reap_for(uid);
+        if users >= MAX_STUCK_PER_USER || all >= MAX_STUCK_READERS {
+            return Err(ExecArgsError::TooManyStuck { tid, uid, stuck: users.max(all) });
         }
         let reader_error = |reason: String| ExecArgsError::Reader { tid, reason };
         let task = proc_root.join(tid.to_string());
@@ -275,7 +289,7 @@ impl ArgvReader {
         drop(w);
         let mut out = Vec::new();
         if !read_until_eof(&r, &mut out, start, timeout) {
-            self.leave_behind(pid);
+            self.leave_behind(pid, uid);
             return Err(ExecArgsError::Timeout { tid, waited: start.elapsed() });
         }
         // EOF: the child closed the pipe, it is exiting.
@@ -290,7 +304,7 @@ impl ArgvReader {
                 return Err(reader_error(format!("waitpid: {}", std::io::Error::last_os_error())));
             }
             if start.elapsed() >= timeout {
-                self.leave_behind(pid);
+                self.leave_behind(pid, uid);
                 return Err(ExecArgsError::Timeout { tid, waited: start.elapsed() });
             }
             std::thread::sleep(Duration::from_micros(100));
@@ -318,6 +332,12 @@ impl Drop for ArgvReader {
         // What is still stuck goes to init when ctwatch exits.
         self.reap();
     }
+}
+
+/// The real UID of task `tid` (from its status file, which reads none of its memory).
+fn caller_uid(proc_root: &Path, tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(proc_root.join(tid.to_string()).join("status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
 }
 
 /// Reads `r` until EOF (true) or until `timeout` from `start` passes (false).
@@ -517,6 +537,7 @@ mod tests {
             Err(ExecArgsError::Io { what: "syscall", .. })
         ));
         assert_eq!(reader.stuck(), 0);
+        assert_eq!(caller_uid(Path::new("/proc"), me), Some(nix::unistd::getuid().as_raw()));
         assert_eq!(split_args(b"a\0\0b\0"), ["a", "", "b"]);
         assert!(split_args(b"").is_empty());
     }
