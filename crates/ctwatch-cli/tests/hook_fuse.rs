@@ -325,6 +325,9 @@ fn fail_closed_denies_a_stuck_exec_and_sigkill_releases_held_execs() {
     assert_eq!(code, Some(13), "the unverifiable exec is denied under --fail-closed: {out}");
     assert!(out.contains("Operation not permitted"), "{out}");
     assert_eq!(unverifiable_warnings(&watch), 1);
+    // Root's execs are still read and allowed under --fail-closed while the user's read is stuck.
+    let out = Command::new(&runc).arg("--version").stdin(Stdio::null()).output().expect("runc --version is allowed");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("runc version"));
 
     // Hold a root exec (ctwatch stopped cannot answer), then SIGKILL ctwatch
     // while its reader of the user's argv is still stuck: the exec goes on.
