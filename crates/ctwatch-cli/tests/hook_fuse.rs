@@ -200,16 +200,20 @@ fn bundle(tag: &str, edit: impl FnOnce(&mut Value)) -> (String, PathBuf) {
 
 /// Runs `runc run -d` of a bundle (as root); its exit status and stderr. The container is deleted after.
 fn runc_run(runc: &str, id: &str, bundle: &Path) -> (bool, String) {
+    // stderr to a file: a detached container keeps runc's stdio open (a pipe would wait for it).
+    let log = bundle.with_extension("stderr");
     let out = Command::new(runc)
         .args(["run", "-d", "--bundle", bundle.to_str().unwrap(), id])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
+        .stderr(fs::File::create(&log).unwrap())
+        .status();
     let _ = Command::new(runc).args(["delete", "-f", id]).stderr(Stdio::null()).status();
     let _ = fs::remove_dir_all(bundle);
+    let stderr = fs::read_to_string(&log).unwrap_or_default();
+    let _ = fs::remove_file(&log);
     match out {
-        Ok(out) => (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()),
+        Ok(status) => (status.success(), stderr),
         // FAN_DENY fails our own execve of runc with EPERM.
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => (false, "exec: operation not permitted".into()),
         Err(e) => panic!("cannot run {runc}: {e}"),
