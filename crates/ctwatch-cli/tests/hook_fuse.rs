@@ -56,14 +56,18 @@ impl Drop for User {
     }
 }
 
+/// One attack at a time: each saves and restores `/dev/fuse`'s mode.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `/dev/fuse` opened to every user (Debian's default), restored when dropped.
-struct DevFuseForAll(u32);
+struct DevFuseForAll(u32, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
 
 impl DevFuseForAll {
     fn new() -> DevFuseForAll {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let mode = fs::metadata("/dev/fuse").expect("/dev/fuse (apt-get install fuse3)").permissions().mode();
         fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
-        DevFuseForAll(mode & 0o7777)
+        DevFuseForAll(mode & 0o7777, turn)
     }
 }
 
@@ -89,8 +93,8 @@ struct Attack {
 impl Attack {
     fn new(tag: &str) -> Attack {
         require_root();
-        let user = User::new(tag);
         let fuse = DevFuseForAll::new();
+        let user = User::new(tag);
         let dir = tempfile::tempdir().unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let runc = dir.path().join("runc");
