@@ -15,7 +15,7 @@ mkdir -p "$STATE"
 # seccomp settings), debootstrap (a local Debian image for the Dockerfile),
 # binutils (strip), python3-venv (kubernetes-validate, below).
 PACKAGES=(docker.io containerd runc podman crun busybox-static clang llvm libbpf-dev bpftool
-          inotify-tools util-linux procps iproute2 prometheus
+          inotify-tools util-linux procps iproute2 prometheus fuse3 gcc libc6-dev python3 passwd
           python3-yaml python3-seccomp python3-venv debootstrap binutils)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -4,18 +4,25 @@
 //! that may block or crash ctwatch.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ctwatch::hook::OciSummary;
 use ctwatch_enrich::metadata::clean;
-use ctwatch_enrich::oci_state::{read_capped, RecordFileError};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use thiserror::Error;
 
+use ctwatch_enrich::oci_state::RecordFileError;
+
 use crate::caller::CallerFs;
 
-/// A `config.json` larger than this is refused.
-pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+/// A `config.json` larger than this is refused. Runtimes write what the
+/// user gave them (a big environment makes a big config), so this is large;
+/// the file is parsed as a stream and only the fields reported are kept.
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_ARGS: usize = 64;
 const MAX_STRING: usize = 512;
 const MAX_ANNOTATIONS: usize = 128;
@@ -86,7 +93,7 @@ struct Spec {
     process: Process,
     hostname: String,
     root: Root,
-    mounts: Vec<serde_json::Value>,
+    mounts: Vec<IgnoredAny>,
     linux: Linux,
     annotations: HashMap<String, String>,
 }
@@ -146,13 +153,29 @@ pub struct BundleConfig {
 
 /// Reads and summarises the OCI config at `path` without ever blocking on it.
 pub fn read_config(path: &Path) -> Result<BundleConfig, BundleError> {
-    let text = read_capped(path, MAX_CONFIG_BYTES).map_err(|e| match e {
-        RecordFileError::Io(source) => BundleError::Io { path: path.to_path_buf(), source },
-        RecordFileError::NotAFile => BundleError::NotAFile(path.to_path_buf()),
-        RecordFileError::TooLarge { size, .. } => BundleError::TooLarge { path: path.to_path_buf(), size },
-    })?;
-    let spec: Spec =
-        serde_json::from_slice(&text).map_err(|source| BundleError::Json { path: path.to_path_buf(), source })?;
+    let io = |source| BundleError::Io { path: path.to_path_buf(), source };
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(BundleError::NotAFile(path.to_path_buf()));
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(BundleError::TooLarge { path: path.to_path_buf(), size: meta.len() });
+    }
+    parse_config(file.take(MAX_CONFIG_BYTES)).map_err(|source| BundleError::Json { path: path.to_path_buf(), source })
+}
+
+/// Parses an OCI config from a stream, keeping only the fields reported (a
+/// big `process.env` or `mounts` is skipped, never held). A stream cut short
+/// (a file that grew past the cap) is malformed JSON.
+fn parse_config(reader: impl Read) -> Result<BundleConfig, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, reader));
+    let spec = Spec::deserialize(&mut de)?;
+    de.end()?;
     Ok(summarise(spec))
 }
 
@@ -164,9 +187,7 @@ pub fn read_config_as(fs: &CallerFs, path: &Path) -> Result<BundleConfig, Bundle
         RecordFileError::NotAFile => BundleError::NotAFile(path.to_path_buf()),
         RecordFileError::TooLarge { size, .. } => BundleError::TooLarge { path: path.to_path_buf(), size },
     })?;
-    let spec: Spec =
-        serde_json::from_slice(&text).map_err(|source| BundleError::Json { path: path.to_path_buf(), source })?;
-    Ok(summarise(spec))
+    parse_config(text.as_slice()).map_err(|source| BundleError::Json { path: path.to_path_buf(), source })
 }
 
 fn summarise(spec: Spec) -> BundleConfig {
@@ -240,6 +261,27 @@ mod tests {
         let big = dir.path().join("big.json");
         std::fs::File::create(&big).unwrap().set_len(MAX_CONFIG_BYTES + 1).unwrap();
         assert!(matches!(read_config(&big), Err(BundleError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_config_with_a_huge_environment_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let env: Vec<String> = (0..5000).map(|i| format!("V{i}={}", "x".repeat(1000))).collect();
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["sh"], "env": env},
+            "annotations": {"io.podman.annotations.privileged": "TRUE"},
+        });
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 4_800_000);
+        let c = read_config(&path).unwrap();
+        assert_eq!(c.annotations["io.podman.annotations.privileged"], "TRUE");
+        assert_eq!(c.summary.args, ["sh"]);
+        // Cut short: malformed, not an empty config.
+        let text = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+        assert!(matches!(read_config(&path), Err(BundleError::Json { .. })));
     }
 
     #[test]

@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use crate::binaries::{candidate_paths, find_runtime_binaries, RuntimeBinary, RuntimeTool};
 use crate::bundle::{caller_path, read_config_as};
 use crate::caller::{Caller, CallerFs};
-use crate::exec_args::exec_argv;
+use crate::exec_args::{ArgvReader, ExecArgsError};
 use crate::identity::{identify, IdentitySources};
 use crate::invocation::{parse, CreateCall, Invocation};
 use crate::lifecycle::{pidfd_open, start_time, Lifecycle, Track};
@@ -132,7 +132,13 @@ pub struct HookStats {
     pub denied: AtomicU64,
     /// Execs whose argv could not be read (answered with the default).
     pub unreadable: AtomicU64,
+    /// Of them, the unverifiable ones: the read did not finish in time, or too many reads were stuck.
+    pub unverifiable: AtomicU64,
 }
+
+/// How long the hook waits for its threads when it stops; a thread stuck
+/// past this (a read that never ends) is left behind, never joined.
+const STOP_PATIENCE: Duration = Duration::from_secs(2);
 
 struct Pending {
     event: FanotifyEvent,
@@ -270,8 +276,10 @@ impl Hook {
             None => None,
         };
         let config = Arc::new(config);
+        let argv_reader = Arc::new(ArgvReader::new());
         for i in 0..config.workers.max(1) {
             let worker = Worker {
+                argv_reader: argv_reader.clone(),
                 shared: shared.clone(),
                 config: config.clone(),
                 tx: tx.clone(),
@@ -311,10 +319,22 @@ impl Hook {
         self.shared.stats.clone()
     }
 
+    /// Stops the threads, waiting at most [`STOP_PATIENCE`] in all: one
+    /// that is still stuck then is left behind (it holds nothing that keeps
+    /// a runtime waiting once the marks are gone and the pending events are
+    /// answered).
     fn stop_threads(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        let until = Instant::now() + STOP_PATIENCE;
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            while !t.is_finished() && Instant::now() < until {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                warn!(thread = t.thread().name().unwrap_or("?"), "a hook thread is stuck; leaving it behind");
+            }
         }
     }
 }
@@ -334,7 +354,8 @@ impl Drop for Hook {
                 debug!(path = %b.path.display(), error = %e, "unmark");
             }
         }
-        // The group's fd closes when the last Arc goes (the threads are joined: this is it).
+        // The group's fd closes when the last Arc goes (this one, unless a
+        // thread was left behind: then at exit; no exec waits on it meanwhile).
     }
 }
 
@@ -408,6 +429,8 @@ fn read_events(
 
 struct Worker {
     shared: Arc<Shared>,
+    /// Reads argvs in children, with a timeout.
+    argv_reader: Arc<ArgvReader>,
     config: Arc<HookConfig>,
     tx: Sender<SourceMessage>,
     tracks: Sender<Track>,
@@ -429,13 +452,30 @@ impl Worker {
 
     fn handle(&mut self, job: Job) {
         let proc_root = self.config.proc_root.clone();
-        let argv = match exec_argv(&proc_root, job.tid) {
+        // Three quarters of the deadline, so the answer (and the warning) is
+        // the worker's, not the deadline's.
+        let budget = (job.read_at + self.config.deadline * 3 / 4)
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(2));
+        let argv = match self.argv_reader.read(&proc_root, job.tid, budget) {
             Ok(argv) => argv,
             Err(e) => {
                 self.shared.stats.unreadable.fetch_add(1, Ordering::Relaxed);
-                debug!(tid = job.tid, error = %e, "exec argv unreadable; default answer");
+                let allow = self.shared.default_allow;
+                if matches!(e, ExecArgsError::Timeout { .. } | ExecArgsError::TooManyStuck { .. }) {
+                    self.shared.stats.unverifiable.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        tid = job.tid,
+                        binary = %job.binary.display(),
+                        stuck_readers = self.argv_reader.stuck(),
+                        allow,
+                        "runtime exec unverifiable: {e}; answered with the default"
+                    );
+                } else {
+                    debug!(tid = job.tid, error = %e, "exec argv unreadable; default answer");
+                }
                 if let Some(p) = self.shared.claim(job.seq) {
-                    self.shared.answer(p, self.shared.default_allow);
+                    self.shared.answer(p, allow);
                 }
                 return;
             }
@@ -488,8 +528,11 @@ impl Worker {
         let container = identify(&call, &bundle, config.as_ref(), &self.config.identity, self.tokio.as_deref());
         let empty = HashMap::new();
         let annotations = config.as_ref().map_or(&empty, |c| &c.annotations);
-        let mut verdict =
-            self.config.policy.as_ref().and_then(|p| p.check(Subject { container: &container, annotations }));
+        let policy = self.config.policy.as_ref();
+        let mut verdict = policy.and_then(|p| p.check(Subject { container: &container, annotations })).or_else(|| {
+            // Enforce never passes a config it could not check.
+            policy.zip(oci_error.as_deref()).and_then(|(p, why)| p.unverifiable(why))
+        });
         let allow = !verdict.as_ref().is_some_and(|v| v.denied);
         let first = self.first_sight(&container.id);
         let claimed = self.shared.claim(job.seq);

@@ -27,4 +27,4 @@ pub mod lifecycle;
 pub mod policy;
 
 pub use hook::{Hook, HookConfig, HookError, HookStats, DEFAULT_DEADLINE};
-pub use policy::{Policy, PolicyError, PolicyMode};
+pub use policy::{OnUnverifiable, Policy, PolicyError, PolicyMode};

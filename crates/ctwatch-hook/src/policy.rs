@@ -20,6 +20,11 @@
 //! `*_not` conditions match when no pattern does. An image that could not be
 //! identified is the empty string, so `image_not` rules deny it. The first
 //! matching rule decides.
+//!
+//! In enforce mode a container whose OCI config could not be checked
+//! (unreadable, larger than the cap, not valid JSON) is a violation of the
+//! built-in rule `unverifiable` and is refused, unless the policy says
+//! `on_unverifiable = "allow"`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +54,20 @@ impl PolicyMode {
         }
     }
 }
+
+/// What enforce mode does with a container it could not check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnverifiable {
+    /// Refuse it (the default).
+    #[default]
+    Deny,
+    /// Let it run (the violation is still reported).
+    Allow,
+}
+
+/// The name of the built-in rule a container breaks when it cannot be checked.
+pub const UNVERIFIABLE_RULE: &str = "unverifiable";
 
 /// One deny rule.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -83,6 +102,9 @@ pub struct Policy {
     /// Audit or enforce.
     #[serde(default)]
     pub mode: PolicyMode,
+    /// What enforce mode does with a container whose config could not be checked.
+    #[serde(default)]
+    pub on_unverifiable: OnUnverifiable,
     /// The deny rules, in order.
     #[serde(default)]
     pub deny: Vec<Rule>,
@@ -158,6 +180,27 @@ impl Policy {
             denied: self.mode == PolicyMode::Enforce,
             rule: rule.name.clone(),
             reason: if rule.reason.is_empty() { rule.describe(subject) } else { rule.reason.clone() },
+        })
+    }
+}
+
+impl Policy {
+    /// The verdict for a container that could not be checked (`why`), or
+    /// `None` in audit mode: enforce never passes what it could not check,
+    /// except under `on_unverifiable = "allow"`.
+    pub fn unverifiable(&self, why: &str) -> Option<PolicyVerdict> {
+        if self.mode != PolicyMode::Enforce {
+            return None;
+        }
+        let denied = self.on_unverifiable == OnUnverifiable::Deny;
+        Some(PolicyVerdict {
+            mode: self.mode.as_str().to_string(),
+            denied,
+            rule: UNVERIFIABLE_RULE.to_string(),
+            reason: format!(
+                "unverifiable: {why}{}",
+                if denied { "" } else { " (allowed by on_unverifiable = \"allow\")" }
+            ),
         })
     }
 }
@@ -275,6 +318,17 @@ mod tests {
         let risky = HashMap::from([("risk".to_string(), "higher".to_string())]);
         assert_eq!(check(&container("x:1", ""), &risky).unwrap().rule, "rule-3");
         assert_eq!(check(&container("", "prod"), &none).unwrap().rule, "registry", "unknown image is denied");
+    }
+
+    #[test]
+    fn enforce_denies_what_it_cannot_check_unless_told_to_allow() {
+        let enforce = Policy::parse("mode = \"enforce\"").unwrap();
+        let v = enforce.unverifiable("config.json is too large").unwrap();
+        assert!(v.denied && v.rule == UNVERIFIABLE_RULE && v.reason.contains("too large"), "{v:?}");
+        let allow = Policy::parse("mode = \"enforce\"\non_unverifiable = \"allow\"").unwrap();
+        assert!(!allow.unverifiable("x").unwrap().denied);
+        assert!(Policy::parse("").unwrap().unverifiable("x").is_none(), "audit mode");
+        assert!(Policy::parse("on_unverifiable = \"maybe\"").is_err());
     }
 
     #[test]
