@@ -441,9 +441,9 @@ fn tree_at_once_with(source: &str) {
     for (i, id) in ids.iter().enumerate() {
         tree.mkdir_p(&parent, &format!("a{i}/b/c/docker/{id}/x/y"));
     }
-    watch.wait_until(Duration::from_secs(10), "50 creates", |seen| seen.len() >= ids.len());
+    watch.wait_until(Duration::from_secs(30), "50 creates", |seen| seen.len() >= ids.len());
     tree.remove_all();
-    watch.wait_until(Duration::from_secs(10), "50 removes", |seen| seen.len() >= 2 * ids.len());
+    watch.wait_until(Duration::from_secs(30), "50 removes", |seen| seen.len() >= 2 * ids.len());
     watch.drain_for(Duration::from_millis(300));
     let counts = counts(&watch.seen);
     for id in &ids {
