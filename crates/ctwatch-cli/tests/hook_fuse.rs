@@ -261,6 +261,22 @@ fn a_user_with_a_stuck_fuse_argv_cannot_wedge_the_hook_or_its_stop() {
     }
     let warning = watch.log.lock().unwrap().iter().find(|l| l.contains("runtime exec unverifiable")).cloned().unwrap();
     assert!(warning.contains("took longer than"), "the log says why: {warning}");
+    // ... and so do the events: untrusted precreates with no ID, the caller and why.
+    watch.wait_until(Duration::from_secs(10), "6 unverifiable precreates", |seen| {
+        seen.iter().filter(|e| e["hook"]["oci_error"].as_str().is_some_and(|w| w.starts_with("unverifiable: "))).count()
+            >= 6
+    });
+    let reported = watch
+        .seen
+        .iter()
+        .find(|e| e["hook"]["oci_error"].as_str().is_some_and(|w| w.starts_with("unverifiable: ")))
+        .unwrap()
+        .clone();
+    assert_eq!(reported["event"], "container_precreate");
+    assert_eq!(reported["args"]["container_id"], "");
+    assert_eq!(reported["hook"]["trusted"], false);
+    assert_eq!(reported["hook"]["caller_uid"], attack.user.uid);
+    assert!(reported["hook"]["oci_error"].as_str().unwrap().contains("allowed (fail-open)"), "{reported}");
     // With that many of the user's reads still stuck, the next is not even tried (no worker waits on it)...
     attack.stuck_exec(6);
     let started = Instant::now();

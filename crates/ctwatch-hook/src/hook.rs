@@ -474,8 +474,12 @@ impl Worker {
                 } else {
                     debug!(tid = job.tid, error = %e, "exec argv unreadable; default answer");
                 }
+                let unverifiable = matches!(e, ExecArgsError::Timeout { .. } | ExecArgsError::TooManyStuck { .. });
                 if let Some(p) = self.shared.claim(job.seq) {
                     self.shared.answer(p, allow);
+                }
+                if unverifiable {
+                    self.report_unverifiable(&job, &e, allow);
                 }
                 return;
             }
@@ -617,6 +621,38 @@ impl Worker {
         };
         let container = Container::new(clean(&call.id, 128), Runtime::Runc);
         let message = HookMessage::Precreate { container, info: Box::new(info), time: job.time };
+        let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
+    }
+
+    /// An exec whose argv could not be read in time: reported as an
+    /// untrusted `container_precreate` with no container ID (nothing it
+    /// claims could be read), `oci_error` saying why and how it was answered,
+    /// and the caller's UID. Never kept or joined to a container.
+    fn report_unverifiable(&self, job: &Job, error: &ExecArgsError, allowed: bool) {
+        let pid = tgid_of(&self.config.proc_root, job.tid).unwrap_or(job.tid);
+        let caller_uid = Caller::of(&self.config.proc_root, job.tid).map_or(u32::MAX, |c| c.euid);
+        let answer = if allowed { "allowed (fail-open)" } else { "denied (--fail-closed)" };
+        let info = HookInfo {
+            runtime_binary: job.binary.display().to_string(),
+            runtime_pid: pid,
+            command: String::new(),
+            bundle: String::new(),
+            pid_file: String::new(),
+            state_root: String::new(),
+            oci: None,
+            oci_error: Some(format!("unverifiable: {error}; {answer}")),
+            verdict: None,
+            answer_us: job.read_at.elapsed().as_micros() as u64,
+            answered_by_deadline: false,
+            init_pid: None,
+            trusted: false,
+            caller_uid,
+        };
+        let message = HookMessage::Precreate {
+            container: Container::new("", Runtime::Unknown),
+            info: Box::new(info),
+            time: job.time,
+        };
         let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
     }
 
