@@ -350,7 +350,7 @@ pub struct WatchArgs {
     /// the keys of `ls --filter` (`name=` a substring of the name, `image=`,
     /// `runtime=`, `pod=`, `namespace=`, `label=KEY[=VALUE]`) plus
     /// `event=container_create` (or `create`, ...). Filters with the same key
-    /// are ORed, different keys ANDed.
+    /// are ORed, different keys ANDed, every `label=` required (as docker's).
     #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_watch_filter)]
     pub filter: Vec<(String, String)>,
 }
@@ -497,7 +497,8 @@ pub struct LsArgs {
 
     /// Only containers that match (repeatable): `name=` (a substring of the
     /// name, like docker), `image=`, `runtime=`, `pod=`, `namespace=`,
-    /// `label=KEY` or `label=KEY=VALUE`.
+    /// `label=KEY` or `label=KEY=VALUE`. Values of one key are ORed,
+    /// different keys ANDed, every `label=` required (as docker's).
     #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
     pub filter: Vec<(String, String)>,
 

@@ -1,8 +1,8 @@
 //! `--filter KEY=VALUE` for `ls` and `watch`, with docker's rules: values of
-//! one key are ORed, different keys ANDed.
+//! one key are ORed, different keys ANDed, and labels are all required.
 
 use anyhow::Result;
-use ctwatch::{ContainerEvent, EventKind};
+use ctwatch::{Container, ContainerEvent, EventKind};
 use ctwatch_agent::ContainerFilter;
 use ctwatch_api::convert::filter_from_request;
 use ctwatch_api::pb;
@@ -30,11 +30,15 @@ pub fn event_kind(name: &str) -> Result<EventKind, String> {
         })
 }
 
-/// `--filter` pairs as the API's list request: what `ls` asks an agent (a
-/// key given twice keeps its last value there; [`EventFilter`] ORs them).
+/// `--filter` pairs as the API's list request. The request holds one value
+/// per key but labels, so a key given more than once is left out of it (the
+/// caller applies [`EventFilter`], which ORs such values, to the answer);
+/// labels are all kept (ANDed, as docker does).
 pub fn list_request(filters: &[(String, String)]) -> pb::ListRequest {
+    let once = |key: &str| filters.iter().filter(|(k, _)| k == key).count() == 1;
+    let kept: Vec<&(String, String)> = filters.iter().filter(|(k, _)| k == "label" || once(k)).collect();
     let mut request = pb::ListRequest::default();
-    for (key, value) in filters {
+    for (key, value) in kept {
         let value = value.clone();
         match key.as_str() {
             "name" => request.name = value,
@@ -52,7 +56,7 @@ pub fn list_request(filters: &[(String, String)]) -> pb::ListRequest {
 /// `watch --filter`: which events to print.
 #[derive(Debug, Default)]
 pub struct EventFilter {
-    /// Per container key given, the filters of which one must match.
+    /// Per container key given (per label: each is required), the filters of which one must match.
     groups: Vec<(String, Vec<ContainerFilter>)>,
     /// The event kinds wanted (empty: all).
     kinds: Vec<EventKind>,
@@ -71,9 +75,11 @@ impl EventFilter {
                 filter_from_request(&list_request(&[(key.clone(), value.clone())])).map_err(remote::status_error)?;
             // Removals carry the container as it was: they match like the rest.
             one.include_removed = true;
-            match filter.groups.iter_mut().find(|(k, _)| k == key) {
+            // Each label is a group of its own: all are required, as docker's.
+            let group = if key == "label" { format!("label={value}") } else { key.clone() };
+            match filter.groups.iter_mut().find(|(k, _)| *k == group) {
                 Some((_, group)) => group.push(one),
-                None => filter.groups.push((key.clone(), vec![one])),
+                None => filter.groups.push((group, vec![one])),
             }
         }
         Ok(filter)
@@ -81,8 +87,12 @@ impl EventFilter {
 
     /// True when `event` passes.
     pub fn matches(&self, event: &ContainerEvent) -> bool {
-        (self.kinds.is_empty() || self.kinds.contains(&event.kind))
-            && self.groups.iter().all(|(_, group)| group.iter().any(|f| f.matches(&event.container)))
+        (self.kinds.is_empty() || self.kinds.contains(&event.kind)) && self.matches_container(&event.container)
+    }
+
+    /// True when `container` passes the container keys (`event=` aside).
+    pub fn matches_container(&self, container: &Container) -> bool {
+        self.groups.iter().all(|(_, group)| group.iter().any(|f| f.matches(container)))
     }
 }
 
@@ -91,7 +101,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::SystemTime;
 
-    use ctwatch::{Container, Runtime};
+    use ctwatch::Runtime;
 
     use super::*;
 
@@ -125,11 +135,17 @@ mod tests {
 
     #[test]
     fn events_by_kind_with_or_without_prefix() {
+        let both = EventFilter::new(&pairs(&[("label", "tier=web"), ("label", "team")])).unwrap();
+        assert!(!both.matches(&event(EventKind::ContainerCreate, "x", Runtime::Docker)), "labels are ANDed");
         let f = EventFilter::new(&pairs(&[("event", "container_remove"), ("label", "tier=web")])).unwrap();
         assert!(f.matches(&event(EventKind::ContainerRemove, "x", Runtime::Docker)));
         assert!(!f.matches(&event(EventKind::ContainerCreate, "x", Runtime::Docker)));
         assert_eq!(event_kind("create"), Ok(EventKind::ContainerCreate));
         assert!(event_kind("start").unwrap_err().contains("container_create"));
+        // ls: a repeated key is left to the client; labels are ANDed in the request as in the filter.
+        let request = list_request(&pairs(&[("name", "a"), ("name", "b"), ("runtime", "docker"), ("label", "x")]));
+        assert_eq!((request.name.as_str(), request.runtime.as_str()), ("", "docker"));
+        assert_eq!(request.labels, ["x"]);
         let none = EventFilter::new(&[]).unwrap();
         assert!(none.matches(&event(EventKind::ExistingContainer, "", Runtime::Unknown)));
     }

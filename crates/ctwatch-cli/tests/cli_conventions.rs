@@ -159,6 +159,20 @@ fn ls_get_and_the_api_print_one_record() {
     let keys: BTreeSet<&str> = got.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(keys, api_fields);
 
+    // Values of one key are ORed, as docker's.
+    let either = stdout(&ctwatch(&[
+        "ls",
+        "--socket",
+        socket,
+        "-q",
+        "--no-trunc",
+        "--filter",
+        "name=no-such-name",
+        "--filter",
+        &format!("name={tag}"),
+    ]));
+    assert_eq!(either.trim(), c.0, "{either}");
+
     // Names work without an agent too, for get and resolve.
     let name = format!("{tag}-app");
     let alone: Value = serde_json::from_str(&stdout(&ctwatch(&["get", "--standalone", &name]))).unwrap();

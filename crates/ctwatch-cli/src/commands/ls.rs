@@ -1,31 +1,38 @@
 //! `ctwatch ls`: the containers on this host now, from the agent when one
 //! runs, else from one scan enriched from the runtimes (within the deadline).
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 
 use anyhow::Result;
 use ctwatch_agent::ContainerRecord;
-use ctwatch_api::convert::{filter_from_request, record_from_message};
+use ctwatch_api::convert::{container_from_message, filter_from_request, record_from_message};
+use ctwatch_api::pb;
 
 use crate::cli::LsArgs;
-use crate::filter::list_request;
+use crate::filter::{list_request, EventFilter};
 use crate::{host, output, remote};
 
 /// Runs `ctwatch ls`.
 pub fn run(args: &LsArgs) -> Result<()> {
+    // The request narrows what comes back; the filter (values of one key ORed) decides.
     let request = list_request(&args.filter);
+    let filter = EventFilter::new(&args.filter)?;
     let mut containers: Vec<ContainerRecord> = match remote::connect(&args.agent)? {
         Some(remote) => {
             let answer =
                 remote.call(|mut client| async move { client.list(request).await.map(tonic::Response::into_inner) })?;
-            answer.containers.iter().map(record_from_message).collect()
+            let wanted = |m: &&pb::Container| filter.matches_container(&container_from_message(m));
+            answer.containers.iter().filter(wanted).map(record_from_message).collect()
         }
         None => {
-            let filter = filter_from_request(&request).map_err(remote::status_error)?;
+            let narrowed = filter_from_request(&request).map_err(remote::status_error)?;
             let ds = host::snapshot(&args.cgroups)?;
             let live: Vec<_> = ds.store().read().live().cloned().collect();
             host::enrich_now(&ds, &args.enrich, &args.cgroups, &live)?;
-            ds.list(&filter)
+            let wanted: HashSet<String> =
+                ds.store().read().iter().filter(|c| filter.matches_container(c)).map(|c| c.id.clone()).collect();
+            ds.list(&narrowed).into_iter().filter(|r| wanted.contains(&r.container_id)).collect()
         }
     };
     containers
