@@ -2,9 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use hyper_util::rt::TokioIo;
 use thiserror::Error;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -42,26 +41,15 @@ pub async fn connect(socket: &Path) -> Result<ContainersClient<Channel>, Connect
 /// A channel to whatever gRPC server listens on `socket` (the containers
 /// service, health, reflection).
 pub async fn channel(socket: &Path) -> Result<Channel, ConnectError> {
-    let path = socket.to_path_buf();
-    let no_agent =
-        |e: &dyn std::fmt::Display| ConnectError::NoAgent { path: socket.to_path_buf(), reason: e.to_string() };
-    // The URI is required by the API but unused: the connector dials the socket.
-    let endpoint = Endpoint::try_from("http://localhost").map_err(|e| no_agent(&e))?;
-    endpoint
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .map_err(|e| {
-            // tonic's transport error hides the io error; say what the socket said.
-            let io = find_io_error(&e);
-            if io.map(std::io::Error::kind) == Some(std::io::ErrorKind::PermissionDenied) {
-                return ConnectError::PermissionDenied { path: socket.to_path_buf(), group: socket_group(socket) };
-            }
-            let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-            ConnectError::NoAgent { path: socket.to_path_buf(), reason }
-        })
+    ctwatch_protos::connect(socket).await.map_err(|e| {
+        // tonic's transport error hides the io error; say what the socket said.
+        let io = find_io_error(&e);
+        if io.map(std::io::Error::kind) == Some(std::io::ErrorKind::PermissionDenied) {
+            return ConnectError::PermissionDenied { path: socket.to_path_buf(), group: socket_group(socket) };
+        }
+        let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        ConnectError::NoAgent { path: socket.to_path_buf(), reason }
+    })
 }
 
 /// What the standard health service (`grpc.health.v1.Health/Check`) says

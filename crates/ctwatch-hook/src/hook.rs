@@ -427,6 +427,16 @@ fn read_events(
     }
 }
 
+/// What an untrusted precreate says of the exec.
+struct Untrusted {
+    pid: u32,
+    caller_uid: u32,
+    command: String,
+    bundle: String,
+    /// Why nothing else was read (`oci_error`).
+    why: String,
+}
+
 struct Worker {
     shared: Arc<Shared>,
     /// Reads argvs in children, with a timeout.
@@ -603,25 +613,15 @@ impl Worker {
             self.shared.answer(p, true);
         }
         debug!(pid, caller_uid, id = %call.id, "runtime exec by an untrusted caller");
-        let info = HookInfo {
-            runtime_binary: job.binary.display().to_string(),
-            runtime_pid: pid,
-            command: call.command.clone(),
-            bundle: clean(call.bundle.as_deref().unwrap_or("."), 512),
-            pid_file: String::new(),
-            state_root: String::new(),
-            oci: None,
-            oci_error: Some("not read: the caller is not trusted".into()),
-            verdict: None,
-            answer_us: job.read_at.elapsed().as_micros() as u64,
-            answered_by_deadline: false,
-            init_pid: None,
-            trusted: false,
+        let bundle = clean(call.bundle.as_deref().unwrap_or("."), 512);
+        let finding = Untrusted {
+            pid,
             caller_uid,
+            command: call.command.clone(),
+            bundle,
+            why: "not read: the caller is not trusted".into(),
         };
-        let container = Container::new(clean(&call.id, 128), Runtime::Runc);
-        let message = HookMessage::Precreate { container, info: Box::new(info), time: job.time };
-        let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
+        self.send_untrusted(&job, Container::new(clean(&call.id, 128), Runtime::Runc), finding);
     }
 
     /// An exec whose argv could not be read in time: reported as an
@@ -632,27 +632,31 @@ impl Worker {
         let pid = tgid_of(&self.config.proc_root, job.tid).unwrap_or(job.tid);
         let caller_uid = Caller::of(&self.config.proc_root, job.tid).map_or(u32::MAX, |c| c.euid);
         let answer = if allowed { "allowed (fail-open)" } else { "denied (--fail-closed)" };
+        let why = format!("unverifiable: {error}; {answer}");
+        let finding = Untrusted { pid, caller_uid, command: String::new(), bundle: String::new(), why };
+        self.send_untrusted(job, Container::new("", Runtime::Unknown), finding);
+    }
+
+    /// Sends an untrusted `container_precreate`: what the exec claimed and why
+    /// nothing else of it was read. The agent never keeps or joins it.
+    fn send_untrusted(&self, job: &Job, container: Container, finding: Untrusted) {
         let info = HookInfo {
             runtime_binary: job.binary.display().to_string(),
-            runtime_pid: pid,
-            command: String::new(),
-            bundle: String::new(),
+            runtime_pid: finding.pid,
+            command: finding.command,
+            bundle: finding.bundle,
             pid_file: String::new(),
             state_root: String::new(),
             oci: None,
-            oci_error: Some(format!("unverifiable: {error}; {answer}")),
+            oci_error: Some(finding.why),
             verdict: None,
             answer_us: job.read_at.elapsed().as_micros() as u64,
             answered_by_deadline: false,
             init_pid: None,
             trusted: false,
-            caller_uid,
+            caller_uid: finding.caller_uid,
         };
-        let message = HookMessage::Precreate {
-            container: Container::new("", Runtime::Unknown),
-            info: Box::new(info),
-            time: job.time,
-        };
+        let message = HookMessage::Precreate { container, info: Box::new(info), time: job.time };
         let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
     }
 
