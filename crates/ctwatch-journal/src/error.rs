@@ -53,13 +53,14 @@ pub enum JournalError {
         /// The limit.
         limit: usize,
     },
-    /// Records after `after_seq` were dropped by retention; the oldest record kept is
-    /// `oldest_seq` (0 if none is kept). Read again after `oldest_seq - 1` to start at the oldest.
+    /// Records after `after_seq` were dropped by retention. Read again after `oldest_seq - 1` to
+    /// start at the oldest record kept (if retention dropped every record, `oldest_seq` is one
+    /// above the last dropped, and that read waits for new records).
     #[error("journal: records after seq {after_seq} were dropped by retention; oldest kept is {oldest_seq}")]
     Expired {
         /// What the reader asked for.
         after_seq: u64,
-        /// The oldest seq still kept (0 if the journal is empty).
+        /// The oldest seq still kept (or one above the last dropped, if none is kept).
         oldest_seq: u64,
     },
     /// A record that was good when written no longer reads back as good (the disk changed it).

@@ -521,7 +521,9 @@ impl Journal {
         let views = {
             let index = self.shared.index();
             if after_seq < index.dropped_through {
-                return Err(JournalError::Expired { after_seq, oldest_seq: index.oldest_seq() });
+                let oldest = index.oldest_seq();
+                let oldest_seq = if oldest == 0 { index.dropped_through + 1 } else { oldest };
+                return Err(JournalError::Expired { after_seq, oldest_seq });
             }
             let i = index.segments.partition_point(|s| s.count > 0 && s.last_seq <= after_seq);
             index.segments.range(i..).map(|s| s.view(s.start_for_seq(after_seq))).collect::<Vec<_>>()

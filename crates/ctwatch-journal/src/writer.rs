@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::meta::{self, Meta};
-use crate::record::{decode, Decoded, SEGMENT_MAGIC};
+use crate::record::{decode_trusted as decode, Decoded, SEGMENT_MAGIC};
 use crate::segment::{self, Segment};
 use crate::{JournalError, Shared, LEASE_BLOCK};
 
