@@ -415,47 +415,89 @@ impl Journal {
     /// [`Journal::subscribe`]) and durable after the next sync. Refused (nothing appended, no seq
     /// used) while the writer is failing, when the backlog is full or the record too large.
     pub fn append(&self, input: JournalRecordInput<'_>) -> Result<u64, JournalError> {
-        let limit = self.shared.opts.max_record_bytes.min(record::HARD_MAX_BODY);
-        let len = match record::framed_len(&input) {
-            Some(n) if n - record::FRAME_HEADER <= limit => n,
+        let limit = self.record_limit();
+        match record::framed_len(&input) {
+            Some(n) if n - record::FRAME_HEADER <= limit => {}
             other => {
                 self.count_append_error();
                 return Err(JournalError::RecordTooLarge { size: other.unwrap_or(usize::MAX), limit });
             }
-        };
+        }
+        self.append_with(input.time_ns, input.container_id, input.kind, |_, buf| buf.extend_from_slice(input.payload))
+    }
+
+    /// Like [`Journal::append`], but the payload is written by `payload`, which is given the
+    /// record's seq and the buffer to append the payload to: so the stored event can carry its
+    /// own seq (e.g. serialize the event with `seq` set straight into the buffer). `payload` runs
+    /// under the journal's append lock: it must only serialize (no I/O, no blocking).
+    pub fn append_with(
+        &self,
+        time_ns: i64,
+        container_id: &str,
+        kind: &str,
+        payload: impl FnOnce(u64, &mut Vec<u8>),
+    ) -> Result<u64, JournalError> {
+        let limit = self.record_limit();
+        if container_id.len() > u16::MAX as usize || kind.len() > u16::MAX as usize {
+            self.count_append_error();
+            return Err(JournalError::RecordTooLarge {
+                size: container_id.len().max(kind.len()),
+                limit: u16::MAX as usize,
+            });
+        }
         let mut inner = self.shared.inner();
-        if inner.closing {
+        let refused = if inner.closing {
+            Some(JournalError::Closed)
+        } else if let Some(reason) = &inner.failing {
+            Some(JournalError::Unavailable { reason: reason.clone() })
+        } else if inner.next_seq >= inner.lease {
+            Some(JournalError::Unavailable { reason: "seq lease not yet extended".into() })
+        } else {
+            None
+        };
+        if let Some(e) = refused {
             drop(inner);
             self.count_append_error();
-            return Err(JournalError::Closed);
-        }
-        if let Some(reason) = &inner.failing {
-            let reason = reason.clone();
-            drop(inner);
-            self.count_append_error();
-            return Err(JournalError::Unavailable { reason });
-        }
-        if inner.pending.len() + len > self.shared.opts.max_pending_bytes {
-            let pending_bytes = inner.pending.len();
-            drop(inner);
-            self.count_append_error();
-            return Err(JournalError::Backlog { pending_bytes });
-        }
-        if inner.next_seq >= inner.lease {
-            drop(inner);
-            self.count_append_error();
-            return Err(JournalError::Unavailable { reason: "seq lease not yet extended".into() });
+            return Err(e);
         }
         let seq = inner.next_seq;
+        let start = inner.pending.len();
+        // A panicking `payload` must not leave half a record in the batch.
+        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            record::encode_with(&mut inner.pending, seq, time_ns, container_id, kind, payload)
+        }));
+        let body_len = match encoded {
+            Ok(n) => n,
+            Err(panic) => {
+                inner.pending.truncate(start);
+                drop(inner);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        let refused = if body_len > limit {
+            Some(JournalError::RecordTooLarge { size: body_len, limit })
+        } else if start > 0 && inner.pending.len() > self.shared.opts.max_pending_bytes {
+            Some(JournalError::Backlog { pending_bytes: start })
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            inner.pending.truncate(start);
+            drop(inner);
+            self.count_append_error();
+            return Err(e);
+        }
         inner.next_seq += 1;
-        let was_empty = inner.pending.is_empty();
-        record::encode(&mut inner.pending, seq, &input);
         drop(inner);
         self.shared.counters.appended.fetch_add(1, Ordering::Relaxed);
-        if was_empty {
+        if start == 0 {
             self.shared.wake_writer.notify_one();
         }
         Ok(seq)
+    }
+
+    fn record_limit(&self) -> usize {
+        self.shared.opts.max_record_bytes.min(record::HARD_MAX_BODY)
     }
 
     fn count_append_error(&self) {

@@ -58,20 +58,36 @@ pub(crate) fn framed_len(input: &JournalRecordInput<'_>) -> Option<usize> {
 }
 
 /// Appends the framed record to `out`. The caller checked `framed_len`.
+#[cfg(test)]
 pub(crate) fn encode(out: &mut Vec<u8>, seq: u64, input: &JournalRecordInput<'_>) {
-    let body_len = BODY_FIXED + input.container_id.len() + input.kind.len() + input.payload.len();
+    encode_with(out, seq, input.time_ns, input.container_id, input.kind, |_, b| b.extend_from_slice(input.payload));
+}
+
+/// Appends a framed record whose payload `payload` writes (given the seq), and returns the body
+/// length. `container_id` and `kind` must fit a u16 (the caller checked). The caller truncates
+/// `out` back if it refuses the record.
+pub(crate) fn encode_with(
+    out: &mut Vec<u8>,
+    seq: u64,
+    time_ns: i64,
+    container_id: &str,
+    kind: &str,
+    payload: impl FnOnce(u64, &mut Vec<u8>),
+) -> usize {
     let start = out.len();
-    out.extend_from_slice(&(body_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&input.time_ns.to_le_bytes());
-    out.extend_from_slice(&(input.container_id.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(input.kind.len() as u16).to_le_bytes());
-    out.extend_from_slice(input.container_id.as_bytes());
-    out.extend_from_slice(input.kind.as_bytes());
-    out.extend_from_slice(input.payload);
+    out.extend_from_slice(&time_ns.to_le_bytes());
+    out.extend_from_slice(&(container_id.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(kind.len() as u16).to_le_bytes());
+    out.extend_from_slice(container_id.as_bytes());
+    out.extend_from_slice(kind.as_bytes());
+    payload(seq, out);
+    let body_len = out.len() - start - FRAME_HEADER;
+    out[start..start + 4].copy_from_slice(&(body_len.min(u32::MAX as usize) as u32).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 4]), &out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    body_len
 }
 
 /// A record decoded in place.

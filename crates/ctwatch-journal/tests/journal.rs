@@ -567,3 +567,26 @@ fn damaged_metadata_is_a_clear_error() {
     assert!(matches!(err, JournalError::BadMeta { .. }), "{err}");
     assert!(!err.to_string().contains('\n'));
 }
+
+#[test]
+fn append_with_lets_the_payload_carry_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { max_record_bytes: 4096, ..Options::default() };
+    let j = Journal::open(dir.path(), opts).unwrap();
+    for _ in 0..3 {
+        j.append_with(T0, "c", "container_create", |seq, buf| {
+            buf.extend_from_slice(format!(r#"{{"seq":{seq}}}"#).as_bytes())
+        })
+        .unwrap();
+    }
+    // Too large once written: refused, nothing kept, no seq used.
+    let err = j.append_with(T0, "c", "k", |_, buf| buf.extend_from_slice(&[b'x'; 5000])).unwrap_err();
+    assert!(matches!(err, JournalError::RecordTooLarge { .. }), "{err}");
+    j.append_with(T0, "c", "k", |seq, buf| buf.extend_from_slice(format!(r#"{{"seq":{seq}}}"#).as_bytes())).unwrap();
+    j.flush().unwrap();
+    let recs = all(&j);
+    assert_eq!(recs.len(), 4);
+    for r in recs {
+        assert_eq!(r.payload, format!(r#"{{"seq":{}}}"#, r.seq).into_bytes());
+    }
+}
