@@ -126,7 +126,8 @@ pub struct Options {
     /// Largest record body accepted. Default 1 MiB.
     pub max_record_bytes: usize,
     /// Entries (one per record with a container ID) of the in-memory `history` index; past it,
-    /// `history` scans the segments instead. Default 4 Mi (about 100 MiB at worst).
+    /// `history` scans the segments instead. Default 4 Mi: more than 256 MiB of ~300-byte events
+    /// hold; about 8 bytes per record plus about 80 per container.
     pub max_history_entries: usize,
     /// How often a failing writer retries. Default 1 s.
     pub retry_interval: Duration,
@@ -189,11 +190,21 @@ pub(crate) struct Inner {
     synced_seq: u64,
 }
 
+/// The `history` index key of a container ID (SipHash with fixed keys: stable within a run).
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
 /// What readers see: the segments and the history index.
 pub(crate) struct Index {
     segments: VecDeque<Segment>,
     total_bytes: u64,
-    history: HashMap<String, Vec<u64>>,
+    /// Hash of the container ID → seqs (a collision only costs reading a record that
+    /// `history` then filters out).
+    history: HashMap<u64, Vec<u64>>,
     history_entries: usize,
     history_complete: bool,
     dropped_through: u64,
@@ -215,15 +226,13 @@ impl Index {
             return;
         }
         self.history_entries += 1;
-        match self.history.get_mut(id) {
-            Some(v) => v.push(seq),
-            None => {
-                self.history.insert(id.to_owned(), vec![seq]);
-            }
-        }
+        self.history.entry(id_hash(id)).or_default().push(seq);
     }
 
     fn prune_history(&mut self, through: u64) {
+        if self.history_entries == 0 {
+            return;
+        }
         let mut removed = 0;
         self.history.retain(|_, seqs| {
             let keep = seqs.partition_point(|&s| s <= through);
@@ -618,7 +627,7 @@ impl Journal {
         let plan: Vec<(SegmentView, Vec<u64>)> = {
             let index = self.shared.index();
             if index.history_complete {
-                let Some(seqs) = index.history.get(container_id) else {
+                let Some(seqs) = index.history.get(&id_hash(container_id)) else {
                     return Ok(Vec::new());
                 };
                 let mut plan: Vec<(SegmentView, Vec<u64>)> = Vec::new();
@@ -651,7 +660,7 @@ impl Journal {
                 let mut want = seqs.iter().peekable();
                 view.for_each(|r| {
                     while want.next_if(|&&s| s < r.seq).is_some() {}
-                    if want.next_if(|&&s| s == r.seq).is_some() {
+                    if want.next_if(|&&s| s == r.seq).is_some() && r.container_id == container_id {
                         out.push(r.to_owned());
                     }
                     want.peek().is_some()
@@ -766,16 +775,11 @@ impl Recovered {
             let is_last = i + 1 == n;
             let file = Arc::new(File::open(&path).map_err(|e| JournalError::io("open", &path, e))?);
             let mut seg = Segment::new(path.clone(), Arc::clone(&file));
-            let mut adds: Vec<(String, u64)> = Vec::new();
+            let max_hist = opts.max_history_entries;
             let scan = segment::scan(&path, prev, |r, off, len| {
                 seg.add(r, off, len);
-                if !r.container_id.is_empty() {
-                    adds.push((r.container_id.to_owned(), r.seq));
-                }
+                index.add_history(r.container_id, r.seq, max_hist);
             })?;
-            for (id, seq) in adds {
-                index.add_history(&id, seq, opts.max_history_entries);
-            }
             if let Some(why) = scan.stopped {
                 tracing::warn!(
                     segment = %path.display(),
