@@ -8,6 +8,39 @@
 //! keeps its last acknowledged seq as a durable cursor ([`Journal::set_cursor`]) and uses
 //! [`Journal::journal_id`] in its `Nats-Msg-Id`.
 //!
+//! # Following the journal
+//!
+//! Replay and live tail are one loop over the same log, so the seam has no gap and no repeat:
+//!
+//! ```no_run
+//! use ctwatch_journal::{Journal, JournalError, Record};
+//!
+//! async fn follow(j: &Journal, mut after: u64, mut send: impl FnMut(Record)) -> Result<(), JournalError> {
+//!     let mut tail = j.subscribe();
+//!     loop {
+//!         // (`read_from` reads files: in a busy async server, run it with `spawn_blocking`.)
+//!         let batch = match j.read_from(after, 512) {
+//!             Ok(batch) => batch,
+//!             Err(JournalError::Expired { oldest_seq, .. }) => {
+//!                 // Tell the client what was lost (a distinct status), then go on from the oldest.
+//!                 after = oldest_seq - 1;
+//!                 continue;
+//!             }
+//!             Err(e) => return Err(e),
+//!         };
+//!         if batch.is_empty() {
+//!             // Wait for the writer to make a newer record readable.
+//!             tail.wait_for(|&newest| newest > after).await.map_err(|_| JournalError::Closed)?;
+//!             continue;
+//!         }
+//!         for r in batch {
+//!             after = r.seq;
+//!             send(r);
+//!         }
+//!     }
+//! }
+//! ```
+//!
 //! # Why a segment log
 //!
 //! The journal is a directory of append-only *segment files* (`seg-<first seq>.log`), each record
