@@ -43,6 +43,10 @@ struct Run {
     lat: Vec<Duration>,
 }
 
+fn mean_us(lat: &[Duration]) -> f64 {
+    lat.iter().map(|d| d.as_secs_f64()).sum::<f64>() / lat.len().max(1) as f64 * 1e6
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -117,16 +121,19 @@ fn main() {
     let rate = |r: &Run| n as f64 / r.elapsed.as_secs_f64();
     println!("events per round: {n}, rounds: {rounds} (median shown), payload ~{} B", disk.1 as u64 / n);
     println!(
-        "baseline (serialize into Vec): {:>10.0} events/s  p50 {:>6.2} µs  p99 {:>6.2} µs",
+        "baseline (serialize into Vec): {:>10.0} events/s  mean {:>6.2} µs  p50 {:>6.2} µs  p99 {:>6.2} µs",
         rate(&b),
+        mean_us(&b.lat),
         pct(&b.lat, 0.5).as_secs_f64() * 1e6,
         pct(&b.lat, 0.99).as_secs_f64() * 1e6
     );
     println!(
-        "journal (serialize + append, incl. final flush): {:>10.0} events/s  p50 {:>6.2} µs  p99 {:>6.2} µs  max {:>8.2} µs",
+        "journal (serialize + append, incl. final flush): {:>10.0} events/s  mean {:>6.2} µs  p50 {:>6.2} µs  p99 {:>6.2} µs  p99.9 {:>6.2} µs  max {:>8.2} µs",
         rate(&jr),
+        mean_us(&jr.lat),
         pct(&jr.lat, 0.5).as_secs_f64() * 1e6,
         pct(&jr.lat, 0.99).as_secs_f64() * 1e6,
+        pct(&jr.lat, 0.999).as_secs_f64() * 1e6,
         jr.lat.last().copied().unwrap_or_default().as_secs_f64() * 1e6
     );
     println!(

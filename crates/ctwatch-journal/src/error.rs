@@ -73,6 +73,12 @@ pub enum JournalError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A cursor name is empty or too long, or there are too many cursors.
+    #[error("journal: invalid cursor: {reason}")]
+    InvalidCursor {
+        /// What is wrong.
+        reason: String,
+    },
     /// The journal was closed.
     #[error("journal: closed")]
     Closed,

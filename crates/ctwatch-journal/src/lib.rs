@@ -119,6 +119,10 @@ use stats::Histogram;
 /// Seqs are leased (recorded durably as used) this many at a time.
 const LEASE_BLOCK: u64 = 1 << 20;
 const LOCK_FILE: &str = "LOCK";
+/// Most cursors a journal keeps.
+pub const MAX_CURSORS: usize = 64;
+/// Longest cursor name, in bytes.
+pub const MAX_CURSOR_NAME: usize = 128;
 
 /// Where the journal gets "now" from, for age retention. Tests inject a fake one.
 pub trait Clock: Send + Sync {
@@ -704,11 +708,28 @@ impl Journal {
     }
 
     /// Sets a named cursor (e.g. `"nats"` → last acknowledged seq). Durable with the next sync
-    /// (at most [`Options::sync_interval`] later) or [`Journal::flush`].
-    pub fn set_cursor(&self, name: &str, seq: u64) {
+    /// (at most [`Options::sync_interval`] later) or [`Journal::flush`]. At most
+    /// [`MAX_CURSORS`] cursors, names of 1 to [`MAX_CURSOR_NAME`] bytes.
+    pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), JournalError> {
+        if name.is_empty() || name.len() > MAX_CURSOR_NAME {
+            return Err(JournalError::InvalidCursor { reason: format!("name of {} bytes", name.len()) });
+        }
         let mut inner = self.shared.inner();
-        if inner.cursors.get(name) != Some(&seq) {
-            inner.cursors.insert(name.to_owned(), seq);
+        if inner.cursors.get(name) == Some(&seq) {
+            return Ok(());
+        }
+        if !inner.cursors.contains_key(name) && inner.cursors.len() >= MAX_CURSORS {
+            return Err(JournalError::InvalidCursor { reason: format!("already {MAX_CURSORS} cursors") });
+        }
+        inner.cursors.insert(name.to_owned(), seq);
+        inner.cursors_dirty = true;
+        Ok(())
+    }
+
+    /// Deletes a named cursor (durable like [`Journal::set_cursor`]).
+    pub fn remove_cursor(&self, name: &str) {
+        let mut inner = self.shared.inner();
+        if inner.cursors.remove(name).is_some() {
             inner.cursors_dirty = true;
         }
     }
@@ -813,6 +834,13 @@ impl Recovered {
                 seg.add(r, off, len);
                 index.add_history(r.container_id, r.seq, max_hist);
             })?;
+            if seg.count == 0 && !is_last && prev == dropped_through && scan.stopped == Some(segment::SEQ_NOT_ABOVE) {
+                // Retention recorded this segment as dropped but the process died before
+                // deleting it: finish the job.
+                tracing::debug!(segment = %path.display(), "journal removing a segment retention had dropped");
+                std::fs::remove_file(&path).map_err(|e| JournalError::io("remove", &path, e))?;
+                continue;
+            }
             if let Some(why) = scan.stopped {
                 tracing::warn!(
                     segment = %path.display(),

@@ -162,6 +162,9 @@ impl SegmentView {
     }
 }
 
+/// Why a scan stops at a record whose seq does not grow.
+pub(crate) const SEQ_NOT_ABOVE: &str = "seq not above the previous record's";
+
 /// The result of scanning one segment file at open.
 #[derive(Debug)]
 pub(crate) struct Scan {
@@ -195,11 +198,7 @@ pub(crate) fn scan(
         match decode(&buf[pos..]) {
             Decoded::Record(r, n) => {
                 if r.seq <= after_seq {
-                    return Ok(Scan {
-                        valid_len: off + pos as u64,
-                        file_len,
-                        stopped: Some("seq not above the previous record's"),
-                    });
+                    return Ok(Scan { valid_len: off + pos as u64, file_len, stopped: Some(SEQ_NOT_ABOVE) });
                 }
                 after_seq = r.seq;
                 f(&r, off + pos as u64, n);

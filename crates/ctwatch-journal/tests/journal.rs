@@ -374,9 +374,18 @@ fn cursors_are_durable() {
     {
         let j = Journal::open(dir.path(), Options::default()).unwrap();
         assert_eq!(j.cursor("nats"), None);
-        j.set_cursor("nats", 41);
-        j.set_cursor("nats", 42);
-        j.set_cursor("other", 7);
+        j.set_cursor("nats", 41).unwrap();
+        j.set_cursor("nats", 42).unwrap();
+        j.set_cursor("other", 7).unwrap();
+        j.set_cursor("gone", 1).unwrap();
+        j.remove_cursor("gone");
+        assert!(matches!(j.set_cursor("", 1), Err(JournalError::InvalidCursor { .. })));
+        assert!(matches!(j.set_cursor(&"x".repeat(200), 1), Err(JournalError::InvalidCursor { .. })));
+        for i in 0..62 {
+            j.set_cursor(&format!("c{i}"), i).unwrap();
+        }
+        assert!(matches!(j.set_cursor("one-too-many", 1), Err(JournalError::InvalidCursor { .. })));
+        j.set_cursor("c0", 99).unwrap();
         j.flush().unwrap();
         // Durable after flush, before close: read what is on disk.
         let meta = std::fs::read_to_string(dir.path().join("meta.json")).unwrap();
@@ -385,6 +394,8 @@ fn cursors_are_durable() {
     let j = Journal::open(dir.path(), Options::default()).unwrap();
     assert_eq!(j.cursor("nats"), Some(42));
     assert_eq!(j.cursor("other"), Some(7));
+    assert_eq!(j.cursor("c0"), Some(99));
+    assert_eq!(j.cursor("gone"), None);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -725,4 +736,31 @@ fn retention_between_reads_says_expired_and_resumes_at_the_oldest() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_segment_retention_dropped_but_did_not_delete_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { max_bytes: 32 << 10, segment_bytes: 4 << 10, ..Options::default() };
+    let saved = dir.path().join("saved");
+    let oldest = {
+        let j = Journal::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..20 {
+            append(&j, i, "c", T0);
+        }
+        j.flush().unwrap();
+        // Keep a copy of the first segment, as if its unlink had not happened.
+        std::fs::copy(&segments(dir.path())[0], &saved).unwrap();
+        for i in 20..1000 {
+            append(&j, i, "c", T0);
+        }
+        j.enforce_retention().unwrap();
+        j.first_seq()
+    };
+    std::fs::rename(&saved, dir.path().join("seg-00000000000000000001.log")).unwrap();
+    let j = Journal::open(dir.path(), opts).unwrap();
+    assert_eq!(j.first_seq(), oldest);
+    assert_eq!(j.stats().recovered_truncated_bytes, 0);
+    assert!(!dir.path().join("seg-00000000000000000001.log").exists());
+    assert!(matches!(j.read_from(0, 1), Err(JournalError::Expired { .. })));
 }
