@@ -82,34 +82,35 @@ impl Writer {
         let sync_interval = self.shared.opts.sync_interval;
         let retry = self.shared.opts.retry_interval;
         let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
+        let mut retry_at = Instant::now();
         loop {
             // Wait for work, then take it.
             let (flush_gen, cursors, closing) = {
                 let mut inner = self.shared.inner();
                 loop {
-                    let failing = inner.failing.is_some();
-                    let flush = inner.flush_requested > inner.flush_done;
-                    if inner.closing || flush || (!failing && !inner.pending.is_empty()) {
+                    if inner.closing || inner.flush_requested > inner.flush_done {
                         break;
                     }
-                    let mut wait = Duration::from_secs(1).saturating_sub(self.last_housekeeping.elapsed());
-                    if failing {
-                        wait = wait.min(retry);
-                    }
-                    if self.unsynced {
-                        wait = wait.min(sync_interval.saturating_sub(self.last_sync.elapsed()));
-                    }
-                    if inner.cursors_dirty {
-                        wait = wait.min(sync_interval.saturating_sub(self.last_meta_write.elapsed()));
-                    }
+                    let wait = if inner.failing.is_some() {
+                        // Only a retry (or a flush, or close) ends the wait.
+                        retry_at.saturating_duration_since(Instant::now())
+                    } else {
+                        if !inner.pending.is_empty() {
+                            break;
+                        }
+                        let mut wait = Duration::from_secs(1).saturating_sub(self.last_housekeeping.elapsed());
+                        if self.unsynced {
+                            wait = wait.min(sync_interval.saturating_sub(self.last_sync.elapsed()));
+                        }
+                        if inner.cursors_dirty {
+                            wait = wait.min(sync_interval.saturating_sub(self.last_meta_write.elapsed()));
+                        }
+                        wait
+                    };
                     if wait.is_zero() {
                         break;
                     }
                     inner = self.shared.wake_writer.wait_timeout(inner, wait).unwrap_or_else(|p| p.into_inner()).0;
-                    if failing {
-                        // A retry is due whether or not anything new came.
-                        break;
-                    }
                 }
                 std::mem::swap(&mut batch, &mut inner.pending);
                 let cursors_due = inner.closing
@@ -122,6 +123,7 @@ impl Writer {
                 (inner.flush_requested, cursors, inner.closing)
             };
             let force_sync = closing || flush_gen > self.shared.inner().flush_done;
+            self.last_housekeeping = Instant::now();
 
             let mut result = self.write_batch(&mut batch);
             if let Step::Failed(_) = result {
@@ -143,10 +145,10 @@ impl Writer {
                 self.shared.inner().cursors_dirty = true;
             }
             if let Step::Ok = result {
-                if force_sync || self.last_housekeeping.elapsed() >= Duration::from_secs(1) {
-                    self.last_housekeeping = Instant::now();
-                }
                 result = self.retention();
+            }
+            if let Step::Failed(_) = result {
+                retry_at = Instant::now() + retry;
             }
 
             // Report.

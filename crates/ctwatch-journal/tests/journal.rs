@@ -498,6 +498,10 @@ fn disk_full_refuses_appends_then_recovers_when_space_returns() {
     let st = j.stats();
     assert!(st.failing && st.write_errors > 0 && st.append_errors >= refused);
     assert!(matches!(j.flush(), Err(JournalError::Unavailable { .. })));
+    // A failing writer waits for its retry interval (an hour here) or a flush: it does not spin.
+    let errors = j.stats().write_errors;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(j.stats().write_errors, errors, "the failing writer retried without being asked");
     // Everything readable is good and in order.
     let partial = all(&j);
     for w in partial.windows(2) {
