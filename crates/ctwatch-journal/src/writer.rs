@@ -173,6 +173,13 @@ impl Writer {
                     inner.synced_seq = inner.written_seq;
                 }
                 inner.flush_done = inner.flush_done.max(flush_gen);
+                if closing && !inner.pending.is_empty() {
+                    tracing::error!(
+                        bytes = inner.pending.len(),
+                        last_written_seq = inner.written_seq,
+                        "journal closed with records it could not write; they are lost"
+                    );
+                }
                 closing
             };
             self.shared.progress.notify_all();
