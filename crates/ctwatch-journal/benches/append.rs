@@ -5,11 +5,33 @@
 //!
 //! `cargo bench -p ctwatch-journal --bench append` (`JOURNAL_BENCH_EVENTS=N` to change the size).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ctwatch_journal::{Journal, JournalRecordInput, Options};
 use serde::Serialize;
+
+/// Counts live heap bytes, to measure what the journal's in-memory indexes cost.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+#[global_allocator]
+static ALLOC: Counting = Counting;
 
 #[derive(Serialize)]
 struct Event<'a> {
@@ -91,7 +113,17 @@ fn journal(dir: &std::path::Path, n: u64) -> (Run, u64, usize) {
     let loop_only = start.elapsed();
     j.flush().expect("flush");
     let elapsed = start.elapsed();
-    let bytes = j.stats().bytes;
+    let st = j.stats();
+    let bytes = st.bytes;
+    let mean = |h: &ctwatch_journal::LatencyHistogram| h.sum_us as f64 / h.count().max(1) as f64;
+    eprintln!(
+        "  round: {} batch writes (mean {:.0} µs, {:.0} records each), {} fsyncs (mean {:.0} µs)",
+        st.write_latency.count(),
+        mean(&st.write_latency),
+        n as f64 / st.write_latency.count().max(1) as f64,
+        st.fsync_latency.count(),
+        mean(&st.fsync_latency)
+    );
     (Run { elapsed, loop_only, lat }, bytes, payload_bytes)
 }
 
@@ -155,10 +187,19 @@ fn main() {
 
     // Reopen (recovery scan + index rebuild) and read back the last round's journal.
     let dir = root.path().join(format!("round{}", rounds - 1));
+    let live_before = LIVE.load(Ordering::Relaxed);
     let t = Instant::now();
     let j = Journal::open(&dir, Options::default()).expect("reopen");
     let open = t.elapsed();
-    println!("reopen (scan {} MiB, rebuild indexes): {:.1} ms", disk.0 >> 20, open.as_secs_f64() * 1e3);
+    let index_bytes = LIVE.load(Ordering::Relaxed) - live_before;
+    println!(
+        "reopen (scan {} MiB, rebuild indexes): {:.1} ms; indexes in memory: {:.1} MiB ({:.1} B per record, {} containers)",
+        disk.0 >> 20,
+        open.as_secs_f64() * 1e3,
+        index_bytes as f64 / (1 << 20) as f64,
+        index_bytes as f64 / n as f64,
+        n / 2
+    );
     let t = Instant::now();
     let mut after = 0;
     let mut count = 0u64;

@@ -99,7 +99,7 @@ mod segment;
 mod stats;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -162,9 +162,9 @@ pub struct Options {
     pub max_pending_bytes: usize,
     /// Largest record body accepted. Default 1 MiB.
     pub max_record_bytes: usize,
-    /// Entries (one per record with a container ID) of the in-memory `history` index; past it,
-    /// `history` scans the segments instead. Default 4 Mi: more than 256 MiB of ~300-byte events
-    /// hold; about 8 bytes per record plus about 80 per container.
+    /// Entries (16 bytes each, one per record with a container ID) of the in-memory `history`
+    /// index; past it, `history` scans the segments instead. Default 2 Mi (32 MiB): more than
+    /// 256 MiB of events of 130 bytes or more hold.
     pub max_history_entries: usize,
     /// How often a failing writer retries. Default 1 s.
     pub retry_interval: Duration,
@@ -181,7 +181,7 @@ impl Default for Options {
             sync_interval: Duration::from_millis(100),
             max_pending_bytes: 64 << 20,
             max_record_bytes: 1 << 20,
-            max_history_entries: 4 << 20,
+            max_history_entries: 2 << 20,
             retry_interval: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
         }
@@ -239,10 +239,10 @@ fn id_hash(id: &str) -> u64 {
 pub(crate) struct Index {
     segments: VecDeque<Segment>,
     total_bytes: u64,
-    /// Hash of the container ID → seqs (a collision only costs reading a record that
-    /// `history` then filters out).
-    history: HashMap<u64, Vec<u64>>,
-    history_entries: usize,
+    /// (hash of the container ID, seq) of every record with a container ID, in seq order: 16
+    /// bytes a record, nothing per container; a lookup scans it (milliseconds for millions). A
+    /// hash collision only costs reading a record that `history` then filters out.
+    history: Vec<(u64, u64)>,
     history_complete: bool,
     dropped_through: u64,
 }
@@ -252,32 +252,21 @@ impl Index {
         if id.is_empty() || !self.history_complete {
             return;
         }
-        if self.history_entries >= max {
+        if self.history.len() >= max {
             tracing::warn!(
-                entries = self.history_entries,
+                entries = self.history.len(),
                 "journal history index full; history() will scan the segments"
             );
             self.history_complete = false;
-            self.history = HashMap::new();
-            self.history_entries = 0;
+            self.history = Vec::new();
             return;
         }
-        self.history_entries += 1;
-        self.history.entry(id_hash(id)).or_default().push(seq);
+        self.history.push((id_hash(id), seq));
     }
 
     fn prune_history(&mut self, through: u64) {
-        if self.history_entries == 0 {
-            return;
-        }
-        let mut removed = 0;
-        self.history.retain(|_, seqs| {
-            let keep = seqs.partition_point(|&s| s <= through);
-            removed += keep;
-            seqs.drain(..keep);
-            !seqs.is_empty()
-        });
-        self.history_entries -= removed;
+        let gone = self.history.partition_point(|&(_, s)| s <= through);
+        self.history.drain(..gone);
     }
 
     fn oldest_seq(&self) -> u64 {
@@ -664,11 +653,9 @@ impl Journal {
         let plan: Vec<(SegmentView, Vec<u64>)> = {
             let index = self.shared.index();
             if index.history_complete {
-                let Some(seqs) = index.history.get(&id_hash(container_id)) else {
-                    return Ok(Vec::new());
-                };
+                let h = id_hash(container_id);
                 let mut plan: Vec<(SegmentView, Vec<u64>)> = Vec::new();
-                for &seq in seqs {
+                for seq in index.history.iter().filter(|e| e.0 == h).map(|e| e.1) {
                     let i = index.segments.partition_point(|s| s.count > 0 && s.last_seq < seq);
                     let Some(seg) = index.segments.get(i) else {
                         continue;
@@ -817,8 +804,7 @@ impl Recovered {
         let mut index = Index {
             segments: VecDeque::new(),
             total_bytes: 0,
-            history: HashMap::new(),
-            history_entries: 0,
+            history: Vec::new(),
             history_complete: true,
             dropped_through,
         };
