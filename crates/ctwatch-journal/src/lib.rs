@@ -96,7 +96,9 @@
 //! - Age retention works on whole segments: a record can outlive `max_age` until the newest
 //!   record of its segment is old too (the active segment is closed when it is all old).
 //! - Corruption is handled as a torn tail: a bad record in an older segment (bit rot, not a
-//!   crash) loses the rest of *that* segment; later segments are kept.
+//!   crash) loses the rest of *that* segment; later segments are kept. Damage after open is
+//!   caught on read ([`JournalError::Corrupt`], never a bad record); readers cannot step over
+//!   it until the next open cuts it off.
 //! - An `fdatasync` error is reported and retried like any write error, but (as for every
 //!   program on Linux) the kernel may already have dropped the unsynced pages: what the failed
 //!   sync covered may be lost without a further error.
@@ -369,7 +371,9 @@ impl Journal {
                 }
             })?;
 
-        let mut meta = match meta::read(&dir)? {
+        let stored = meta::read(&dir)?;
+        let had_meta = stored.is_some();
+        let mut meta = match stored {
             Some(m) => m,
             None => Meta {
                 format: meta::FORMAT,
@@ -381,7 +385,20 @@ impl Journal {
             },
         };
 
-        let recovered = Recovered::load(&dir, &opts, meta.dropped_through)?;
+        let mut recovered = Recovered::load(&dir, &opts, meta.dropped_through)?;
+        if !had_meta && recovered.index.newest_seq() > 0 {
+            // Segments without their metadata (deleted by hand?): keep the records, but what was
+            // before them counts as dropped, and seqs skip a whole lease so none is reused.
+            let oldest = recovered.index.oldest_seq();
+            meta.dropped_through = oldest.saturating_sub(1);
+            recovered.index.dropped_through = meta.dropped_through;
+            meta.seq_lease = recovered.index.newest_seq() + 1 + LEASE_BLOCK;
+            tracing::warn!(
+                dir = %dir.display(),
+                journal_id = %meta.journal_id,
+                "journal metadata missing: kept the segments under a new journal ID; cursors are lost"
+            );
+        }
         let next_seq = (recovered.index.newest_seq().max(meta.dropped_through) + 1).max(meta.seq_lease).max(1);
         let segment_bytes = opts.effective_segment_bytes();
 

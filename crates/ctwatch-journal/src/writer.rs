@@ -80,7 +80,7 @@ impl Writer {
 
     pub(crate) fn run(mut self) {
         let sync_interval = self.shared.opts.sync_interval;
-        let retry = self.shared.opts.retry_interval;
+        let retry = self.shared.opts.retry_interval.max(Duration::from_millis(10));
         let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
         let mut retry_at = Instant::now();
         loop {

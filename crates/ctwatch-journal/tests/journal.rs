@@ -768,3 +768,60 @@ fn a_segment_retention_dropped_but_did_not_delete_is_removed_at_open() {
     assert!(!dir.path().join("seg-00000000000000000001.log").exists());
     assert!(matches!(j.read_from(0, 1), Err(JournalError::Expired { .. })));
 }
+
+#[test]
+fn a_record_damaged_after_open_is_an_error_not_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), Options::default()).unwrap();
+    for i in 0..100 {
+        append(&j, i, "c", T0);
+    }
+    j.flush().unwrap();
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    // Write in place (same inode: the journal's open handles see it).
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(&seg).unwrap(),
+        &bytes[at..at + 1],
+        at as u64,
+    )
+    .unwrap();
+    let mut after = 0;
+    let err = loop {
+        match j.read_from(after, 10) {
+            Ok(b) if b.is_empty() => panic!("read everything: the flipped record was served"),
+            Ok(b) => {
+                for r in &b {
+                    assert_eq!(r.payload, payload(r.seq - 1));
+                }
+                after = b.last().unwrap().seq;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn segments_without_metadata_are_kept_under_a_new_id_without_reusing_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { max_bytes: 32 << 10, segment_bytes: 4 << 10, ..Options::default() };
+    let (id, oldest) = {
+        let j = Journal::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..500 {
+            append(&j, i, "c", T0);
+        }
+        j.enforce_retention().unwrap();
+        (j.journal_id().to_owned(), j.first_seq())
+    };
+    assert!(oldest > 1);
+    std::fs::remove_file(dir.path().join("meta.json")).unwrap();
+    let j = Journal::open(dir.path(), opts).unwrap();
+    assert_ne!(j.journal_id(), id);
+    assert_eq!(j.first_seq(), oldest);
+    assert!(matches!(j.read_from(0, 1), Err(JournalError::Expired { .. })));
+    assert_eq!(all_from(&j, oldest - 1).len() as u64, 500 - oldest + 1);
+    assert!(append(&j, 0, "c", T0) > 500);
+}
