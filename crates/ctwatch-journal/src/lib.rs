@@ -10,36 +10,29 @@
 //!
 //! # Following the journal
 //!
-//! Replay and live tail are one loop over the same log, so the seam has no gap and no repeat:
+//! Replay and live tail are one loop over the same log ([`Journal::follow`]), so the seam has
+//! no gap and no repeat:
 //!
 //! ```no_run
-//! use ctwatch_journal::{Journal, JournalError, Record};
+//! use std::sync::Arc;
+//! use ctwatch_journal::{Followed, Journal, JournalError, Record};
 //!
-//! async fn follow(j: &Journal, mut after: u64, mut send: impl FnMut(Record)) -> Result<(), JournalError> {
-//!     let mut tail = j.subscribe();
+//! async fn watch(j: Arc<Journal>, after_seq: u64, mut send: impl FnMut(Record)) -> Result<(), JournalError> {
+//!     let mut follower = j.follow(after_seq);
 //!     loop {
-//!         // (`read_from` reads files: in a busy async server, run it with `spawn_blocking`.)
-//!         let batch = match j.read_from(after, 512) {
-//!             Ok(batch) => batch,
-//!             Err(JournalError::Expired { oldest_seq, .. }) => {
-//!                 // Tell the client what was lost (a distinct status), then go on from the oldest.
-//!                 after = oldest_seq - 1;
-//!                 continue;
-//!             }
-//!             Err(e) => return Err(e),
-//!         };
-//!         if batch.is_empty() {
-//!             // Wait for the writer to make a newer record readable.
-//!             tail.wait_for(|&newest| newest > after).await.map_err(|_| JournalError::Closed)?;
-//!             continue;
-//!         }
-//!         for r in batch {
-//!             after = r.seq;
-//!             send(r);
+//!         match follower.next(512).await? {
+//!             Followed::Records(records) => records.into_iter().for_each(&mut send),
+//!             // Tell the client what was lost (a distinct status); the follower goes on from
+//!             // the oldest record kept.
+//!             Followed::Gap { after_seq, oldest_seq } => eprintln!("missed {after_seq}..{oldest_seq}"),
+//!             _ => {}
 //!         }
 //!     }
 //! }
 //! ```
+//!
+//! The same with [`Journal::read_from`] and [`Journal::subscribe`] (or [`Journal::wait_beyond`])
+//! for callers that manage their own position.
 //!
 //! # Why a segment log
 //!
@@ -108,6 +101,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod follow;
 mod meta;
 mod record;
 mod segment;
@@ -123,6 +117,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 use std::time::{Duration, Instant};
 
 pub use error::JournalError;
+pub use follow::{Followed, Follower};
 pub use record::{JournalRecordInput, Record};
 pub use stats::{JournalStats, LatencyHistogram, LATENCY_BUCKETS_US};
 
@@ -805,6 +800,13 @@ impl Journal {
                 tracing::error!("journal writer thread panicked");
             }
         }
+        // Wake followers so they see the close.
+        self.shared.readable_tx.send_modify(|_| {});
+    }
+
+    /// Whether [`Journal::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.inner().closing
     }
 }
 

@@ -825,3 +825,63 @@ fn segments_without_metadata_are_kept_under_a_new_id_without_reusing_seqs() {
     assert_eq!(all_from(&j, oldest - 1).len() as u64, 500 - oldest + 1);
     assert!(append(&j, 0, "c", T0) > 500);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn follower_replays_then_follows_reports_gaps_and_sees_close() {
+    use ctwatch_journal::Followed;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { max_bytes: 32 << 10, segment_bytes: 4 << 10, ..Options::default() };
+    let j = Arc::new(Journal::open(dir.path(), opts).unwrap());
+    for i in 0..20 {
+        append(&j, i, "c", T0);
+    }
+    let mut f = j.follow(0);
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        match f.next(7).await.unwrap() {
+            Followed::Records(rs) => seen.extend(rs.iter().map(|r| r.seq)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+    // Live: appended from another thread while the follower waits.
+    let writer = {
+        let j = Arc::clone(&j);
+        std::thread::spawn(move || {
+            for i in 20..40 {
+                append(&j, i, "c", T0);
+            }
+        })
+    };
+    while seen.len() < 40 {
+        match tokio::time::timeout(Duration::from_secs(10), f.next(100)).await.expect("stalled").unwrap() {
+            Followed::Records(rs) => seen.extend(rs.iter().map(|r| r.seq)),
+            other => panic!("{other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(seen, (1..=40).collect::<Vec<_>>());
+    assert_eq!(f.position(), 40);
+    // A follower left behind by retention gets a gap, then goes on from the oldest.
+    let mut slow = j.follow(0);
+    for i in 40..1000 {
+        append(&j, i, "c", T0);
+    }
+    j.enforce_retention().unwrap();
+    let oldest = j.first_seq();
+    assert_eq!(slow.next(10).await.unwrap(), Followed::Gap { after_seq: 0, oldest_seq: oldest });
+    match slow.next(1).await.unwrap() {
+        Followed::Records(rs) => assert_eq!(rs[0].seq, oldest),
+        other => panic!("{other:?}"),
+    }
+    // The blocking flavour times out at the tail, and close ends a waiting follower.
+    let mut tail = j.follow(j.last_seq());
+    assert_eq!(tail.next_blocking(10, Duration::from_millis(20)).unwrap(), None);
+    let waiter = tokio::spawn(async move { tail.next(10).await });
+    tokio::task::yield_now().await;
+    j.close();
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap(),
+        Err(JournalError::Closed)
+    ));
+}
