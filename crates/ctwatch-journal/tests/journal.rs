@@ -885,3 +885,108 @@ async fn follower_replays_then_follows_reports_gaps_and_sees_close() {
         Err(JournalError::Closed)
     ));
 }
+
+/// Run as a child process by `sigkill_restarts_lose_only_unsynced_records_and_never_reuse_a_seq`:
+/// appends forever, saying on stderr (unbuffered) each seq it got and each seq known synced.
+#[test]
+fn churn_child() {
+    let Ok(dir) = std::env::var("CTWATCH_JOURNAL_CHURN_DIR") else {
+        return;
+    };
+    let run: u64 = std::env::var("CTWATCH_JOURNAL_CHURN_RUN").unwrap().parse().unwrap();
+    // After this many syncs, append a burst and SIGKILL itself at once (the burst is then
+    // mostly still in memory); without it, the parent kills it from outside.
+    let self_kill: Option<u64> = std::env::var("CTWATCH_JOURNAL_CHURN_SELF_KILL").ok().and_then(|v| v.parse().ok());
+    let say = |line: String| {
+        use std::io::Write;
+        // One write per line, so a kill cannot leave half a line.
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    };
+    let j = Journal::open(&dir, Options { segment_bytes: 64 << 10, ..Options::default() }).unwrap();
+    let append = |i: u64| {
+        j.append_with(T0 + i as i64, &format!("c{}", i % 50), "container_create", |seq, buf| {
+            buf.extend_from_slice(format!(r#"{{"seq":{seq},"run":{run},"i":{i}}}"#).as_bytes())
+        })
+        .unwrap()
+    };
+    let mut syncs = 0;
+    for i in 0u64.. {
+        let seq = append(i);
+        say(format!("A={seq}\n"));
+        if i % 97 == 0 {
+            j.flush().unwrap();
+            say(format!("S={seq}\n"));
+            syncs += 1;
+            if self_kill == Some(syncs) {
+                let mut last = seq;
+                for k in 1..=2000 {
+                    last = append(i + k);
+                }
+                say(format!("A={last}\n"));
+                unsafe { libc_kill() };
+            }
+        }
+    }
+}
+
+#[test]
+fn sigkill_restarts_lose_only_unsynced_records_and_never_reuse_a_seq() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut max_handed_out = 0u64;
+    let mut synced = Vec::new();
+    let mut kept: Vec<Record> = Vec::new();
+    for run in 0..5u64 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "churn_child", "--nocapture", "--test-threads=1"])
+            .env("CTWATCH_JOURNAL_CHURN_DIR", dir.path())
+            .env("CTWATCH_JOURNAL_CHURN_RUN", run.to_string())
+            .env("CTWATCH_JOURNAL_CHURN_SELF_KILL", if run % 2 == 0 { (3 + run).to_string() } else { "never".into() })
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let prev_max = max_handed_out;
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut first = None;
+        let mut syncs = 0;
+        // Kill it at a different point of its work each run.
+        let target = 3 + run * 2;
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(Ok(s)) = line.strip_prefix("A=").map(str::parse::<u64>) {
+                first.get_or_insert(s);
+                max_handed_out = max_handed_out.max(s);
+            } else if let Some(Ok(s)) = line.strip_prefix("S=").map(str::parse::<u64>) {
+                synced.push(s);
+                syncs += 1;
+                if run % 2 == 1 && syncs == target {
+                    child.kill().unwrap(); // SIGKILL
+                }
+            }
+        }
+        child.wait().unwrap();
+        let first = first.expect("child appended nothing");
+        // No seq handed out before this run (that we heard of, or that was kept) was handed
+        // out again.
+        assert!(first > prev_max, "run {run}: first seq {first} not above {prev_max}, handed out before");
+        let j = Journal::open(dir.path(), Options { segment_bytes: 64 << 10, ..Options::default() }).unwrap();
+        let recs = all(&j);
+        // What earlier runs left is unchanged; every synced seq is there; seqs only grow; every
+        // payload is the one appended with that seq.
+        assert_eq!(recs[..kept.len()], kept[..], "run {run}: earlier records changed");
+        for w in recs.windows(2) {
+            assert!(w[0].seq < w[1].seq);
+        }
+        for r in &recs {
+            let p = String::from_utf8(r.payload.clone()).unwrap();
+            assert!(p.starts_with(&format!(r#"{{"seq":{},"#, r.seq)), "{p}");
+        }
+        let have: std::collections::HashSet<u64> = recs.iter().map(|r| r.seq).collect();
+        for s in &synced {
+            assert!(have.contains(s), "run {run}: synced seq {s} lost");
+        }
+        // (A record can be kept whose seq the child had no time to print.)
+        max_handed_out = max_handed_out.max(recs.last().unwrap().seq);
+        kept = recs;
+    }
+}
