@@ -58,8 +58,20 @@ fn event(i: u64) -> Event<'static> {
     }
 }
 
+/// CPU time (user + system) of this process so far, all threads, from /proc (10 ms ticks).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 struct Run {
     elapsed: Duration,
+    /// CPU time of the whole process (appender and writer threads) during the run.
+    cpu: Duration,
     /// The append loop alone (without waiting for the writer to catch up at the end).
     loop_only: Duration,
     lat: Vec<Duration>,
@@ -76,6 +88,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 fn baseline(n: u64) -> Run {
     let mut lat = Vec::with_capacity(n as usize);
     let mut sink: Vec<Vec<u8>> = Vec::with_capacity(n as usize);
+    let cpu0 = cpu_time();
     let start = Instant::now();
     for i in 0..n {
         let ev = event(i);
@@ -87,7 +100,7 @@ fn baseline(n: u64) -> Run {
     }
     let elapsed = start.elapsed();
     black_box(&sink);
-    Run { elapsed, loop_only: elapsed, lat }
+    Run { elapsed, cpu: cpu_time() - cpu0, loop_only: elapsed, lat }
 }
 
 fn journal(dir: &std::path::Path, n: u64) -> (Run, u64, usize) {
@@ -99,6 +112,7 @@ fn journal(dir: &std::path::Path, n: u64) -> (Run, u64, usize) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or_default();
+    let cpu0 = cpu_time();
     let start = Instant::now();
     for i in 0..n {
         let ev = event(i);
@@ -113,6 +127,7 @@ fn journal(dir: &std::path::Path, n: u64) -> (Run, u64, usize) {
     let loop_only = start.elapsed();
     j.flush().expect("flush");
     let elapsed = start.elapsed();
+    let cpu = cpu_time() - cpu0;
     let st = j.stats();
     let bytes = st.bytes;
     let mean = |h: &ctwatch_journal::LatencyHistogram| h.sum_us as f64 / h.count().max(1) as f64;
@@ -124,7 +139,49 @@ fn journal(dir: &std::path::Path, n: u64) -> (Run, u64, usize) {
         st.fsync_latency.count(),
         mean(&st.fsync_latency)
     );
-    (Run { elapsed, loop_only, lat }, bytes, payload_bytes)
+    (Run { elapsed, cpu, loop_only, lat }, bytes, payload_bytes)
+}
+
+/// CPU time for `secs` seconds of events at `rate`/s (appended in 1 ms steps, sleeping in
+/// between, like the agent at a steady churn), with or without a journal.
+fn paced(dir: Option<&std::path::Path>, write_delay: Duration, rate: u64, secs: u64) -> Duration {
+    let j = dir.map(|d| Journal::open(d, Options { write_delay, ..Options::default() }).expect("open"));
+    let t0 =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let per_ms = rate / 1000;
+    let mut sink: Vec<Vec<u8>> = Vec::new();
+    let cpu0 = cpu_time();
+    let start = Instant::now();
+    let mut i = 0u64;
+    for ms in 0..secs * 1000 {
+        for _ in 0..per_ms {
+            let ev = event(i);
+            let mut buf = Vec::with_capacity(320);
+            serde_json::to_writer(&mut buf, &ev).unwrap_or_default();
+            match &j {
+                Some(j) => {
+                    j.append(JournalRecordInput {
+                        time_ns: t0 + i as i64,
+                        container_id: &ev.id,
+                        kind: ev.kind,
+                        payload: &buf,
+                    })
+                    .expect("append");
+                }
+                None => sink.push(buf),
+            }
+            i += 1;
+        }
+        let next = start + Duration::from_millis(ms + 1);
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    if let Some(j) = &j {
+        j.flush().expect("flush");
+    }
+    black_box(&sink);
+    cpu_time() - cpu0
 }
 
 fn main() {
@@ -178,12 +235,34 @@ fn main() {
         pct(&jr.lat, 0.5).as_secs_f64() / pct(&b.lat, 0.5).as_secs_f64(),
         pct(&jr.lat, 0.99).as_secs_f64() / pct(&b.lat, 0.99).as_secs_f64()
     );
+    let per10k = |r: &Run| r.cpu.as_secs_f64() * 1e3 * 10_000.0 / n as f64;
+    println!(
+        "CPU per 10k events (all threads): baseline {:.1} ms, journal {:.1} ms (+{:.1} ms for the journal)",
+        per10k(&b),
+        per10k(&jr),
+        per10k(&jr) - per10k(&b)
+    );
     println!(
         "bytes on disk per event: {:.1} (payload {:.1}, overhead {:.1})",
         disk.0 as f64 / n as f64,
         disk.1 as f64 / n as f64,
         (disk.0 as f64 - disk.1 as f64) / n as f64
     );
+
+    // At the agent's scale: a steady 20k events/s (about the kernel's cgroup mkdir ceiling).
+    let (rate, secs) = (20_000, 3);
+    let base_cpu = paced(None, Duration::ZERO, rate, secs);
+    let per10k = |d: Duration| d.as_secs_f64() * 1e3 * 10_000.0 / (rate * secs) as f64;
+    for delay_ms in [0, 1, 5] {
+        let dir = root.path().join(format!("paced-{delay_ms}"));
+        let j_cpu = paced(Some(&dir), Duration::from_millis(delay_ms), rate, secs);
+        println!(
+            "paced {rate} events/s for {secs} s, write_delay {delay_ms} ms, CPU per 10k events: baseline {:.1} ms, journal {:.1} ms (+{:.1} ms)",
+            per10k(base_cpu),
+            per10k(j_cpu),
+            per10k(j_cpu) - per10k(base_cpu)
+        );
+    }
 
     // Reopen (recovery scan + index rebuild) and read back the last round's journal.
     let dir = root.path().join(format!("round{}", rounds - 1));

@@ -43,6 +43,9 @@ pub(crate) fn create_segment(dir: &Path, first_seq: u64) -> Result<(Active, Segm
     Ok((Active { file, path }, seg))
 }
 
+/// A gathering batch is written at once when it reaches this size.
+const GATHER_BYTES: usize = 256 << 10;
+
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     active: Active,
@@ -81,6 +84,7 @@ impl Writer {
     pub(crate) fn run(mut self) {
         let sync_interval = self.shared.opts.sync_interval;
         let retry = self.shared.opts.retry_interval.max(Duration::from_millis(10));
+        let write_delay = self.shared.opts.write_delay;
         let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
         let mut retry_at = Instant::now();
         loop {
@@ -111,6 +115,21 @@ impl Writer {
                         break;
                     }
                     inner = self.shared.wake_writer.wait_timeout(inner, wait).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                // Let a batch gather for up to `write_delay` (fewer, larger writes), unless a
+                // flush or close is waiting or the batch is already large.
+                let gather_until = Instant::now() + write_delay;
+                while !write_delay.is_zero()
+                    && !inner.closing
+                    && inner.flush_requested <= inner.flush_done
+                    && inner.failing.is_none()
+                    && inner.pending.len() < GATHER_BYTES
+                {
+                    let left = gather_until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    inner = self.shared.wake_writer.wait_timeout(inner, left).unwrap_or_else(|p| p.into_inner()).0;
                 }
                 std::mem::swap(&mut batch, &mut inner.pending);
                 let cursors_due = inner.closing

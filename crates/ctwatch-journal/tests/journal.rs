@@ -990,3 +990,28 @@ fn sigkill_restarts_lose_only_unsynced_records_and_never_reuse_a_seq() {
         kept = recs;
     }
 }
+
+#[test]
+fn write_delay_gathers_batches_and_flush_does_not_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { write_delay: Duration::from_secs(3600), ..Options::default() };
+    let j = Journal::open(dir.path(), opts).unwrap();
+    for i in 0..100 {
+        append(&j, i, "c", T0);
+    }
+    // Gathering (for an hour): nothing readable yet, and no write made.
+    assert_eq!(j.last_seq(), 0);
+    assert_eq!(j.stats().write_latency.count(), 0);
+    // A flush writes at once, in one batch.
+    j.flush().unwrap();
+    assert_eq!(j.last_seq(), 100);
+    assert_eq!(j.stats().write_latency.count(), 1);
+    assert_eq!(all(&j).len(), 100);
+    // And close writes what is gathering.
+    for i in 100..150 {
+        append(&j, i, "c", T0);
+    }
+    drop(j);
+    let j = Journal::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(all(&j).len(), 150);
+}
