@@ -1015,3 +1015,31 @@ fn write_delay_gathers_batches_and_flush_does_not_wait_for_it() {
     let j = Journal::open(dir.path(), Options::default()).unwrap();
     assert_eq!(all(&j).len(), 150);
 }
+
+#[test]
+fn a_full_backlog_refuses_appends_until_the_writer_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // The writer gathers for an hour: only a flush makes it write.
+    let opts = Options { write_delay: Duration::from_secs(3600), max_pending_bytes: 4000, ..Options::default() };
+    let j = Journal::open(dir.path(), opts).unwrap();
+    let mut accepted = 0u64;
+    let err = loop {
+        let p = payload(accepted);
+        match j.append(JournalRecordInput { time_ns: T0, container_id: "c", kind: "k", payload: &p }) {
+            Ok(s) => {
+                accepted += 1;
+                assert_eq!(s, accepted);
+            }
+            Err(e) => break e,
+        }
+        assert!(accepted < 100, "4000 bytes of backlog never filled");
+    };
+    assert!(matches!(err, JournalError::Backlog { pending_bytes } if pending_bytes <= 4000), "{err}");
+    assert!(accepted >= 5);
+    assert_eq!(j.stats().append_errors, 1);
+    j.flush().unwrap();
+    // Caught up: accepted again, and no seq was used by the refused append.
+    assert_eq!(append(&j, 0, "c", T0), accepted + 1);
+    j.flush().unwrap();
+    assert_eq!(all(&j).len() as u64, accepted + 1);
+}
