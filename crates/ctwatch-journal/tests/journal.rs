@@ -1043,3 +1043,70 @@ fn a_full_backlog_refuses_appends_until_the_writer_catches_up() {
     j.flush().unwrap();
     assert_eq!(all(&j).len() as u64, accepted + 1);
 }
+
+#[test]
+fn followers_appenders_and_retention_at_once() {
+    use ctwatch_journal::Followed;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { max_bytes: 256 << 10, segment_bytes: 16 << 10, ..Options::default() };
+    let j = Arc::new(Journal::open(dir.path(), opts).unwrap());
+    const PER_THREAD: u64 = 5000;
+    let appenders: Vec<_> = (0..2)
+        .map(|t| {
+            let j = Arc::clone(&j);
+            std::thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    append(&j, i, &format!("t{t}"), T0);
+                    if i % 1000 == 0 {
+                        j.flush().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    // A fast follower sees every seq; a slow one may be overtaken by retention and sees gaps,
+    // but never a repeat or a seq going back.
+    let followers: Vec<_> = [0u64, 3]
+        .into_iter()
+        .map(|pause_every| {
+            let j = Arc::clone(&j);
+            std::thread::spawn(move || {
+                let mut f = j.follow(0);
+                let (mut last, mut seen, mut gaps) = (0u64, 0u64, 0u64);
+                let mut expect = 1u64;
+                while last < 2 * PER_THREAD {
+                    match f.next_blocking(64, Duration::from_secs(10)).unwrap().expect("stalled") {
+                        Followed::Records(rs) => {
+                            for r in rs {
+                                // Every record is the next one, or the oldest after a gap.
+                                assert_eq!(r.seq, expect, "after {last}");
+                                last = r.seq;
+                                expect = last + 1;
+                                seen += 1;
+                            }
+                        }
+                        Followed::Gap { after_seq, oldest_seq } => {
+                            assert_eq!(after_seq, last);
+                            assert!(oldest_seq > last + 1);
+                            expect = oldest_seq;
+                            gaps += 1;
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                    if pause_every > 0 && seen % pause_every == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                (seen, gaps)
+            })
+        })
+        .collect();
+    for a in appenders {
+        a.join().unwrap();
+    }
+    let results: Vec<(u64, u64)> = followers.into_iter().map(|f| f.join().unwrap()).collect();
+    assert!(j.stats().dropped_by_retention > 0);
+    let (fast_seen, fast_gaps) = results[0];
+    assert!(fast_gaps > 0 || fast_seen == 2 * PER_THREAD);
+    assert!(results.iter().all(|&(seen, _)| seen > 0));
+}
