@@ -767,16 +767,16 @@ impl Journal {
     /// Counters and gauges for metrics.
     pub fn stats(&self) -> JournalStats {
         let c = &self.shared.counters;
-        let (pending_bytes, synced_seq, failing) = {
+        let (pending_bytes, written_seq, synced_seq, failing) = {
             let inner = self.shared.inner();
-            (inner.pending.len(), inner.synced_seq, inner.failing.is_some())
+            (inner.pending.len(), inner.written_seq, inner.synced_seq, inner.failing.is_some())
         };
         let index = self.shared.index();
         JournalStats {
             bytes: index.total_bytes,
             segments: index.segments.len(),
             oldest_seq: index.oldest_seq(),
-            newest_seq: index.newest_seq(),
+            newest_seq: written_seq,
             synced_seq,
             appended: c.appended.load(Ordering::Relaxed),
             pending_bytes,

@@ -56,7 +56,7 @@ pub struct JournalStats {
     pub segments: usize,
     /// Oldest seq kept (0 if none).
     pub oldest_seq: u64,
-    /// Newest seq readable (written to the segment file; 0 if none).
+    /// Newest seq written (readable unless retention has dropped it since; 0 if none ever).
     pub newest_seq: u64,
     /// Newest seq known to be on stable storage (fsynced).
     pub synced_seq: u64,
