@@ -144,6 +144,9 @@ pub const ARGV_UNREADABLE: u32 = 1;
 pub const ARGV_TOO_MANY: u32 = 2;
 /// `CTWATCH_ARGV_ARG_CUT`: an argument filled its [`ARGV_ARG_MAX`] bytes and may be cut.
 pub const ARGV_ARG_CUT: u32 = 4;
+/// `CTWATCH_ARGV_USER_BACKED`: the unreadable page is served by a user (a
+/// FUSE file, userfaultfd memory) or its mapping could not be looked at.
+pub const ARGV_USER_BACKED: u32 = 8;
 
 /// `struct ctwatch_exec_argv`: the value of the `argv_by_tid` map.
 #[repr(C)]
@@ -161,13 +164,15 @@ pub struct ExecArgvValue {
     pub flags: u32,
     /// Padding.
     pub _pad: u32,
+    /// The first address that could not be read, or 0.
+    pub fault_addr: u64,
     /// Bytes of each argument, NUL included (0: not read).
     pub len: [u16; ARGV_MAX_ARGS],
     /// The arguments, each NUL-terminated in its slot.
     pub args: [[u8; ARGV_ARG_MAX]; ARGV_MAX_ARGS],
 }
 
-// SAFETY: plain old data, no padding (8+8+4*4+2*64+256*64 bytes, 8-aligned).
+// SAFETY: plain old data, no padding (8+8+4*4+8+2*64+256*64 bytes, 8-aligned).
 unsafe impl aya::Pod for ExecArgvValue {}
 
 /// An exec's argv as the eBPF capture saw it at the syscall's entry.
@@ -183,6 +188,14 @@ pub struct CapturedExec {
     pub args: Vec<String>,
     /// Some argument could not be read without faulting (its page was not present).
     pub unreadable: bool,
+    /// The unreadable page is served by a user (a file on FUSE, userfaultfd
+    /// memory), or its mapping could not be looked at: reading it from
+    /// userspace may block for good. When `unreadable` without this, the
+    /// page is the kernel's to fill (a local file not yet mapped, swap) and a
+    /// reader that faults it in is safe.
+    pub user_backed: bool,
+    /// The first address that could not be read, or 0.
+    pub fault_address: u64,
     /// More than [`ARGV_MAX_ARGS`] arguments, or one of [`ARGV_ARG_MAX`] bytes or more: `args` may be cut.
     pub incomplete: bool,
 }
@@ -206,6 +219,8 @@ impl From<&ExecArgvValue> for CapturedExec {
             tgid: v.tgid,
             args,
             unreadable: v.flags & ARGV_UNREADABLE != 0,
+            user_backed: v.flags & ARGV_USER_BACKED != 0,
+            fault_address: v.fault_addr,
             incomplete: v.flags & (ARGV_TOO_MANY | ARGV_ARG_CUT) != 0,
         }
     }
@@ -388,7 +403,8 @@ mod tests {
         }
         let c = CapturedExec::from(&*v);
         assert_eq!(c.args, ["runc", "create"]);
-        assert!(c.unreadable && !c.incomplete);
+        assert!(c.unreadable && !c.user_backed && !c.incomplete);
+        assert_eq!(std::mem::size_of::<ExecArgvValue>(), 40 + 2 * ARGV_MAX_ARGS + ARGV_ARG_MAX * ARGV_MAX_ARGS);
     }
 
     #[test]

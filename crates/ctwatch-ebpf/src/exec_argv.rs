@@ -10,7 +10,8 @@
 //! at once, never waited on.
 //!
 //! What is captured: for an `execve`/`execveat` whose path is one of the
-//! watched paths (as passed to the syscall, not resolved), up to
+//! watched paths (as passed to the syscall, not resolved), and for every
+//! `execveat` of a file descriptor (`AT_EMPTY_PATH`, as `fexecve` does), up to
 //! [`ARGV_MAX_ARGS`] arguments of up to [`ARGV_ARG_MAX`] − 1 bytes each,
 //! kept by the task's TID (a bounded LRU map of 256 entries) until its next
 //! exec. More or longer arguments set [`CapturedExec::incomplete`].
@@ -43,7 +44,8 @@ pub struct ExecArgvCapture {
 
 impl ExecArgvCapture {
     /// Loads and attaches the capture for execs of `paths` (each path as
-    /// given and, when it differs, its canonical form). Paths of
+    /// given and, when it differs, its canonical form; paths under /proc,
+    /// such as `/proc/self/exe`, as given). Paths of
     /// [`EXEC_PATH_MAX`] bytes or more, and those past
     /// [`MAX_WATCHED_PATHS`], are skipped with a warning.
     pub fn load(paths: &[PathBuf]) -> Result<Self, EbpfUnavailable> {
@@ -57,7 +59,9 @@ impl ExecArgvCapture {
             BpfHashMap::try_from(ebpf.take_map("watched_paths").ok_or_else(|| missing("watched_paths"))?)
                 .map_err(|e| refused("watched paths map", &e))?;
         let mut watched = Vec::new();
-        for path in paths.iter().flat_map(|p| [Some(p.clone()), p.canonicalize().ok()]).flatten() {
+        // (/proc/self/exe is not resolved: it names whichever binary execs it.)
+        let canonical = |p: &PathBuf| if p.starts_with("/proc") { None } else { p.canonicalize().ok() };
+        for path in paths.iter().flat_map(|p| [Some(p.clone()), canonical(p)]).flatten() {
             if watched.contains(&path) {
                 continue;
             }

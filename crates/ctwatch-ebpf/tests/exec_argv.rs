@@ -67,6 +67,41 @@ fn exec_with_argv_in_an_untouched_page(sh: &Path, dir: &Path) -> u32 {
     pid as u32
 }
 
+/// Forks a child that execs `binary` by file descriptor (`execveat(fd, "", ..., AT_EMPTY_PATH)`,
+/// as `fexecve` does) with `args`; returns its PID once it has exited.
+fn exec_by_fd(binary: &Path, args: &[&str]) -> u32 {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(binary).unwrap();
+    let args: Vec<CString> = args.iter().map(|a| CString::new(*a).unwrap()).collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // On the heap: a forked child does not inherit the page table entries of
+    // read-only file mappings (a literal's page would not be present).
+    let empty = CString::new("").unwrap();
+    // SAFETY: the child only makes raw system calls on memory prepared before the fork, then execs or exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        unsafe {
+            libc::syscall(
+                libc::SYS_execveat,
+                file.as_raw_fd(),
+                empty.as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+            libc::_exit(91);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child exec'd: status {status:#x}");
+    pid as u32
+}
+
 #[test]
 fn captures_a_watched_exec_without_faulting_and_forgets_it_on_the_next_exec() {
     require_root();
@@ -82,6 +117,10 @@ fn captures_a_watched_exec_without_faulting_and_forgets_it_on_the_next_exec() {
     assert_eq!(captured.tgid, pid);
     assert!(!captured.unreadable && !captured.incomplete, "{captured:?}");
     assert_ne!(captured.argv_address, 0);
+
+    // An exec by file descriptor (fexecve) is captured whatever the file.
+    let pid = exec_by_fd(&sh, &["by-fd", "-c", "exit 0"]);
+    assert_eq!(capture.get(pid).expect("an fexecve is captured").args, ["by-fd", "-c", "exit 0"]);
 
     // An exec that is not watched is not captured.
     let other = Command::new("/bin/true").status().unwrap();
@@ -106,11 +145,13 @@ fn captures_a_watched_exec_without_faulting_and_forgets_it_on_the_next_exec() {
     assert!(captured.incomplete, "{captured:?}");
     assert_eq!(captured.args.len(), ctwatch_ebpf::exec_argv::ARGV_MAX_ARGS);
 
-    // An argv in a page the caller never touched: unreadable, reported at once (the kernel's own
-    // copy pages it in, so the exec itself succeeds).
+    // An argv in a page of a local file the caller never touched: unreadable without faulting,
+    // said at once, and known to be the kernel's to fill, not a user's (the kernel's own copy
+    // pages it in, so the exec itself succeeds).
     let pid = exec_with_argv_in_an_untouched_page(&sh, dir.path());
     let captured = capture.get(pid).expect("the exec was captured");
-    assert!(captured.unreadable, "{captured:?}");
+    assert!(captured.unreadable && !captured.user_backed, "{captured:?}");
     assert!(captured.args.is_empty(), "{captured:?}");
+    assert_ne!(captured.fault_address, 0);
     assert!(capture.captured() >= 5, "captured {}", capture.captured());
 }

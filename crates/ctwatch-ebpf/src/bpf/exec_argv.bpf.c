@@ -10,7 +10,8 @@
  * answers is reported unreadable at once, never waited on.
  *
  * Watched binaries are known by the path passed to the syscall (the hook's
- * runtime paths, filled by userspace). An exec by another path of the same
+ * runtime paths, filled by userspace), and every execveat of a file
+ * descriptor (fexecve) is captured too. An exec by another path of the same
  * file is not captured: the hook then reads the argv from /proc as before. */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -29,6 +30,32 @@ struct sys_enter_ctx {
 	__s64 syscall_nr;
 	__u64 args[6];
 };
+
+/* What is needed to tell who serves an unreadable page (CO-RE). */
+struct super_block {
+	unsigned long s_magic;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	struct super_block *i_sb;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct vm_userfaultfd_ctx {
+	void *ctx;
+} __attribute__((preserve_access_index));
+
+struct vm_area_struct {
+	struct file *vm_file;
+	struct vm_userfaultfd_ctx vm_userfaultfd_ctx;
+} __attribute__((preserve_access_index));
+
+struct task_struct;
+
+#define FUSE_SUPER_MAGIC 0x65735546
 
 /* Watched executable paths, NUL-padded (filled by userspace). */
 struct {
@@ -81,6 +108,7 @@ static long read_arg(__u64 i, void *ctx)
 	const char *p = 0;
 	if (bpf_probe_read_user(&p, sizeof(p), &c->argv[i]) != 0) {
 		v->flags |= CTWATCH_ARGV_UNREADABLE;
+		v->fault_addr = (__u64)&c->argv[i];
 		return 1;
 	}
 	if (!p)
@@ -95,6 +123,7 @@ static long read_arg(__u64 i, void *ctx)
 	if (n <= 0) {
 		v->len[at] = 0;
 		v->flags |= CTWATCH_ARGV_UNREADABLE;
+		v->fault_addr = (__u64)p;
 		return 1;
 	}
 	v->len[at] = n;
@@ -103,7 +132,26 @@ static long read_arg(__u64 i, void *ctx)
 	return 0;
 }
 
-static __always_inline int capture(const char *filename, const char *const *argv)
+/* bpf_find_vma's callback: is the mapping served by a user? */
+static long classify_vma(struct task_struct *task, struct vm_area_struct *vma, void *data)
+{
+	__u32 *flags = data;
+	struct file *file = BPF_CORE_READ(vma, vm_file);
+	if (file) {
+		if (BPF_CORE_READ(file, f_inode, i_sb, s_magic) == FUSE_SUPER_MAGIC)
+			*flags |= CTWATCH_ARGV_USER_BACKED;
+	} else if (bpf_core_field_exists(vma->vm_userfaultfd_ctx) && BPF_CORE_READ(vma, vm_userfaultfd_ctx.ctx)) {
+		*flags |= CTWATCH_ARGV_USER_BACKED;
+	}
+	return 0;
+}
+
+#define AT_EMPTY_PATH 0x1000
+
+/* Captures the exec when its path is watched, or always when `by_fd` (an
+ * execveat of a file descriptor: fexecve, as runc's re-exec of its own
+ * cloned binary does; such execs are rare). */
+static __always_inline int capture(const char *filename, const char *const *argv, int by_fd)
 {
 	__u32 zero = 0;
 	__u64 id = bpf_get_current_pid_tgid();
@@ -112,8 +160,9 @@ static __always_inline int capture(const char *filename, const char *const *argv
 	if (!s)
 		return 0;
 	__builtin_memset(s->path, 0, sizeof(s->path));
-	if (bpf_probe_read_user_str(s->path, sizeof(s->path), filename) <= 0 ||
-	    !bpf_map_lookup_elem(&watched_paths, s->path)) {
+	long n = bpf_probe_read_user_str(s->path, sizeof(s->path), filename);
+	int watched = n > 0 && (bpf_map_lookup_elem(&watched_paths, s->path) || (by_fd && n == 1));
+	if (!watched) {
 		/* Not a watched binary (or its path is unreadable): forget what
 		 * this task's earlier execs left. */
 		bpf_map_delete_elem(&argv_by_tid, &tid);
@@ -126,10 +175,21 @@ static __always_inline int capture(const char *filename, const char *const *argv
 	v->argc = 0;
 	v->flags = 0;
 	v->_pad = 0;
+	v->fault_addr = 0;
 	__builtin_memset(v->len, 0, sizeof(v->len));
 	struct argv_ctx c = { .v = v, .argv = argv };
 	if (argv)
 		bpf_loop(CTWATCH_ARGV_MAX_ARGS + 1, read_arg, &c, 0);
+	if (v->flags & CTWATCH_ARGV_UNREADABLE) {
+		/* Who serves the page? The mapping is looked at with a trylock of
+		 * the caller's mm: when that fails (or there is no mapping), the
+		 * flag stays as it is (no mapping: the kernel's own read fails too). */
+		__u32 flags = 0;
+		long found = bpf_find_vma(bpf_get_current_task_btf(), v->fault_addr, classify_vma, &flags, 0);
+		if (found == -16 /* EBUSY */)
+			flags = CTWATCH_ARGV_USER_BACKED;
+		v->flags |= flags;
+	}
 	bpf_map_update_elem(&argv_by_tid, &tid, v, BPF_ANY);
 	__u64 *count = bpf_map_lookup_elem(&captured, &zero);
 	if (count)
@@ -141,12 +201,13 @@ static __always_inline int capture(const char *filename, const char *const *argv
 SEC("tracepoint/syscalls/sys_enter_execve")
 int ctwatch_execve(struct sys_enter_ctx *ctx)
 {
-	return capture((const char *)ctx->args[0], (const char *const *)ctx->args[1]);
+	return capture((const char *)ctx->args[0], (const char *const *)ctx->args[1], 0);
 }
 
 /* execveat(dirfd, filename, argv, envp, flags) */
 SEC("tracepoint/syscalls/sys_enter_execveat")
 int ctwatch_execveat(struct sys_enter_ctx *ctx)
 {
-	return capture((const char *)ctx->args[1], (const char *const *)ctx->args[2]);
+	return capture((const char *)ctx->args[1], (const char *const *)ctx->args[2],
+		       (ctx->args[4] & AT_EMPTY_PATH) != 0);
 }

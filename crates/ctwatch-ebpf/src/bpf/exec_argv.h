@@ -20,6 +20,10 @@ enum ctwatch_argv_flags {
 	CTWATCH_ARGV_TOO_MANY = 2,
 	/* An argument filled its CTWATCH_ARGV_ARG_MAX bytes: it may be cut. */
 	CTWATCH_ARGV_ARG_CUT = 4,
+	/* The first unreadable address is in a page a user serves: a file on a
+	 * FUSE file system, or memory registered with userfaultfd (or its
+	 * mapping could not be looked at). Reading it may block for good. */
+	CTWATCH_ARGV_USER_BACKED = 8,
 };
 
 /* Value of the map argv_by_tid, keyed by the exec'ing task's TID. */
@@ -30,6 +34,7 @@ struct ctwatch_exec_argv {
 	__u32 argc;  /* arguments present (read or not) */
 	__u32 flags; /* enum ctwatch_argv_flags */
 	__u32 _pad;
+	__u64 fault_addr; /* the first address that could not be read, or 0 */
 	__u16 len[CTWATCH_ARGV_MAX_ARGS]; /* bytes of each argument, NUL included; 0: unread */
 	char args[CTWATCH_ARGV_MAX_ARGS][CTWATCH_ARGV_ARG_MAX];
 };
