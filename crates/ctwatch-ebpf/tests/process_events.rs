@@ -176,3 +176,75 @@ fn exec_exit_kill_and_oom_kill_in_a_container_cgroup() {
     let _ = fs::remove_dir(&pin_dir);
     drop(unified_cgroup);
 }
+
+/// A bare `runc run` in a cgroup the map holds (every exec reported): runc's own execs happen
+/// before its init joins the cgroup, so the first exec there is the entrypoint's (what the agent
+/// reports as `container_start`), and its process's exit is the container's exit status.
+#[test]
+fn a_runc_containers_execs_start_with_its_entrypoint_and_its_init_exit_is_reported() {
+    assert!(nix::unistd::geteuid().is_root(), "this test loads eBPF programs: run it as root");
+    let rootfs_source = Path::new("/var/lib/ctwatch-test/rootfs");
+    assert!(rootfs_source.join("bin/sh").exists(), "scripts/setup-host.sh makes the test rootfs");
+    let name = format!("ctwatch-test-procev-runc-{}", std::process::id());
+    let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
+    let map = ContainersMap::open(&pin_dir, 1024, false, None).expect("the pinned map opens");
+    let unified = unified_root().join(&name);
+    fs::create_dir(&unified).unwrap();
+    let unified_cgroup = Cgroup(unified.clone());
+    let cgroup_id = fs::metadata(&unified).unwrap().ino();
+    let config = ProcessEventsConfig { pin_dir: pin_dir.clone(), every_exec: true, ..ProcessEventsConfig::default() };
+    let mut source = ProcessEventSource::load(&config).expect("the process events load");
+    let mut containers: BpfHashMap<MapData, u64, ContainerValue> =
+        BpfHashMap::try_from(Map::HashMap(MapData::from_pin(pin_dir.join("ctwatch_containers")).unwrap())).unwrap();
+    let value =
+        ContainerValue { handle: container_handle(&name), state: MapState::Created as u32, flags: CGROUP_IS_ROOT };
+    containers.insert(cgroup_id, value, 0).unwrap();
+
+    let bundle = tempfile::tempdir().unwrap();
+    let rootfs = bundle.path().join("rootfs");
+    fs::create_dir(&rootfs).unwrap();
+    assert!(Command::new("cp").arg("-a").arg(rootfs_source.join(".")).arg(&rootfs).status().unwrap().success());
+    assert!(Command::new("runc").args(["spec", "--bundle"]).arg(bundle.path()).status().unwrap().success());
+    let config_path = bundle.path().join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_str(&fs::read_to_string(&config_path).unwrap()).unwrap();
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", "/bin/true; exit 7"]);
+    spec["linux"]["cgroupsPath"] = format!("/{name}").into();
+    fs::write(&config_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let status = Command::new("runc")
+        .args(["run", "--bundle"])
+        .arg(bundle.path())
+        .arg(&name)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    let _ = Command::new("runc").args(["delete", "-f", &name]).status();
+    assert_eq!(status.code(), Some(7), "the container's exit status is runc's");
+
+    let mut seen = Vec::new();
+    wait_events(&mut source, cgroup_id, &mut seen, |s| {
+        s.iter().any(|e| matches!(e, ProcessEvent::Exit { exit_code, .. } if exit_status(*exit_code) == Some(7)))
+    });
+    // runc's own helpers (runc init's intermediate processes) exit in the cgroup before any exec;
+    // the first exec is the entrypoint, and the init that exits with 7 is the process that made it.
+    let execs: Vec<(u32, &str, &str)> = seen
+        .iter()
+        .filter_map(|e| match e {
+            ProcessEvent::Exec { tgid, filename, argv0, .. } => Some((*tgid, filename.as_str(), argv0.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(execs.len(), 2, "{seen:#?}");
+    let (init_pid, filename, argv0) = execs[0];
+    assert_eq!((filename, argv0), ("/bin/sh", "/bin/sh"), "{seen:#?}");
+    assert_eq!(execs[1].1, "/bin/true");
+    let code = exit_of(&seen, init_pid).expect("the init's exit");
+    assert_eq!(exit_status(code), Some(7), "{seen:#?}");
+    drop(source);
+    drop(map);
+    let _ = fs::remove_dir(&pin_dir);
+    for controller in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = fs::remove_dir(controller.path().join(&name));
+    }
+    drop(unified_cgroup);
+}
