@@ -50,6 +50,12 @@ impl ExecArgvCapture {
     /// [`MAX_WATCHED_PATHS`], are skipped with a warning.
     pub fn load(paths: &[PathBuf]) -> Result<Self, EbpfUnavailable> {
         preflight()?;
+        if in_nested_pid_namespace() {
+            // The capture is keyed by the host's TIDs; fanotify gives this namespace's.
+            return Err(EbpfUnavailable::Refused(
+                "ctwatch runs in a nested PID namespace: the eBPF argv capture's task IDs would not match".into(),
+            ));
+        }
         let btf = kernel_btf()?;
         let mut loader = EbpfLoader::new();
         loader.btf(Some(&btf));
@@ -89,7 +95,8 @@ impl ExecArgvCapture {
         &self.watched
     }
 
-    /// The argv of task `tid`'s latest exec, if it was of a watched path.
+    /// The argv of task `tid` (a TID of the initial PID namespace, which is
+    /// this process's) latest exec, if it was of a watched path.
     /// (An exec of any other path removes the task's entry in the kernel.)
     pub fn get(&self, tid: u32) -> Option<CapturedExec> {
         let value = self.argv.get(&tid, 0).ok()?;
@@ -100,6 +107,15 @@ impl ExecArgvCapture {
     pub fn captured(&self) -> u64 {
         self.captured.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
+}
+
+/// Whether this process is in a PID namespace below the initial one
+/// (`NSpid:` in its status lists more than one PID).
+fn in_nested_pid_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("NSpid:")).map(|v| v.split_whitespace().count() > 1))
+        .unwrap_or(false)
 }
 
 /// The map key of a path: its bytes, NUL-padded; `None` when too long.
@@ -125,5 +141,6 @@ mod tests {
         assert!(key[15..].iter().all(|b| *b == 0));
         assert!(path_key(Path::new(&"x".repeat(EXEC_PATH_MAX))).is_none());
         assert!(path_key(Path::new(&"x".repeat(EXEC_PATH_MAX - 1))).is_some());
+        assert!(!in_nested_pid_namespace(), "the tests run in the host's PID namespace");
     }
 }
