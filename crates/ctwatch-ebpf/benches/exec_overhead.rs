@@ -3,7 +3,8 @@
 //! capture loaded for another path (the cost every exec pays), with it
 //! capturing `/bin/true` itself (the cost a hooked runtime's exec pays), and
 //! with the process events loaded (exec/exit outside container cgroups).
-//! Rounds alternate the setups so a noisy machine weighs on all alike; the
+//! Rounds alternate the setups (each round starting with another one) so a
+//! noisy machine weighs on all alike; the
 //! result is each setup's median time per exec as a ratio to the baseline's.
 //!
 //! Run as root: `cargo bench -p ctwatch-ebpf --bench exec_overhead`
@@ -45,8 +46,10 @@ fn main() {
     let setups = ["baseline", "capture, other path", "capture, this path", "process events"];
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); setups.len()];
     spawn_many(execs / 4); // warm up
-    for _ in 0..rounds {
-        for (i, setup) in setups.iter().enumerate() {
+    for round in 0..rounds {
+        // Each round starts with another setup, so none always follows the same one.
+        for i in (0..setups.len()).map(|k| (k + round) % setups.len()) {
+            let setup = &setups[i];
             let loaded: Box<dyn std::any::Any> = match *setup {
                 "baseline" => Box::new(()),
                 "capture, other path" => {
@@ -63,6 +66,8 @@ fn main() {
                     .expect("process events"),
                 ),
             };
+            // Let the previous setup's programs and maps be freed (deferred work) first.
+            std::thread::sleep(Duration::from_millis(300));
             times[i].push(spawn_many(execs));
             drop(loaded);
         }
