@@ -27,9 +27,9 @@ use ctwatch::sources::inotify::{InotifyError, InotifySource};
 use ctwatch::sources::{scan, Origin, SourceMessage};
 use ctwatch::state_dirs::HostStateDirs;
 use ctwatch::{ContainerEvent, ContainerState, EventKind, SharedStore, Store, Tracker};
-use ctwatch_ebpf::{ContainersMap, EbpfConfig, EbpfSource, EbpfStats, DEFAULT_RING_BUFFER_BYTES};
+use ctwatch_ebpf::{ContainersMap, EbpfConfig, EbpfSource, EbpfStats, ExecArgvCapture, DEFAULT_RING_BUFFER_BYTES};
 use ctwatch_enrich::{EnrichConfig, EnrichResult, Enrichment, Gate};
-use ctwatch_hook::{Hook, HookConfig, HookError};
+use ctwatch_hook::{ArgvCapture, CapturedArgv, Hook, HookConfig, HookError};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -195,7 +195,8 @@ impl Agent {
             Source::Inotify(_) | Source::ScanOnly => None,
         };
         let hook_only = matches!(source, Source::ScanOnly);
-        let hook = start_hook(&config, hook_only, tx.clone())?;
+        let ebpf_loaded = matches!(source, Source::Ebpf(_));
+        let hook = start_hook(&config, hook_only, ebpf_loaded, tx.clone())?;
         if let Some(hook) = &hook {
             metrics.follow_hook(hook.stats());
         }
@@ -358,6 +359,8 @@ impl Pipeline {
                 denied = stats.denied.load(Ordering::Relaxed),
                 deadline_answers = stats.deadline_answers.load(Ordering::Relaxed),
                 unreadable_argv = stats.unreadable.load(Ordering::Relaxed),
+                argv_from_ebpf = stats.argv_from_ebpf.load(Ordering::Relaxed),
+                argv_from_proc = stats.argv_from_proc.load(Ordering::Relaxed),
                 "runtime hook stopping; unmarking the runtime binaries"
             );
         }
@@ -566,7 +569,12 @@ impl Pipeline {
 
 /// Starts the runtime hook when configured: a failure is an error when it is
 /// required (or the only source), else a warning and no hook.
-fn start_hook(config: &AgentConfig, hook_only: bool, tx: Sender<SourceMessage>) -> Result<Option<Hook>, AgentError> {
+fn start_hook(
+    config: &AgentConfig,
+    hook_only: bool,
+    ebpf_loaded: bool,
+    tx: Sender<SourceMessage>,
+) -> Result<Option<Hook>, AgentError> {
     let hook_config = match config.hook.clone() {
         Some(hook_config) => hook_config,
         // The hook as the only source needs no more than its defaults.
@@ -578,6 +586,7 @@ fn start_hook(config: &AgentConfig, hook_only: bool, tx: Sender<SourceMessage>) 
         hierarchy: Some(config.tree.hierarchy.clone()),
         follow_exits: hook_only,
         proc_root: config.proc_root.clone(),
+        argv_capture: if ebpf_loaded { argv_capture(&hook_config) } else { None },
         ..hook_config
     };
     match Hook::start(hook_config, tx) {
@@ -590,6 +599,35 @@ fn start_hook(config: &AgentConfig, hook_only: bool, tx: Sender<SourceMessage>) 
         Err(e) => {
             warn!("runtime hook off: {e} (pass --hook off to silence this)");
             Ok(None)
+        }
+    }
+}
+
+/// The eBPF capture of the hooked runtimes' argvs (read without faulting, so
+/// a user's FUSE page cannot hold the hook), or `None`: the hook then reads
+/// them from /proc.
+fn argv_capture(hook: &HookConfig) -> Option<ArgvCapture> {
+    let mut paths = ctwatch_hook::binaries::candidate_paths(&hook.runtime_paths, hook.replace_default_paths);
+    // runc starts `runc init` by exec'ing itself through this path.
+    paths.push(PathBuf::from("/proc/self/exe"));
+    match ExecArgvCapture::load(&paths) {
+        Ok(capture) => {
+            info!(paths = capture.watched().len(), "runtime argvs captured by eBPF");
+            let capture = Arc::new(capture);
+            Some(ArgvCapture::new(move |tid| {
+                capture.get(tid).map(|c| CapturedArgv {
+                    argv_address: c.argv_address,
+                    args: c.args,
+                    // Unverifiable only when a user serves the page (FUSE, userfaultfd):
+                    // a page the kernel fills is read from /proc instead.
+                    unreadable: c.unreadable && c.user_backed,
+                    incomplete: c.incomplete || (c.unreadable && !c.user_backed),
+                })
+            }))
+        }
+        Err(e) => {
+            warn!("runtime argvs are read from /proc: the eBPF argv capture cannot load: {e}");
+            None
         }
     }
 }
