@@ -179,12 +179,12 @@ pub struct DeviceNode {
 }
 
 /// Resource limits (`None`: unlimited).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Memory limit in bytes.
     pub memory_bytes: Option<i64>,
-    /// CPUs (quota / period), e.g. 0.5.
-    pub cpus: Option<f64>,
+    /// CPUs in thousandths (quota × 1000 / period): `--cpus 0.5` is 500.
+    pub cpu_millis: Option<u64>,
     /// CPU shares (weight), when set.
     pub cpu_shares: Option<u64>,
     /// The cpuset, when set (`0-1`).
@@ -194,7 +194,7 @@ pub struct Limits {
 }
 
 /// What a container may do, from its OCI config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityProfile {
     /// As the runtimes define `--privileged`: every capability, every device
     /// allowed by the device cgroup, no seccomp filter and no AppArmor profile.
@@ -438,8 +438,8 @@ impl SecurityProfile {
             && (apparmor.is_empty() || apparmor == "unconfined");
 
         let cpu = &linux.resources.cpu;
-        let cpus = match (cpu.quota, cpu.period) {
-            (Some(q), Some(p)) if q > 0 && p > 0 => Some(q as f64 / p as f64),
+        let cpu_millis = match (cpu.quota, cpu.period) {
+            (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).saturating_mul(1000) / p),
             _ => None,
         };
         let positive = |v: Option<i64>| v.filter(|v| *v > 0);
@@ -472,7 +472,7 @@ impl SecurityProfile {
             sysctls: linux.sysctl.clone(),
             limits: Limits {
                 memory_bytes: positive(linux.resources.memory.limit),
-                cpus,
+                cpu_millis,
                 cpu_shares: cpu.shares.filter(|s| *s > 0),
                 cpuset: cpu.cpus.clone(),
                 pids: positive(linux.resources.pids.limit),

@@ -112,7 +112,7 @@ fn each_field_from_its_oci_place() {
     assert_eq!(p.host_namespaces, ["pid", "network", "user", "cgroup", "time"]);
     assert_eq!(p.joined_namespaces["ipc"], "/proc/77/ns/ipc");
     assert_eq!(p.limits.memory_bytes, Some(64 << 20));
-    assert_eq!((p.limits.cpus, p.limits.cpu_shares, p.limits.pids), (Some(0.5), Some(512), Some(100)));
+    assert_eq!((p.limits.cpu_millis, p.limits.cpu_shares, p.limits.pids), (Some(500), Some(512), Some(100)));
     assert_eq!(p.devices[0].path, "/dev/fuse");
     let mounts: Vec<(&str, bool, bool)> =
         p.host_mounts.iter().map(|m| (m.source.as_str(), m.read_only, m.sensitive)).collect();
