@@ -29,6 +29,8 @@
 //! ```toml
 //! mode = "enforce"
 //! profile = "restricted"
+//! [scope]                     # optional: the profile applies only to containers matching all of these
+//! image = ["registry.example.com/*"]   # (the conditions of a deny rule)
 //! [exempt]                    # any one match exempts a container from the profile
 //! pod_namespace = ["kube-system"]
 //! labels = { "app" = "node-agent" }
@@ -136,6 +138,10 @@ pub struct Policy {
     /// Who the profile does not apply to.
     #[serde(default)]
     pub exempt: Exemptions,
+    /// When present, the profile applies only to containers matching all its
+    /// conditions (those of a deny rule; `name` and `reason` unused).
+    #[serde(default)]
+    pub scope: Option<Rule>,
 }
 
 /// Why a policy file could not be loaded.
@@ -184,15 +190,7 @@ impl Policy {
             if rule.name.is_empty() {
                 rule.name = format!("rule-{}", i + 1);
             }
-            let conditions = rule.image.len()
-                + rule.image_not.len()
-                + rule.digest.len()
-                + rule.digest_not.len()
-                + rule.runtime.len()
-                + rule.pod_namespace.len()
-                + rule.pod_namespace_not.len()
-                + rule.annotations.len();
-            if conditions == 0 {
+            if rule.conditions() == 0 {
                 return Err(format!("deny rule {:?} has no condition (it would deny every container)", rule.name));
             }
             if let Some(r) = rule.runtime.iter().find(|r| ctwatch::Runtime::from_name(r).is_none()) {
@@ -202,8 +200,14 @@ impl Policy {
         if let Some(r) = policy.exempt.runtime.iter().find(|r| ctwatch::Runtime::from_name(r).is_none()) {
             return Err(format!("[exempt]: unknown runtime {r:?}"));
         }
-        if policy.profile.is_none() && !policy.exempt.is_empty() {
-            return Err("[exempt] without a profile (profile = \"baseline\" or \"restricted\")".to_string());
+        if policy.profile.is_none() && (!policy.exempt.is_empty() || policy.scope.is_some()) {
+            return Err("[exempt] or [scope] without a profile (profile = \"baseline\" or \"restricted\")".to_string());
+        }
+        if let Some(scope) = &mut policy.scope {
+            scope.name = "scope".into();
+            if scope.conditions() == 0 {
+                return Err("[scope] has no condition (leave it out to check every container)".to_string());
+            }
         }
         Ok(policy)
     }
@@ -222,6 +226,9 @@ impl Policy {
             return Some(verdict(rule.name.clone(), reason));
         }
         let (level, profile) = (self.profile?, subject.security?);
+        if self.scope.as_ref().is_some_and(|scope| !scope.matches(subject)) {
+            return None;
+        }
         let c = subject.container;
         let who = ctwatch_security::Subject {
             pod_namespace: &c.pod.namespace,
@@ -263,6 +270,18 @@ impl Policy {
 }
 
 impl Rule {
+    /// How many conditions it has.
+    fn conditions(&self) -> usize {
+        self.image.len()
+            + self.image_not.len()
+            + self.digest.len()
+            + self.digest_not.len()
+            + self.runtime.len()
+            + self.pod_namespace.len()
+            + self.pod_namespace_not.len()
+            + self.annotations.len()
+    }
+
     fn matches(&self, s: Subject<'_>) -> bool {
         let c = s.container;
         let any = |patterns: &[String], value: &str| patterns.iter().any(|p| glob_match(p, value));
@@ -398,9 +417,15 @@ mod tests {
         let podman = Container { runtime: Runtime::Podman, ..container("x:1", "") };
         assert!(check(&podman, Some(&host_pid)).is_none(), "exempt runtime");
         assert!(check(&container("x:1", ""), None).is_none(), "no config: the unverifiable rule's business");
+        let scoped = Policy::parse("profile = \"baseline\"\n[scope]\nimage = [\"mine/*\"]").unwrap();
+        let check =
+            |c: &Container| scoped.check(Subject { container: c, annotations: &none, security: Some(&host_pid) });
+        assert_eq!(check(&container("mine/x:1", "")).unwrap().rule, "Host Namespaces");
+        assert!(check(&container("other/x:1", "")).is_none(), "out of scope");
         for (text, expect) in [
             ("profile = \"strict\"", "unknown variant"),
             ("[exempt]\npod_namespace = [\"a\"]", "without a profile"),
+            ("profile = \"baseline\"\n[scope]\n", "no condition"),
             ("profile = \"baseline\"\n[exempt]\nruntime = [\"rocket\"]", "unknown runtime"),
             ("profile = \"baseline\"\n[exempt]\nnamespaces = [\"a\"]", "unknown field"),
         ] {
