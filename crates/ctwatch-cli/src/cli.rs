@@ -149,7 +149,14 @@ pub struct CheckArgs {
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
 
-    /// The runtime, when the config and its path do not say (docker, containerd, podman, crio, runc).
+    /// The bundle directory as the runtime named it (default: the config's
+    /// directory). Its path tells Docker's and containerd's bundles apart, as
+    /// in the hook, e.g. `/run/containerd/io.containerd.runtime.v2.task/moby/<ID>`
+    /// for a config saved from Docker (then Docker's records give the image).
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+
+    /// The runtime, when the config and its bundle path do not say (docker, containerd, podman, crio, runc).
     #[arg(long, value_name = "NAME")]
     pub runtime: Option<String>,
 

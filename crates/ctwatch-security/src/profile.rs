@@ -83,6 +83,13 @@ pub const RUNTIME_DEFAULT_CAPABILITIES: [&str; 14] = [
 pub const NEVER_ALLOWED_BY_DEFAULT_PROFILES: [&str; 7] =
     ["add_key", "request_key", "kexec_load", "kexec_file_load", "uselib", "userfaultfd", "nfsservctl"];
 
+/// Namespace paths that are the host's own: `/proc/1/ns/*` and Docker's
+/// `--network host` sandbox, a bind mount of the host's network namespace.
+/// Other joined paths (a pod's sandbox, `--network container:X`) are
+/// reported in `joined_namespaces`: a pure function cannot tell whether they
+/// are the host's.
+pub const HOST_NAMESPACE_PATHS: [&str; 2] = ["/proc/1/ns/", "/run/docker/netns/default"];
+
 /// Namespace types, as the OCI spec names them.
 pub const NAMESPACE_TYPES: [&str; 8] = ["pid", "network", "ipc", "uts", "mount", "user", "cgroup", "time"];
 
@@ -404,7 +411,7 @@ impl SecurityProfile {
             match linux.namespaces.iter().rfind(|n| n.kind == kind) {
                 None => host_namespaces.push(kind.to_string()),
                 Some(n) if n.path.is_empty() => {}
-                Some(n) if normalize_host_path(&n.path).starts_with("/proc/1/ns/") => {
+                Some(n) if HOST_NAMESPACE_PATHS.iter().any(|h| normalize_host_path(&n.path).starts_with(h)) => {
                     host_namespaces.push(kind.to_string())
                 }
                 Some(n) => {
@@ -413,6 +420,7 @@ impl SecurityProfile {
             }
         }
         let has_userns = !host_namespaces.iter().any(|n| n == "user");
+        let host_ipc = host_namespaces.iter().any(|n| n == "ipc");
         let root_remapped =
             has_userns && linux.uid_mappings.iter().any(|m| m.container_id == 0 && m.size > 0 && m.host_id != 0);
 
@@ -421,6 +429,8 @@ impl SecurityProfile {
             .iter()
             .filter(|m| m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind"))
             .filter(|m| m.source.starts_with('/') && !is_runtime_managed(&m.source))
+            // `--ipc host`: the runtime binds the host's /dev/shm with its IPC namespace (Host Namespaces says it).
+            .filter(|m| !(host_ipc && normalize_host_path(&m.source) == "/dev/shm" && m.destination == "/dev/shm"))
             .map(|m| HostMount {
                 source: m.source.clone(),
                 destination: m.destination.clone(),

@@ -51,7 +51,10 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     let policy = args.policy.as_deref().map(Policy::load).transpose()?;
     let config = read_config(&args.config);
     let id = args.id.clone().unwrap_or_else(|| id_from_path(&args.config));
-    let bundle = args.config.parent().map(|p| p.display().to_string()).unwrap_or_default();
+    let bundle = match &args.bundle {
+        Some(b) => b.display().to_string(),
+        None => args.config.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+    };
     let call = CreateCall { command: "create".into(), id, bundle: Some(bundle.clone()), ..CreateCall::default() };
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().ok();
     let mut container = identify(&call, &bundle, config.as_ref().ok(), &IdentitySources::default(), tokio.as_ref());
