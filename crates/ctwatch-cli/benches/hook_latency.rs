@@ -58,7 +58,8 @@ fn main() {
     let n: usize = std::env::var("HOOK_N").ok().and_then(|v| v.parse().ok()).unwrap_or(50).max(BLOCK);
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.toml");
-    std::fs::write(&audit, "mode = \"audit\"\n[[deny]]\nname = \"bench\"\nimage = [\"local/ctwatch-bench-pss:*\"]\n").unwrap();
+    std::fs::write(&audit, "mode = \"audit\"\n[[deny]]\nname = \"bench\"\nimage = [\"local/ctwatch-bench-pss:*\"]\n")
+        .unwrap();
     let enforce = dir.path().join("enforce.toml");
     std::fs::write(&enforce, "mode = \"enforce\"\n[[deny]]\nname = \"bench\"\nimage = [\"local/never-*\"]\n").unwrap();
     let restricted = dir.path().join("restricted.toml");

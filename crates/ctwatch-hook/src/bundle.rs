@@ -135,7 +135,7 @@ pub fn read_config_as(fs: &CallerFs, path: &Path) -> Result<BundleConfig, Bundle
         RecordFileError::NotAFile => BundleError::NotAFile(path.to_path_buf()),
         RecordFileError::TooLarge { size, .. } => BundleError::TooLarge { path: path.to_path_buf(), size },
     })?;
-    parse_config(text.as_slice()).map_err(|e| parse_error(path, e))
+    Config::from_slice(&text).map(summarise).map_err(|e| parse_error(path, e))
 }
 
 fn summarise(spec: Config) -> BundleConfig {

@@ -226,12 +226,52 @@ pub struct Seccomp {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct SyscallRule {
-    /// `names`.
-    #[serde(deserialize_with = "nullable")]
-    pub names: Vec<String>,
+    /// Those of its `names` that are in
+    /// [`NEVER_ALLOWED_BY_DEFAULT_PROFILES`](crate::profile::NEVER_ALLOWED_BY_DEFAULT_PROFILES)
+    /// (the others are read without being kept: a default profile names ~400).
+    #[serde(rename = "names", deserialize_with = "never_allowed_names")]
+    pub never_allowed: Vec<&'static str>,
     /// `action`.
     #[serde(deserialize_with = "nullable")]
     pub action: String,
+}
+
+/// Reads a list of syscall names, keeping only the never-allowed ones, without allocating the rest.
+fn never_allowed_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<&'static str>, D::Error> {
+    struct Names;
+    impl<'de> serde::de::Visitor<'de> for Names {
+        type Value = Vec<&'static str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of syscall names")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut kept = Vec::new();
+            while let Some(Name(name)) = seq.next_element()? {
+                kept.extend(name);
+            }
+            Ok(kept)
+        }
+    }
+    struct Name(Option<&'static str>);
+    impl<'de> Deserialize<'de> for Name {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Name;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a syscall name")
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Name, E> {
+                    Ok(Name(crate::profile::NEVER_ALLOWED_BY_DEFAULT_PROFILES.iter().copied().find(|n| *n == v)))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+    d.deserialize_any(Names)
 }
 
 /// One of `linux.devices`.
@@ -335,11 +375,14 @@ impl Config {
         Ok(parsed?)
     }
 
-    /// Parses a config held in memory.
+    /// Parses a config held in memory (faster than a stream: strings are read in place).
     pub fn from_slice(bytes: &[u8]) -> Result<Config, ParseError> {
         if bytes.len() as u64 > MAX_CONFIG_BYTES {
             return Err(ParseError::TooLarge);
         }
-        Config::from_reader(bytes)
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let config = Config::deserialize(&mut de)?;
+        de.end()?;
+        Ok(config)
     }
 }

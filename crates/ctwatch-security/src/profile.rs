@@ -365,11 +365,8 @@ fn classify_seccomp(config: &Config) -> Seccomp {
             Seccomp::Custom
         };
     }
-    let allows_never_allowed = filter
-        .syscalls
-        .iter()
-        .filter(|r| r.action == "SCMP_ACT_ALLOW")
-        .any(|r| r.names.iter().any(|n| NEVER_ALLOWED_BY_DEFAULT_PROFILES.contains(&n.as_str())));
+    let allows_never_allowed =
+        filter.syscalls.iter().filter(|r| r.action == "SCMP_ACT_ALLOW").any(|r| !r.never_allowed.is_empty());
     if allows_never_allowed {
         Seccomp::Custom
     } else {
