@@ -485,3 +485,46 @@ fn enforce_restricted_and_baseline_with_an_exemption() {
     let r = docker_run_under(checked, "sec-b-notexempt", &["--pid", "host"]);
     assert_refused(&mut watch, d, &policy, r, "Host Namespaces", "host_namespaces");
 }
+
+#[test]
+fn check_is_clear_about_bad_input_and_enforce_never_passes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = ctwatch_bin();
+    let bad = dir.path().join("bad.json");
+    fs::write(&bad, "{\"process\": ").unwrap();
+    let out = output(bin.to_str().unwrap(), &["check", bad.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("ctwatch: ") && stderr.contains("not a valid OCI config") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    // Enforce: as the hook, an unreadable config breaks the `unverifiable` rule.
+    let policy = dir.path().join("p.toml");
+    fs::write(&policy, "mode = \"enforce\"\nprofile = \"baseline\"\n").unwrap();
+    let (out, code) = {
+        let o = output(bin.to_str().unwrap(), &["check", bad.to_str().unwrap(), "--policy", policy.to_str().unwrap()]);
+        (serde_json::from_slice::<Value>(&o.stdout).unwrap(), o.status.code())
+    };
+    assert_eq!(
+        (code, out["verdict"]["rule"].as_str(), out["verdict"]["denied"].as_bool()),
+        (Some(1), Some("unverifiable"), Some(true))
+    );
+    // A bad policy is an error, not an empty policy.
+    fs::write(&policy, "profile = \"strictest\"\n").unwrap();
+    let out = output(bin.to_str().unwrap(), &["check", bad.to_str().unwrap(), "--policy", policy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown variant"));
+    // Audit mode: a violation is exit 1 too, with denied false.
+    let config = dir.path().join("abc").join("config.json");
+    fs::create_dir_all(config.parent().unwrap()).unwrap();
+    fs::write(&config, r#"{"process":{"user":{"uid":0}},"linux":{"namespaces":[{"type":"mount"}]}}"#).unwrap();
+    fs::write(&policy, "profile = \"baseline\"\n").unwrap();
+    let o = output(bin.to_str().unwrap(), &["check", config.to_str().unwrap(), "--policy", policy.to_str().unwrap()]);
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(out["verdict"]["denied"], false);
+    assert_eq!(out["verdict"]["rule"], "Host Namespaces");
+    assert_eq!(out["container"]["id"], "abc", "the bundle directory names the container");
+    assert_eq!(out["privilege_class"], "elevated");
+}
