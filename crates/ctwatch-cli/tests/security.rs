@@ -528,3 +528,144 @@ fn check_is_clear_about_bad_input_and_enforce_never_passes_it() {
     assert_eq!(out["container"]["id"], "abc", "the bundle directory names the container");
     assert_eq!(out["privilege_class"], "elevated");
 }
+
+/// A CRI pod (host network, as this VM needs) with a hardened container
+/// (`securityContext`: runAsUser 1000, drop ALL, read-only root, no privilege
+/// escalation, seccomp RuntimeDefault) and a plain one, through containerd's
+/// CRI plugin as kubelet would: each field of the config containerd wrote
+/// is what the securityContext asked for, and `ctwatch check` decides as the
+/// PSS say (and exempts by pod namespace).
+#[test]
+fn a_cri_pods_security_context_gives_its_fields() {
+    use ctwatch_protos::cri::v1::{
+        security_profile::ProfileType, Capability, ContainerConfig, ContainerMetadata, CreateContainerRequest,
+        ImageSpec, Int64Value, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+        LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+        RunPodSandboxRequest, SecurityProfile,
+    };
+    require_root();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut cri = rt.block_on(common::cri::connect());
+    let name = unique("sec-pod");
+    let namespace = "ctwatch-sec-test";
+    let h = hex_id(&name);
+    let uid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+    let node_network = || NamespaceOption { network: NamespaceMode::Node as i32, ..NamespaceOption::default() };
+    let sandbox = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/kubepods/besteffort/pod{uid}"),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(node_network()),
+                ..LinuxSandboxSecurityContext::default()
+            }),
+            ..LinuxPodSandboxConfig::default()
+        }),
+        ..PodSandboxConfig::default()
+    };
+    let sandbox_id = rt
+        .block_on(
+            cri.run_pod_sandbox(RunPodSandboxRequest { config: Some(sandbox.clone()), runtime_handler: String::new() }),
+        )
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let hardened = LinuxContainerSecurityContext {
+        capabilities: Some(Capability { drop_capabilities: vec!["ALL".into()], ..Capability::default() }),
+        namespace_options: Some(node_network()),
+        run_as_user: Some(Int64Value { value: 1000 }),
+        run_as_group: Some(Int64Value { value: 1000 }),
+        readonly_rootfs: true,
+        no_new_privs: true,
+        seccomp: Some(SecurityProfile {
+            profile_type: ProfileType::RuntimeDefault as i32,
+            ..SecurityProfile::default()
+        }),
+        // What kubelet passes for procMount: Default (a CRI client that passes none gets an unmasked /proc).
+        masked_paths: ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"].map(String::from).to_vec(),
+        readonly_paths: ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            .map(String::from)
+            .to_vec(),
+        ..LinuxContainerSecurityContext::default()
+    };
+    let plain = LinuxContainerSecurityContext {
+        namespace_options: Some(node_network()),
+        ..LinuxContainerSecurityContext::default()
+    };
+    let mut ids = Vec::new();
+    for (container, context) in [("hardened", hardened), ("plain", plain)] {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata { name: container.into(), attempt: 0 }),
+            image: Some(ImageSpec { image: "docker.io/local/busybox:1".into(), ..ImageSpec::default() }),
+            command: vec!["sleep".into(), "60".into()],
+            linux: Some(LinuxContainerConfig { security_context: Some(context), ..LinuxContainerConfig::default() }),
+            ..ContainerConfig::default()
+        };
+        let id = rt
+            .block_on(cri.create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox_id.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox.clone()),
+            }))
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
+        ids.push(id);
+    }
+    // Created, not started: containerd keeps the spec it will give runc; read it back from its store
+    // (checked while the sandbox runs, as the hook does: its containers join the sandbox's namespaces by its PID).
+    let spec_of = |id: &str| -> Vec<u8> {
+        let info: Value = serde_json::from_str(&run("ctr", &["-n", "k8s.io", "containers", "info", id])).unwrap();
+        serde_json::to_vec(&info["Spec"]).unwrap()
+    };
+    let (hardened_spec, plain_spec) = (spec_of(&ids[0]), spec_of(&ids[1]));
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = check(dir.path(), &ids[0], &hardened_spec, &[]);
+    assert_eq!(out["container"]["runtime"], "containerd");
+    assert_eq!(out["container"]["pod_namespace"], namespace, "from the CRI annotations");
+    let s = &out["security"];
+    assert_eq!(
+        (s["run_as_uid"].as_u64(), s["run_as_gid"].as_u64(), s["run_as_root"].as_bool()),
+        (Some(1000), Some(1000), Some(false))
+    );
+    assert_eq!(s["capabilities_bounding"], serde_json::json!([]), "drop ALL");
+    assert_eq!(s["capabilities_dropped"].as_array().unwrap().len(), 14);
+    assert_eq!((s["read_only_rootfs"].as_bool(), s["no_new_privileges"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(s["seccomp"], "runtime_default");
+    assert!(strings(&s["host_namespaces"]).contains(&"network".to_string()), "hostNetwork pod: {s}");
+    assert!(s["joined_namespaces"]["pid"].as_str().unwrap().starts_with("/proc/"), "the sandbox's own PID namespace");
+    assert_eq!(s["proc_unmasked"], false);
+    let failed: Vec<&str> =
+        out["pss"]["restricted"].as_array().unwrap().iter().map(|v| v["check"].as_str().unwrap()).collect();
+    assert_eq!(failed, ["Host Namespaces"], "only hostNetwork keeps it from restricted");
+
+    let (out, _) = check(dir.path(), &ids[1], &plain_spec, &[]);
+    let s = &out["security"];
+    assert_eq!((s["run_as_uid"].as_u64(), s["no_new_privileges"].as_bool()), (Some(0), Some(false)));
+    assert_eq!(s["seccomp"], "unconfined", "containerd without seccomp_default: no filter");
+    assert!(strings(&s["capabilities_added"]).is_empty());
+    assert_eq!(s["proc_unmasked"], true, "no masked paths passed, none set");
+
+    // Exempt by pod namespace: allowed; not exempt: the first check named.
+    let policy = dir.path().join("pod.toml");
+    fs::write(
+        &policy,
+        format!("mode = \"enforce\"\nprofile = \"restricted\"\n[exempt]\npod_namespace = [\"{namespace}\"]\n"),
+    )
+    .unwrap();
+    let (out, code) = check(dir.path(), &ids[0], &hardened_spec, &["--policy", policy.to_str().unwrap()]);
+    assert_eq!((code, &out["verdict"]), (0, &Value::Null));
+    fs::write(&policy, "mode = \"enforce\"\nprofile = \"restricted\"\n[exempt]\npod_namespace = [\"kube-system\"]\n")
+        .unwrap();
+    let (out, code) = check(dir.path(), &ids[0], &hardened_spec, &["--policy", policy.to_str().unwrap()]);
+    assert_eq!((code, out["verdict"]["rule"].as_str()), (1, Some("Host Namespaces")));
+    rt.block_on(common::cri::remove_pod(&mut cri, &sandbox_id));
+    // Once the sandbox is gone its namespaces cannot be looked at: offline, they are only "joined".
+    let (out, _) = check(dir.path(), &ids[0], &hardened_spec, &[]);
+    assert!(!strings(&out["security"]["host_namespaces"]).contains(&"network".to_string()));
+}

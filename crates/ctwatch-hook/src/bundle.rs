@@ -165,7 +165,10 @@ fn summarise(spec: Config) -> BundleConfig {
         capabilities: spec.process.capabilities.bounding.iter().take(64).map(|c| short(c)).collect(),
         annotations,
     };
-    let security = SecurityProfile::from_config(&spec);
+    let mut security = SecurityProfile::from_config(&spec);
+    // A pod's containers join its sandbox's namespaces by path: the host's for a hostNetwork/hostPID pod.
+    security
+        .resolve_joined_namespaces(|kind, path| ctwatch_security::joins_host_namespace(Path::new("/proc"), kind, path));
     BundleConfig { summary, annotations: spec.annotations, security }
 }
 

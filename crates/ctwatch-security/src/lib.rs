@@ -28,5 +28,5 @@ pub mod pss;
 
 pub use oci::{Config, ParseError, MAX_CONFIG_BYTES};
 pub use policy::{glob_match, Exemptions, Outcome, PssPolicy, Subject};
-pub use profile::{FilterError, HostMount, Limits, PrivilegeClass, Seccomp, SecurityProfile};
+pub use profile::{joins_host_namespace, FilterError, HostMount, Limits, PrivilegeClass, Seccomp, SecurityProfile};
 pub use pss::{Level, Violation};

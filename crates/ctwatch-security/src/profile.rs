@@ -487,6 +487,22 @@ impl SecurityProfile {
         }
     }
 
+    /// Moves each joined namespace that `is_host(type, path)` says is the
+    /// host's own into `host_namespaces`. A CRI container joins its pod
+    /// sandbox's namespaces by path (`/proc/<pause PID>/ns/net`), which are
+    /// the host's for a `hostNetwork`/`hostPID`/`hostIPC` pod: only a look at
+    /// the system tells (see [`joins_host_namespace`]).
+    pub fn resolve_joined_namespaces(&mut self, is_host: impl Fn(&str, &str) -> bool) {
+        let host: Vec<String> =
+            self.joined_namespaces.iter().filter(|(k, p)| is_host(k, p)).map(|(k, _)| k.clone()).collect();
+        for kind in host {
+            self.joined_namespaces.remove(&kind);
+            self.host_namespaces.push(kind);
+        }
+        let order = |n: &String| NAMESPACE_TYPES.iter().position(|t| t == n).unwrap_or(usize::MAX);
+        self.host_namespaces.sort_by_key(order);
+    }
+
     /// Parses a `config.json` (at most [`MAX_CONFIG_BYTES`](crate::oci::MAX_CONFIG_BYTES)) and derives its profile.
     pub fn from_config_bytes(bytes: &[u8]) -> Result<SecurityProfile, ParseError> {
         Ok(SecurityProfile::from_config(&Config::from_slice(bytes)?))
@@ -538,5 +554,25 @@ impl SecurityProfile {
             }
             _ => return Err(FilterError::UnknownKey(key.to_string())),
         })
+    }
+}
+
+/// Whether the namespace file at `path` is the host's namespace of that type:
+/// the same device and inode as `<proc_root>/1/ns/<type>` (the host's
+/// init's), or, where PID 1's namespaces cannot be read (some sandboxes deny
+/// it even to root), as `<proc_root>/self/ns/<type>` (ctwatch's own: it runs
+/// in the host's namespaces). `false` when neither can be read.
+pub fn joins_host_namespace(proc_root: &std::path::Path, kind: &str, path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let file = match kind {
+        "network" => "net",
+        "mount" => "mnt",
+        other => other,
+    };
+    let host = std::fs::metadata(proc_root.join("1/ns").join(file))
+        .or_else(|_| std::fs::metadata(proc_root.join("self/ns").join(file)));
+    match (std::fs::metadata(path), host) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }

@@ -148,6 +148,25 @@ fn each_field_from_its_oci_place() {
 }
 
 #[test]
+fn joined_namespaces_that_are_the_hosts_move_to_host_namespaces() {
+    let mut c = docker();
+    c["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "network", "path": "/proc/42/ns/net"}, {"type": "pid", "path": "/proc/42/ns/pid"}]);
+    let mut p = profile(&c);
+    assert!(!p.host_namespaces.contains(&"network".to_string()));
+    p.resolve_joined_namespaces(|kind, path| kind == "network" && path == "/proc/42/ns/net");
+    assert_eq!(p.host_namespaces, ["network", "ipc", "uts", "user", "cgroup", "time"]);
+    assert_eq!(p.joined_namespaces.keys().collect::<Vec<_>>(), ["pid"]);
+    // The real check: this process's own namespace file is the host's (or PID 1's); a missing one is not.
+    let me = format!("/proc/{}/ns/net", std::process::id());
+    let proc_root = std::path::Path::new("/proc");
+    let init_net = std::fs::metadata("/proc/1/ns/net").ok();
+    if init_net.is_none() || std::fs::read_link(&me).ok() == std::fs::read_link("/proc/1/ns/net").ok() {
+        assert!(ctwatch_security::joins_host_namespace(proc_root, "network", &me));
+    }
+    assert!(!ctwatch_security::joins_host_namespace(proc_root, "network", "/proc/0/ns/net"));
+}
+
+#[test]
 fn seccomp_classes() {
     let mut c = docker();
     assert_eq!(profile(&c).seccomp, Seccomp::RuntimeDefault);
