@@ -572,10 +572,12 @@ impl Worker {
         let empty = HashMap::new();
         let annotations = config.as_ref().map_or(&empty, |c| &c.annotations);
         let policy = self.config.policy.as_ref();
-        let mut verdict = policy.and_then(|p| p.check(Subject { container: &container, annotations })).or_else(|| {
-            // Enforce never passes a config it could not check.
-            policy.zip(oci_error.as_deref()).and_then(|(p, why)| p.unverifiable(why))
-        });
+        let security = config.as_ref().map(|c| &c.security);
+        let mut verdict =
+            policy.and_then(|p| p.check(Subject { container: &container, annotations, security })).or_else(|| {
+                // Enforce never passes a config it could not check.
+                policy.zip(oci_error.as_deref()).and_then(|(p, why)| p.unverifiable(why))
+            });
         let allow = !verdict.as_ref().is_some_and(|v| v.denied);
         let first = self.first_sight(&container.id);
         let claimed = self.shared.claim(job.seq);
