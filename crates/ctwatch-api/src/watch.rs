@@ -1,0 +1,157 @@
+//! Watch as the socket serves it: messages encoded before they reach the
+//! connection, so that an event going to many clients is encoded once
+//! ([`ctwatch_agent::hub::SharedEvent::encoded`]) and each client's stream
+//! only copies its bytes into the HTTP/2 frame.
+//!
+//! [`ContainersApi`] is the containers service as served: Watch answered
+//! here with [`EncodedCodec`], every other method by the generated server.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes};
+use prost::Message;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::{Grpc, NamedService, ServerStreamingService};
+use tonic::{Request, Response, Status};
+use tonic_prost::{ProstCodec, ProstDecoder};
+
+use crate::pb;
+use crate::pb::containers_server::ContainersServer;
+use crate::server::ContainersService;
+
+/// The path of the Watch method.
+const WATCH_PATH: &str = "/ctwatch.v1.Containers/Watch";
+
+/// A Watch stream whose messages are already encoded.
+pub type EncodedWatchStream = ReceiverStream<Result<EncodedMessage, Status>>;
+
+/// One `WatchResponse`, already protobuf-encoded (the bytes shared, not copied, by clones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedMessage(Bytes);
+
+impl EncodedMessage {
+    /// Encodes `response`.
+    pub fn of(response: &pb::WatchResponse) -> Self {
+        EncodedMessage(Bytes::from(response.encode_to_vec()))
+    }
+
+    /// A message from bytes a `WatchResponse` was encoded to.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        EncodedMessage(bytes)
+    }
+
+    /// The encoded bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// The message decoded back.
+    pub fn decode(&self) -> Result<pb::WatchResponse, Status> {
+        pb::WatchResponse::decode(self.0.as_ref()).map_err(|e| Status::internal(format!("bad Watch message: {e}")))
+    }
+}
+
+/// Decodes `WatchRequest`s with prost and writes [`EncodedMessage`]s as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EncodedCodec;
+
+/// Writes an [`EncodedMessage`]'s bytes (tonic adds the gRPC frame header).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EncodedEncoder;
+
+impl Encoder for EncodedEncoder {
+    type Item = EncodedMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: EncodedMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item.0);
+        Ok(())
+    }
+}
+
+impl Codec for EncodedCodec {
+    type Encode = EncodedMessage;
+    type Decode = pb::WatchRequest;
+    type Encoder = EncodedEncoder;
+    type Decoder = ProstDecoder<pb::WatchRequest>;
+
+    fn encoder(&mut self) -> EncodedEncoder {
+        EncodedEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<pb::WatchRequest, pb::WatchRequest>::raw_decoder(BufferSettings::default())
+    }
+}
+
+/// The containers service as served on the socket: Watch with messages
+/// encoded once per event, the other methods by the generated server.
+#[derive(Clone)]
+pub struct ContainersApi {
+    service: ContainersService,
+    generated: ContainersServer<ContainersService>,
+}
+
+impl ContainersApi {
+    /// Serves `service`.
+    pub fn new(service: ContainersService) -> Self {
+        ContainersApi { generated: ContainersServer::new(service.clone()), service }
+    }
+}
+
+impl NamedService for ContainersApi {
+    const NAME: &'static str = crate::SERVICE_NAME;
+}
+
+/// Watch for [`Grpc::server_streaming`].
+struct WatchMethod(ContainersService);
+
+impl ServerStreamingService<pb::WatchRequest> for WatchMethod {
+    type Response = EncodedMessage;
+    type ResponseStream = EncodedWatchStream;
+    type Future = BoxFuture<Response<EncodedWatchStream>, Status>;
+
+    fn call(&mut self, request: Request<pb::WatchRequest>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.watch_encoded(request.into_inner()).await.map(Response::new) })
+    }
+}
+
+impl<B> Service<http::Request<B>> for ContainersApi
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != WATCH_PATH {
+            return self.generated.call(request);
+        }
+        let method = WatchMethod(self.service.clone());
+        Box::pin(async move { Ok(Grpc::new(EncodedCodec).server_streaming(method, request).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encoded_message_is_the_message_protobuf_encoded() {
+        let response =
+            pb::WatchResponse { item: Some(pb::watch_response::Item::Synced(pb::Synced { current_count: 42 })) };
+        let encoded = EncodedMessage::of(&response);
+        assert_eq!(encoded.decode().unwrap(), response);
+        assert_eq!(encoded.clone().into_bytes(), Bytes::from(response.encode_to_vec()));
+    }
+}
