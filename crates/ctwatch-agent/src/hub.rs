@@ -308,6 +308,18 @@ impl Subscription {
         self.outcome(event)
     }
 
+    /// [`Subscription::next_shared`] for a hand-written future or stream:
+    /// `Pending` (with `cx` woken later) while no event is queued.
+    pub fn poll_next_shared(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Option<Arc<SharedEvent>>, SubscriptionError>> {
+        if self.is_lagged() {
+            return std::task::Poll::Ready(self.outcome(None));
+        }
+        self.rx.poll_recv(cx).map(|event| self.outcome(event))
+    }
+
     /// [`Subscription::next`] for code outside an async runtime (it blocks the thread).
     pub fn blocking_next(&mut self) -> Result<Option<ContainerEvent>, SubscriptionError> {
         if self.is_lagged() {

@@ -11,28 +11,21 @@ use std::time::Duration;
 
 use ctwatch_agent::{DataSource, DataSourceError};
 use thiserror::Error;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use crate::convert::{self, container_message, event_message};
+use crate::convert::{self, container_message};
 use crate::pb;
 use crate::pb::containers_server::Containers;
 pub use crate::watch::{ContainersApi, EncodedMessage, EncodedWatchStream};
-
-/// How long a Watch client may leave a message unread before it is dropped.
-const STALLED_CLIENT: Duration = Duration::from_secs(10);
 
 /// How long a request waits for the scan at start before it is answered anyway.
 const SCAN_WAIT: Duration = Duration::from_secs(60);
 
 /// The most bytes one ReadFile answer carries.
 pub const MAX_READ_BYTES: usize = 1 << 20;
-
-/// Messages queued per Watch stream between the subscription and the connection.
-const STREAM_QUEUE: usize = 64;
 
 /// Why the API could not be served.
 #[derive(Debug, Error)]
@@ -217,60 +210,14 @@ impl ContainersService {
     /// Watch: the current containers, `synced`, then every event, each
     /// message already encoded. An event is encoded once for every client
     /// (the hub shares it, with its encoding); only a client's current state
-    /// and `synced` are its own.
+    /// and `synced` are its own. The stream reads the hub's queue itself, so
+    /// the connection takes every message already queued in one write.
     pub async fn watch_encoded(&self, request: pb::WatchRequest) -> Result<EncodedWatchStream, Status> {
-        use pb::watch_response::Item;
         self.scanned().await;
         let buffer = if request.buffer == 0 { self.default_buffer } else { request.buffer as usize };
-        let mut subscription = self.data_source.subscribe_bounded(buffer, self.max_bytes);
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let ds = self.data_source.clone();
-        tokio::spawn(async move {
-            let send = |item: Result<EncodedMessage, Status>| {
-                let tx = tx.clone();
-                async move { matches!(tokio::time::timeout(STALLED_CLIENT, tx.send(item)).await, Ok(Ok(()))) }
-            };
-            let current = subscription.take_current();
-            let count = if request.skip_current { 0 } else { current.len() };
-            for event in current.iter().take(count) {
-                let message = event_message(event, ds.record_cached(&event.container));
-                let response = pb::WatchResponse { item: Some(Item::Current(message)) };
-                if !send(Ok(EncodedMessage::of(&response))).await {
-                    return;
-                }
-            }
-            let synced = pb::WatchResponse { item: Some(Item::Synced(pb::Synced { current_count: count as u32 })) };
-            if !send(Ok(EncodedMessage::of(&synced))).await {
-                return;
-            }
-            loop {
-                let next = tokio::select! {
-                    _ = tx.closed() => return,
-                    next = subscription.next_shared() => next,
-                };
-                match next {
-                    Ok(Some(shared)) => {
-                        let bytes = shared.encoded(|event| {
-                            let message = event_message(event, ds.record_cached(&event.container));
-                            EncodedMessage::of(&pb::WatchResponse { item: Some(Item::Event(message)) }).into_bytes()
-                        });
-                        if !send(Ok(EncodedMessage::from_bytes(bytes))).await {
-                            debug!("a Watch client stopped reading; dropped");
-                            return;
-                        }
-                    }
-                    Ok(None) => return, // the agent is stopping
-                    Err(lagged) => {
-                        warn!("a Watch client fell behind and was dropped: {lagged}");
-                        // Let its queue go now; the status follows what is already on its way.
-                        drop(subscription);
-                        send(Err(convert::subscription_status(lagged))).await;
-                        return;
-                    }
-                }
-            }
-        });
-        self.counted("Watch", Ok(ReceiverStream::new(rx))).map(Response::into_inner)
+        let subscription = self.data_source.subscribe_bounded(buffer, self.max_bytes);
+        let stream = EncodedWatchStream::new(subscription, self.data_source.clone(), request.skip_current);
+        self.counted("Watch", Ok(stream)).map(Response::into_inner)
     }
 }
 

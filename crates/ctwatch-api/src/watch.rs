@@ -7,26 +7,91 @@
 //! here with [`EncodedCodec`], every other method by the generated server.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes};
+use ctwatch::ContainerEvent;
+use ctwatch_agent::{DataSource, Subscription};
 use prost::Message;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
 use tonic::{Request, Response, Status};
 use tonic_prost::{ProstCodec, ProstDecoder};
+use tracing::warn;
 
+use crate::convert::{self, event_message};
 use crate::pb;
 use crate::pb::containers_server::ContainersServer;
+use crate::pb::watch_response::Item;
 use crate::server::ContainersService;
 
 /// The path of the Watch method.
 const WATCH_PATH: &str = "/ctwatch.v1.Containers/Watch";
 
-/// A Watch stream whose messages are already encoded.
-pub type EncodedWatchStream = ReceiverStream<Result<EncodedMessage, Status>>;
+/// A Watch stream, its messages encoded: the current containers, `synced`,
+/// then each event as the hub shares it (encoded by the first client to
+/// send it). A client that falls behind gets RESOURCE_EXHAUSTED next, its
+/// queue let go; the stream ends when the agent stops.
+pub struct EncodedWatchStream {
+    current: std::vec::IntoIter<ContainerEvent>,
+    /// `synced` with the count of current containers, until sent.
+    synced: Option<u32>,
+    /// `None` once the stream has ended.
+    subscription: Option<Subscription>,
+    data_source: DataSource,
+}
+
+impl EncodedWatchStream {
+    /// The stream of `subscription` (its current state skipped if `skip_current`).
+    pub fn new(mut subscription: Subscription, data_source: DataSource, skip_current: bool) -> Self {
+        let current = if skip_current { Vec::new() } else { subscription.take_current() };
+        let synced = Some(current.len() as u32);
+        EncodedWatchStream { current: current.into_iter(), synced, subscription: Some(subscription), data_source }
+    }
+}
+
+impl Stream for EncodedWatchStream {
+    type Item = Result<EncodedMessage, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(event) = this.current.next() {
+            let message = event_message(&event, this.data_source.record_cached(&event.container));
+            return Poll::Ready(Some(Ok(EncodedMessage::of(&pb::WatchResponse {
+                item: Some(Item::Current(message)),
+            }))));
+        }
+        if let Some(current_count) = this.synced.take() {
+            let synced = pb::WatchResponse { item: Some(Item::Synced(pb::Synced { current_count })) };
+            return Poll::Ready(Some(Ok(EncodedMessage::of(&synced))));
+        }
+        let Some(subscription) = this.subscription.as_mut() else { return Poll::Ready(None) };
+        match subscription.poll_next_shared(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(shared))) => {
+                let ds = &this.data_source;
+                let bytes = shared.encoded(|event| {
+                    let message = event_message(event, ds.record_cached(&event.container));
+                    EncodedMessage::of(&pb::WatchResponse { item: Some(Item::Event(message)) }).into_bytes()
+                });
+                Poll::Ready(Some(Ok(EncodedMessage(bytes))))
+            }
+            Poll::Ready(Ok(None)) => {
+                this.subscription = None; // the agent is stopping
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(lagged)) => {
+                warn!("a Watch client fell behind and was dropped: {lagged}");
+                // Its queue goes now; the status follows what is already on its way.
+                this.subscription = None;
+                Poll::Ready(Some(Err(convert::subscription_status(lagged))))
+            }
+        }
+    }
+}
 
 /// One `WatchResponse`, already protobuf-encoded (the bytes shared, not copied, by clones).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -80,12 +80,17 @@ fn main() {
 
     println!("Watch fan-out: {n} containers made and removed ({} events) as fast as one thread can", 2 * n);
     for clients in [1usize, 10, 100] {
+        let (agent_before, clients_before) = (cpu(serve.0.id()), cpu(std::process::id()));
         let (took, lat, lost) = rt.block_on(fan_out(&socket, &parent, n, clients));
+        let (agent, own) = (cpu(serve.0.id()) - agent_before, cpu(std::process::id()) - clients_before);
         println!(
-            "  {clients:>3} clients: churn {:>7.0} ops/s, delivery p50 {:>8.1} µs p99 {:>9.1} µs, lost {lost}",
+            "  {clients:>3} clients: churn {:>7.0} ops/s, delivery p50 {:>8.1} µs p99 {:>9.1} µs, lost {lost}; \
+             CPU: agent {:.0} ms, clients {:.0} ms",
             (2 * n) as f64 / took.as_secs_f64(),
             pct(&lat, 50.0),
-            pct(&lat, 99.0)
+            pct(&lat, 99.0),
+            agent * 1e3,
+            own * 1e3,
         );
     }
 
@@ -182,6 +187,15 @@ impl Drop for Serve {
     }
 }
 
+/// User + system CPU seconds of a process so far (all its threads).
+fn cpu(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 /// The agent's resident set, in bytes.
 fn rss(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -196,27 +210,32 @@ fn rss(pid: u32) -> u64 {
 /// looked up once by ID and listed, so the store and every cache hold them.
 async fn memory_per_container(socket: &Path, parent: &Path, pid: u32, n: usize) -> f64 {
     let mut client = ctwatch_api::client::connect(socket).await.unwrap();
-    let live = |c: &mut ctwatch_api::pb::containers_client::ContainersClient<_>| {
-        let mut c = c.clone();
-        async move { c.list(pb::ListRequest::default()).await.unwrap().into_inner().containers.len() }
+    let prefix = format!("{:064x}", 0x3e3_0000_0000u64)[..52].to_string();
+    // How many of the bench's containers the agent lists.
+    let mine = |c: &mut ctwatch_api::pb::containers_client::ContainersClient<_>| {
+        let (mut c, prefix) = (c.clone(), prefix.clone());
+        async move {
+            let listed = c.list(pb::ListRequest::default()).await.unwrap().into_inner().containers;
+            listed.iter().filter(|c| c.container_id.starts_with(&prefix)).count()
+        }
     };
-    let base_count = live(&mut client).await;
     // Warm up the paths the measured run takes, so their one-off allocations are not counted.
     let _ = client.get(pb::GetRequest { id: "0".repeat(64) }).await;
+    let _ = mine(&mut client).await;
     let before = rss(pid);
     let ids: Vec<String> = (0..n).map(|i| format!("{:064x}", 0x3e3_0000_0000u64 + i as u64)).collect();
     let dirs: Vec<PathBuf> = ids.iter().map(|id| parent.join(format!("docker/{id}"))).collect();
     let made = dirs.clone();
     tokio::task::spawn_blocking(move || made.iter().for_each(|d| fs::create_dir(d).unwrap())).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while live(&mut client).await < base_count + n && Instant::now() < deadline {
+    while mine(&mut client).await < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for id in &ids {
         client.get(pb::GetRequest { id: id.clone() }).await.unwrap();
     }
-    let listed = live(&mut client).await;
-    assert!(listed >= base_count + n, "the agent tracks {listed} containers, not {}", base_count + n);
+    let listed = mine(&mut client).await;
+    assert_eq!(listed, n, "the agent lists {listed} of the bench's {n} containers");
     let after = rss(pid);
     tokio::task::spawn_blocking(move || dirs.iter().for_each(|d| fs::remove_dir(d).unwrap())).await.unwrap();
     after.saturating_sub(before) as f64 / n as f64
