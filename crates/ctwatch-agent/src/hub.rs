@@ -342,6 +342,11 @@ impl Subscription {
         Some(event)
     }
 
+    /// How many events are queued for this subscriber, not yet taken.
+    pub fn queued(&self) -> usize {
+        self.rx.len()
+    }
+
     /// True once the subscriber has been dropped for falling behind.
     pub fn is_lagged(&self) -> bool {
         self.shared.lagged.load(Ordering::Acquire)

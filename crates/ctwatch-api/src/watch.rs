@@ -8,7 +8,10 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes};
 use ctwatch::ContainerEvent;
@@ -20,7 +23,7 @@ use tonic::codegen::{http, BoxFuture, Service};
 use tonic::server::{Grpc, NamedService, ServerStreamingService};
 use tonic::{Request, Response, Status};
 use tonic_prost::{ProstCodec, ProstDecoder};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::convert::{self, event_message};
 use crate::pb;
@@ -31,25 +34,60 @@ use crate::server::ContainersService;
 /// The path of the Watch method.
 const WATCH_PATH: &str = "/ctwatch.v1.Containers/Watch";
 
+/// How long a Watch client may leave its queued events unread before it is
+/// dropped (its queue let go at once, its stream ended).
+pub const STALLED_CLIENT: Duration = Duration::from_secs(10);
+
 /// A Watch stream, its messages encoded: the current containers, `synced`,
 /// then each event as the hub shares it (encoded by the first client to
 /// send it). A client that falls behind gets RESOURCE_EXHAUSTED next, its
-/// queue let go; the stream ends when the agent stops.
+/// queue let go; one that leaves queued events unread for
+/// [`STALLED_CLIENT`] is dropped (a watchdog task lets its queue go and the
+/// stream ends); the stream ends when the agent stops.
 pub struct EncodedWatchStream {
     current: std::vec::IntoIter<ContainerEvent>,
     /// `synced` with the count of current containers, until sent.
     synced: Option<u32>,
-    /// `None` once the stream has ended.
-    subscription: Option<Subscription>,
+    /// `None` once the stream has ended (or the watchdog dropped the client).
+    subscription: Arc<Mutex<Option<Subscription>>>,
+    /// Messages taken so far: the watchdog's sign of progress.
+    taken: Arc<AtomicU64>,
     data_source: DataSource,
 }
 
 impl EncodedWatchStream {
-    /// The stream of `subscription` (its current state skipped if `skip_current`).
+    /// The stream of `subscription` (its current state skipped if
+    /// `skip_current`), with its watchdog (so: inside a tokio runtime).
     pub fn new(mut subscription: Subscription, data_source: DataSource, skip_current: bool) -> Self {
         let current = if skip_current { Vec::new() } else { subscription.take_current() };
         let synced = Some(current.len() as u32);
-        EncodedWatchStream { current: current.into_iter(), synced, subscription: Some(subscription), data_source }
+        let subscription = Arc::new(Mutex::new(Some(subscription)));
+        let taken = Arc::new(AtomicU64::new(0));
+        tokio::spawn(watchdog(Arc::downgrade(&subscription), taken.clone(), STALLED_CLIENT));
+        EncodedWatchStream { current: current.into_iter(), synced, subscription, taken, data_source }
+    }
+}
+
+fn lock(subscription: &Mutex<Option<Subscription>>) -> MutexGuard<'_, Option<Subscription>> {
+    subscription.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drops the subscription of a client that took nothing for `stalled` while
+/// events were queued for it; ends with the stream.
+async fn watchdog(subscription: Weak<Mutex<Option<Subscription>>>, taken: Arc<AtomicU64>, stalled: Duration) {
+    let mut seen = taken.load(Ordering::Acquire);
+    loop {
+        tokio::time::sleep(stalled).await;
+        let Some(subscription) = subscription.upgrade() else { return };
+        let mut guard = lock(&subscription);
+        let Some(queued) = guard.as_ref().map(Subscription::queued) else { return };
+        let now = taken.load(Ordering::Acquire);
+        if now == seen && queued > 0 {
+            debug!(queued, "a Watch client stopped reading; dropped");
+            *guard = None;
+            return;
+        }
+        seen = now;
     }
 }
 
@@ -59,19 +97,24 @@ impl Stream for EncodedWatchStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if let Some(event) = this.current.next() {
+            this.taken.fetch_add(1, Ordering::Release);
             let message = event_message(&event, this.data_source.record_cached(&event.container));
             return Poll::Ready(Some(Ok(EncodedMessage::of(&pb::WatchResponse {
                 item: Some(Item::Current(message)),
             }))));
         }
         if let Some(current_count) = this.synced.take() {
+            this.taken.fetch_add(1, Ordering::Release);
             let synced = pb::WatchResponse { item: Some(Item::Synced(pb::Synced { current_count })) };
             return Poll::Ready(Some(Ok(EncodedMessage::of(&synced))));
         }
-        let Some(subscription) = this.subscription.as_mut() else { return Poll::Ready(None) };
+        let mut guard = lock(&this.subscription);
+        let Some(subscription) = guard.as_mut() else { return Poll::Ready(None) };
         match subscription.poll_next_shared(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(Some(shared))) => {
+                drop(guard);
+                this.taken.fetch_add(1, Ordering::Release);
                 let ds = &this.data_source;
                 let bytes = shared.encoded(|event| {
                     let message = event_message(event, ds.record_cached(&event.container));
@@ -80,13 +123,13 @@ impl Stream for EncodedWatchStream {
                 Poll::Ready(Some(Ok(EncodedMessage(bytes))))
             }
             Poll::Ready(Ok(None)) => {
-                this.subscription = None; // the agent is stopping
+                *guard = None; // the agent is stopping
                 Poll::Ready(None)
             }
             Poll::Ready(Err(lagged)) => {
                 warn!("a Watch client fell behind and was dropped: {lagged}");
                 // Its queue goes now; the status follows what is already on its way.
-                this.subscription = None;
+                *guard = None;
                 Poll::Ready(Some(Err(convert::subscription_status(lagged))))
             }
         }
@@ -209,7 +252,58 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
+    use ctwatch::{Container, EventKind, Runtime};
+    use ctwatch_agent::hub::Hub;
+    use ctwatch_agent::Metrics;
+
     use super::*;
+
+    fn event(i: u64) -> ContainerEvent {
+        ContainerEvent {
+            time: SystemTime::now(),
+            kind: EventKind::ContainerCreate,
+            cgroup_id: i,
+            container: Arc::new(Container::new(format!("{i:064x}"), Runtime::Docker)),
+            kernel_time: None,
+            enriched: None,
+            hook: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_drops_a_client_that_leaves_its_queue_unread_and_only_that_one() {
+        let stalled = Duration::from_millis(50);
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let idle = Arc::new(Mutex::new(Some(hub.subscribe(16))));
+        let reading = Arc::new(Mutex::new(Some(hub.subscribe(16))));
+        let stuck = Arc::new(Mutex::new(Some(hub.subscribe(16))));
+        let reading_taken = Arc::new(AtomicU64::new(0));
+        let watchdogs = [
+            tokio::spawn(watchdog(Arc::downgrade(&stuck), Arc::new(AtomicU64::new(0)), stalled)),
+            tokio::spawn(watchdog(Arc::downgrade(&reading), reading_taken.clone(), stalled)),
+            tokio::spawn(watchdog(Arc::downgrade(&idle), Arc::new(AtomicU64::new(0)), stalled)),
+        ];
+        // Nothing queued for `idle` (its events are taken at once); `reading` takes one
+        // event per period, leaving the rest queued; `stuck` takes none.
+        for i in 0..6 {
+            hub.publish(&[event(i), event(100 + i)]);
+            while lock(&idle).as_mut().is_some_and(|s| s.try_next().is_some()) {}
+            if lock(&reading).as_mut().is_some_and(|s| s.try_next().is_some()) {
+                reading_taken.fetch_add(1, Ordering::Release);
+            }
+            tokio::time::sleep(stalled / 2).await;
+        }
+        assert!(lock(&stuck).is_none(), "the client that read nothing was dropped");
+        assert!(lock(&reading).as_ref().is_some_and(|s| s.queued() > 0), "the slow reader was kept");
+        assert!(lock(&idle).is_some(), "the idle client was kept");
+        assert!(watchdogs[0].is_finished());
+        drop((idle, reading));
+        for w in watchdogs {
+            tokio::time::timeout(Duration::from_secs(5), w).await.expect("a watchdog ends with its stream").unwrap();
+        }
+    }
 
     #[test]
     fn an_encoded_message_is_the_message_protobuf_encoded() {

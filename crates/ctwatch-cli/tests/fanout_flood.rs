@@ -30,7 +30,7 @@ fn fifty_clients_flooding_lookups_lose_no_event_of_a_5000_container_churn() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let tag = std::process::id() as u64;
     let ids: Vec<String> =
-        (0..CONTAINERS).map(|i| format!("{:016x}{:048x}", tag, 0xf100d_0000u64 + i as u64)).collect();
+        (0..CONTAINERS).map(|i| format!("{:016x}{:048x}", tag, 0x000f_100d_0000_u64 + i as u64)).collect();
 
     let own_mount_ns = std::fs::metadata("/proc/self/ns/mnt").unwrap().ino();
     let stop = Arc::new(AtomicBool::new(false));
