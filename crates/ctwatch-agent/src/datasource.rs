@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use crate::hub::{Hub, Subscription, DEFAULT_SUBSCRIBER_BUFFER};
 use crate::metrics::Metrics;
-use crate::namespaces::{NamespaceCache, Namespaces};
+use crate::namespaces::{NamespaceCache, Namespaces, DEFAULT_NAMESPACE_CACHE};
 
 /// Why a lookup failed.
 #[derive(Debug, Error)]
@@ -297,7 +297,8 @@ pub struct DataSource(Arc<Inner>);
 impl DataSource {
     /// A data source over `store`, fed with events by whoever publishes to its hub.
     pub fn new(store: SharedStore, host: HostView, metrics: Arc<Metrics>) -> Self {
-        let namespaces = NamespaceCache::new(&host.proc_root, &host.hierarchy.mount_point);
+        let namespaces =
+            NamespaceCache::new(&host.proc_root, &host.hierarchy.mount_point, DEFAULT_NAMESPACE_CACHE, metrics.clone());
         DataSource(Arc::new(Inner {
             store,
             hub: Hub::new(metrics.clone()),
@@ -409,10 +410,8 @@ impl DataSource {
 
     /// The container whose processes are in mount namespace `mount_ns` (an inode number).
     pub fn get_by_mount_ns(&self, mount_ns: u64) -> Result<ContainerRecord, DataSourceError> {
-        let c = {
-            let store = self.0.store.read();
-            self.0.namespaces.container_in_mount_ns(mount_ns, &store)
-        };
+        // The cache takes the store's lock only to copy containers out: /proc is read without it.
+        let c = self.0.namespaces.container_in_mount_ns(mount_ns, &self.0.store);
         let c = c.ok_or_else(|| DataSourceError::NotFound(format!("mount namespace {mount_ns}")))?;
         Ok(self.record(&c))
     }

@@ -9,12 +9,18 @@
 //! is full is dropped (it learns why from [`Subscription::next`]) and the
 //! others go on. A subscriber that goes away is not a drop: it leaves the
 //! subscriber count at once.
+//!
+//! Each event is published once as a [`SharedEvent`]: every subscriber gets
+//! the same allocation (a reference count, not a copy), and a sink that
+//! encodes events (the gRPC Watch) encodes each one once, for all its
+//! clients, with [`SharedEvent::encoded`].
 
 use std::collections::BTreeMap;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use bytes::Bytes;
 use ctwatch::hook::HookInfo;
 use ctwatch::{Container, ContainerEvent, EventKind};
 use thiserror::Error;
@@ -63,8 +69,37 @@ struct Inner {
     closed: bool,
 }
 
+/// One published event as every subscriber receives it (shared, not copied).
+#[derive(Debug)]
+pub struct SharedEvent {
+    event: ContainerEvent,
+    /// [`approx_event_bytes`] of `event`, counted against each subscriber's byte budget.
+    size: usize,
+    /// The event's encoding, made by the first subscriber that needs it.
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    /// Wraps an event to publish.
+    pub fn new(event: ContainerEvent) -> Self {
+        SharedEvent { size: approx_event_bytes(&event), event, encoded: OnceLock::new() }
+    }
+
+    /// The event.
+    pub fn event(&self) -> &ContainerEvent {
+        &self.event
+    }
+
+    /// The event encoded by `encode`, which runs once per event whatever
+    /// the number of subscribers asking (they share its bytes). Every caller
+    /// must encode the same way: the first encoding is the one kept.
+    pub fn encoded(&self, encode: impl FnOnce(&ContainerEvent) -> Bytes) -> Bytes {
+        self.encoded.get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
 struct Slot {
-    tx: mpsc::Sender<(ContainerEvent, usize)>,
+    tx: mpsc::Sender<Arc<SharedEvent>>,
     shared: Arc<Shared>,
 }
 
@@ -82,7 +117,7 @@ struct Shared {
 /// The current containers, then every event after them.
 pub struct Subscription {
     current: Vec<ContainerEvent>,
-    rx: mpsc::Receiver<(ContainerEvent, usize)>,
+    rx: mpsc::Receiver<Arc<SharedEvent>>,
     shared: Arc<Shared>,
     buffer: usize,
     /// Counted in the subscriber gauge until dropped.
@@ -128,7 +163,7 @@ pub fn approx_event_bytes(event: &ContainerEvent) -> usize {
             + oci
             + verdict
     });
-    size_of::<(ContainerEvent, usize)>() + container + hook
+    size_of::<SharedEvent>() + container + hook
 }
 
 impl Hub {
@@ -175,15 +210,19 @@ impl Hub {
                 EventKind::ContainerPrecreate | EventKind::ContainerPolicyViolation => {}
             }
         }
-        let sizes: Vec<usize> = events.iter().map(approx_event_bytes).collect();
+        if inner.subscribers.is_empty() {
+            return;
+        }
+        let shared: Vec<Arc<SharedEvent>> = events.iter().map(|e| Arc::new(SharedEvent::new(e.clone()))).collect();
         let mut dropped = 0;
         inner.subscribers.retain(|slot| {
-            for (event, &size) in events.iter().zip(&sizes) {
+            for event in &shared {
+                let size = event.size;
                 let queued = slot.shared.queued_bytes.fetch_add(size, Ordering::AcqRel) + size;
                 let result = if queued > slot.shared.max_bytes {
-                    Err(mpsc::error::TrySendError::Full((event.clone(), size)))
+                    Err(mpsc::error::TrySendError::Full(event.clone()))
                 } else {
-                    slot.tx.try_send((event.clone(), size))
+                    slot.tx.try_send(event.clone())
                 };
                 match result {
                     Ok(()) => {}
@@ -257,6 +296,11 @@ impl Subscription {
     /// subscriber has been dropped for falling behind, the error comes at
     /// once (the events still queued are let go).
     pub async fn next(&mut self) -> Result<Option<ContainerEvent>, SubscriptionError> {
+        Ok(self.next_shared().await?.map(|e| e.event.clone()))
+    }
+
+    /// [`Subscription::next`] as the hub shares it (to encode it once for every subscriber).
+    pub async fn next_shared(&mut self) -> Result<Option<Arc<SharedEvent>>, SubscriptionError> {
         if self.is_lagged() {
             return self.outcome(None);
         }
@@ -264,21 +308,43 @@ impl Subscription {
         self.outcome(event)
     }
 
+    /// [`Subscription::next_shared`] for a hand-written future or stream:
+    /// `Pending` (with `cx` woken later) while no event is queued.
+    pub fn poll_next_shared(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Option<Arc<SharedEvent>>, SubscriptionError>> {
+        if self.is_lagged() {
+            return std::task::Poll::Ready(self.outcome(None));
+        }
+        self.rx.poll_recv(cx).map(|event| self.outcome(event))
+    }
+
     /// [`Subscription::next`] for code outside an async runtime (it blocks the thread).
     pub fn blocking_next(&mut self) -> Result<Option<ContainerEvent>, SubscriptionError> {
         if self.is_lagged() {
-            return self.outcome(None);
+            return self.outcome(None).map(|_| None);
         }
         let event = self.rx.blocking_recv();
-        self.outcome(event)
+        Ok(self.outcome(event)?.map(|e| e.event.clone()))
     }
 
     /// The next event if one is already queued (never blocks; the end of the
     /// subscription is reported by the next [`Subscription::blocking_next`]).
     pub fn try_next(&mut self) -> Option<ContainerEvent> {
-        let (event, size) = self.rx.try_recv().ok()?;
-        self.shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+        self.try_next_shared().map(|e| e.event.clone())
+    }
+
+    /// [`Subscription::try_next`] as the hub shares it.
+    pub fn try_next_shared(&mut self) -> Option<Arc<SharedEvent>> {
+        let event = self.rx.try_recv().ok()?;
+        self.shared.queued_bytes.fetch_sub(event.size, Ordering::AcqRel);
         Some(event)
+    }
+
+    /// How many events are queued for this subscriber, not yet taken.
+    pub fn queued(&self) -> usize {
+        self.rx.len()
     }
 
     /// True once the subscriber has been dropped for falling behind.
@@ -286,10 +352,10 @@ impl Subscription {
         self.shared.lagged.load(Ordering::Acquire)
     }
 
-    fn outcome(&self, event: Option<(ContainerEvent, usize)>) -> Result<Option<ContainerEvent>, SubscriptionError> {
+    fn outcome(&self, event: Option<Arc<SharedEvent>>) -> Result<Option<Arc<SharedEvent>>, SubscriptionError> {
         match event {
-            Some((event, size)) => {
-                self.shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            Some(event) => {
+                self.shared.queued_bytes.fetch_sub(event.size, Ordering::AcqRel);
                 Ok(Some(event))
             }
             None if self.is_lagged() => {
@@ -383,5 +449,27 @@ mod tests {
         assert_eq!(hub.lock().subscribers.len(), 1);
         drop(kept);
         assert_eq!(line(&metrics, "ctwatch_subscribers "), "ctwatch_subscribers 0");
+    }
+
+    #[test]
+    fn every_subscriber_gets_the_same_event_encoded_once() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let mut subs: Vec<Subscription> = (0..10).map(|_| hub.subscribe(8)).collect();
+        hub.publish(&[create(7)]);
+        let encodings = AtomicUsize::new(0);
+        let mut seen = Vec::new();
+        for sub in &mut subs {
+            let shared = sub.try_next_shared().expect("the event");
+            assert_eq!(shared.event().cgroup_id, 7);
+            let bytes = shared.encoded(|e| {
+                encodings.fetch_add(1, Ordering::Relaxed);
+                Bytes::from(e.container.id.clone())
+            });
+            seen.push((Arc::as_ptr(&shared), bytes));
+        }
+        assert_eq!(encodings.load(Ordering::Relaxed), 1, "encoded once for ten subscribers");
+        assert!(seen.iter().all(|(p, b)| *p == seen[0].0 && b == &Bytes::from(format!("{:064x}", 7))));
+        // The byte budget was given back as each took it.
+        assert!(subs.iter().all(|s| s.shared.queued_bytes.load(Ordering::Acquire) == 0));
     }
 }

@@ -85,6 +85,7 @@ pub struct Metrics {
     api_requests: Family<RequestLabels, Counter>,
     subscribers: Gauge,
     subscribers_dropped: Counter,
+    namespace_cache_evictions: Counter,
     hook_answer_seconds: Histogram,
     hook_execs: Counter,
     hook_denied: Counter,
@@ -166,6 +167,12 @@ impl Metrics {
             "Subscribers dropped because they fell too far behind",
             subscribers_dropped.clone(),
         );
+        let namespace_cache_evictions = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "namespace_cache_evictions",
+            "Containers' namespaces let go from the full namespace cache (read from /proc again when next asked)",
+            namespace_cache_evictions.clone(),
+        );
         let hook_answer_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register_with_unit(
             "hook_answer_duration",
@@ -214,6 +221,7 @@ impl Metrics {
             api_requests,
             subscribers,
             subscribers_dropped,
+            namespace_cache_evictions,
             hook_answer_seconds,
             hook_execs,
             hook_denied,
@@ -286,6 +294,11 @@ impl Metrics {
     /// A subscriber went away (hung up, was dropped, or the agent stopped).
     pub fn subscriber_left(&self) {
         self.subscribers.dec();
+    }
+
+    /// `n` containers were let go from the full namespace cache.
+    pub fn namespace_cache_evicted(&self, n: u64) {
+        self.namespace_cache_evictions.inc_by(n);
     }
 
     /// `n` subscribers were dropped for falling behind.

@@ -3,6 +3,7 @@
 //! - [`pb`]: the generated messages, client and server traits.
 //! - [`convert`]: data source records and events to and from their messages.
 //! - [`server`]: the gRPC service over a [`ctwatch_agent::DataSource`], on a unix socket or TCP.
+//! - [`watch`]: Watch served with each event encoded once for every client.
 //! - [`client`]: a client connected over a unix socket, and the standard health check.
 //! - [`metrics_endpoint`]: Prometheus text over HTTP.
 
@@ -10,6 +11,7 @@ pub mod client;
 pub mod convert;
 pub mod metrics_endpoint;
 pub mod server;
+pub mod watch;
 
 /// The code generated from the `.proto`.
 #[allow(missing_docs, clippy::all)]

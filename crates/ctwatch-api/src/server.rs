@@ -6,30 +6,26 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
 use ctwatch_agent::{DataSource, DataSourceError};
 use thiserror::Error;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use crate::convert::{self, container_message, event_message};
+use crate::convert::{self, container_message};
 use crate::pb;
-use crate::pb::containers_server::{Containers, ContainersServer};
-
-/// How long a Watch client may leave a message unread before it is dropped.
-const STALLED_CLIENT: Duration = Duration::from_secs(10);
+use crate::pb::containers_server::Containers;
+pub use crate::watch::{ContainersApi, EncodedMessage, EncodedWatchStream};
 
 /// How long a request waits for the scan at start before it is answered anyway.
 const SCAN_WAIT: Duration = Duration::from_secs(60);
 
 /// The most bytes one ReadFile answer carries.
 pub const MAX_READ_BYTES: usize = 1 << 20;
-
-/// Messages queued per Watch stream between the subscription and the connection.
-const STREAM_QUEUE: usize = 64;
 
 /// Why the API could not be served.
 #[derive(Debug, Error)]
@@ -210,6 +206,21 @@ impl ContainersService {
     }
 }
 
+impl ContainersService {
+    /// Watch: the current containers, `synced`, then every event, each
+    /// message already encoded. An event is encoded once for every client
+    /// (the hub shares it, with its encoding); only a client's current state
+    /// and `synced` are its own. The stream reads the hub's queue itself, so
+    /// the connection takes every message already queued in one write.
+    pub async fn watch_encoded(&self, request: pb::WatchRequest) -> Result<EncodedWatchStream, Status> {
+        self.scanned().await;
+        let buffer = if request.buffer == 0 { self.default_buffer } else { request.buffer as usize };
+        let subscription = self.data_source.subscribe_bounded(buffer, self.max_bytes);
+        let stream = EncodedWatchStream::new(subscription, self.data_source.clone(), request.skip_current);
+        self.counted("Watch", Ok(stream)).map(Response::into_inner)
+    }
+}
+
 #[tonic::async_trait]
 impl Containers for ContainersService {
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Container>, Status> {
@@ -263,58 +274,15 @@ impl Containers for ContainersService {
         self.counted("List", result)
     }
 
-    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
+    /// The same stream as [`ContainersService::watch_encoded`], each message
+    /// decoded back (the socket never comes here: [`ContainersApi`] sends the
+    /// encoded messages as they are).
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        self.scanned().await;
-        let request = request.into_inner();
-        let buffer = if request.buffer == 0 { self.default_buffer } else { request.buffer as usize };
-        let mut subscription = self.data_source.subscribe_bounded(buffer, self.max_bytes);
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let ds = self.data_source.clone();
-        tokio::spawn(async move {
-            use pb::watch_response::Item;
-            let send = |item: Result<pb::WatchResponse, Status>| {
-                let tx = tx.clone();
-                async move { matches!(tokio::time::timeout(STALLED_CLIENT, tx.send(item)).await, Ok(Ok(()))) }
-            };
-            let current = subscription.take_current();
-            let count = if request.skip_current { 0 } else { current.len() };
-            for event in current.iter().take(count) {
-                let message = event_message(event, ds.record_cached(&event.container));
-                if !send(Ok(pb::WatchResponse { item: Some(Item::Current(message)) })).await {
-                    return;
-                }
-            }
-            let synced = Item::Synced(pb::Synced { current_count: count as u32 });
-            if !send(Ok(pb::WatchResponse { item: Some(synced) })).await {
-                return;
-            }
-            loop {
-                let next = tokio::select! {
-                    _ = tx.closed() => return,
-                    next = subscription.next() => next,
-                };
-                match next {
-                    Ok(Some(event)) => {
-                        let message = event_message(&event, ds.record_cached(&event.container));
-                        if !send(Ok(pb::WatchResponse { item: Some(Item::Event(message)) })).await {
-                            debug!("a Watch client stopped reading; dropped");
-                            return;
-                        }
-                    }
-                    Ok(None) => return, // the agent is stopping
-                    Err(lagged) => {
-                        warn!("a Watch client fell behind and was dropped: {lagged}");
-                        // Let its queue go now; the status follows what is already on its way.
-                        drop(subscription);
-                        send(Err(convert::subscription_status(lagged))).await;
-                        return;
-                    }
-                }
-            }
-        });
-        self.counted("Watch", Ok(ReceiverStream::new(rx)))
+        let stream = self.watch_encoded(request.into_inner()).await?;
+        let decoded = stream.map(|item| item.and_then(|m| m.decode()));
+        Ok(Response::new(Box::pin(decoded)))
     }
 
     async fn resolve_path(
@@ -441,9 +409,7 @@ pub async fn serve(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let router = |service: ContainersService| {
-        tonic::transport::Server::builder()
-            .add_routes(standard.routes.clone())
-            .add_service(ContainersServer::new(service))
+        tonic::transport::Server::builder().add_routes(standard.routes.clone()).add_service(ContainersApi::new(service))
     };
     info!(socket = %path.display(), "API listening");
     let unix = router(service.clone())
