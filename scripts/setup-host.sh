@@ -66,14 +66,14 @@ if [ ! -f /etc/containerd/config.toml ] || ! grep -q 'ctwatch-test' /etc/contain
 fi
 if ! ctr version >/dev/null 2>&1; then
   log "starting containerd"
-  nohup containerd >/var/log/containerd.log 2>&1 &
+  setsid nohup containerd >/var/log/containerd.log 2>&1 &
   wait_for_socket /run/containerd/containerd.sock 30 || { log "containerd did not start"; tail /var/log/containerd.log; exit 1; }
   for _ in $(seq 50); do ctr version >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 
 if ! /usr/bin/docker version >/dev/null 2>&1; then
   log "starting dockerd"
-  nohup dockerd --containerd=/run/containerd/containerd.sock >/var/log/dockerd.log 2>&1 &
+  setsid nohup dockerd --containerd=/run/containerd/containerd.sock >/var/log/dockerd.log 2>&1 &
   for _ in $(seq 300); do /usr/bin/docker version >/dev/null 2>&1 && break; sleep 0.1; done
   /usr/bin/docker version >/dev/null 2>&1 || { log "dockerd did not start"; tail /var/log/dockerd.log; exit 1; }
 fi
@@ -88,7 +88,7 @@ if [ ! -S /run/podman/podman.sock ] || ! curl -sf --unix-socket /run/podman/podm
   log "starting the podman API service"
   mkdir -p /run/podman
   rm -f /run/podman/podman.sock
-  nohup podman --runtime runc --cgroup-manager cgroupfs system service --time=0 unix:///run/podman/podman.sock \
+  setsid nohup podman --runtime runc --cgroup-manager cgroupfs system service --time=0 unix:///run/podman/podman.sock \
     >/var/log/podman-service.log 2>&1 &
   wait_for_socket /run/podman/podman.sock 30 || log "podman service did not start (podman tests will say so)"
 fi
