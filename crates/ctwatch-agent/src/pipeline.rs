@@ -417,11 +417,17 @@ impl Pipeline {
                 out.push(event);
             }
         }
-        for event in out.iter_mut().filter(|e| e.hook.is_none()) {
-            let id = &event.container.id;
+        for event in out.iter_mut().filter(|e| e.container.hook.is_none()) {
+            let id = &event.container.id.clone();
             let same_cgroup = self.hooked_cgroup.get(id).is_none_or(|c| *c == event.cgroup_id);
-            if same_cgroup {
-                event.hook = self.hooked.get(id).cloned();
+            if let (true, Some(hook)) = (same_cgroup, self.hooked.get(id)) {
+                // Into the store (get, ls, List and Watch's current state show it) and the event.
+                let stored = self.tracker.update_container(id, event.cgroup_id, |c| c.set_hook(hook.clone()));
+                event.container = stored.unwrap_or_else(|| {
+                    let mut c = (*event.container).clone();
+                    c.set_hook(hook.clone());
+                    Arc::new(c)
+                });
             }
             if event.kind == EventKind::ContainerRemove && same_cgroup {
                 self.hooked.remove(id);
@@ -466,6 +472,8 @@ impl Pipeline {
                 self.metrics.hook_create_answered(Duration::from_micros(info.answer_us));
                 let info = Arc::new(*info);
                 let violation = info.trusted && info.verdict.is_some();
+                let mut container = container;
+                container.hook = Some(info.clone());
                 let event = ContainerEvent {
                     time,
                     kind: EventKind::ContainerPrecreate,
@@ -473,7 +481,6 @@ impl Pipeline {
                     container: Arc::new(container),
                     kernel_time: None,
                     enriched: None,
-                    hook: Some(info.clone()),
                 };
                 events.push(event.clone());
                 if violation {
@@ -491,6 +498,15 @@ impl Pipeline {
                     Arc::make_mut(info).init_pid = Some(init_pid);
                     if let Some(c) = &cgroup {
                         self.hooked_cgroup.insert(id.clone(), c.cgroup_id);
+                    }
+                    // The store's copy too, when the create went out already.
+                    let info = info.clone();
+                    let cgroup_id = cgroup.as_ref().map(|c| c.cgroup_id);
+                    let known = self.tracker.store().read().get(&id).map(|c| (c.cgroup_id, c.hook.is_some()));
+                    if let Some((stored_cgroup, true)) = known {
+                        if cgroup_id.is_none_or(|c| c == stored_cgroup) {
+                            self.tracker.update_container(&id, stored_cgroup, |c| c.set_hook(info));
+                        }
                     }
                 }
                 if let (true, Some(cgroup)) = (self.hook_only, cgroup) {
@@ -558,7 +574,6 @@ impl Pipeline {
                 container,
                 kernel_time: None,
                 enriched: Some(result.complete),
-                hook: None,
             });
         }
     }

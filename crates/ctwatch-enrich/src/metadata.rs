@@ -179,17 +179,10 @@ mod tests {
     #[test]
     fn the_daemon_that_knows_a_container_names_its_runtime() {
         let mut c = ctwatch::Container {
-            id: "x".into(),
-            runtime: Runtime::Unknown,
             cgroup_id: 1,
             cgroup_path: "/kubepods/x".into(),
             ctime_ns: 1,
-            image: String::new(),
-            image_digest: String::new(),
-            name: String::new(),
-            pod: ctwatch::PodInfo::default(),
-            labels: Default::default(),
-            state: ctwatch::ContainerState::Created,
+            ..ctwatch::Container::new("x", Runtime::Unknown)
         };
         let m = Metadata { runtime: Some(Runtime::Containerd), name: "app".into(), ..Metadata::default() };
         m.apply_to(&mut c);

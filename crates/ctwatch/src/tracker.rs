@@ -213,17 +213,12 @@ impl Ctx<'_> {
             Origin::Live => (EventKind::ContainerCreate, ContainerState::Created),
         };
         let container = self.store.insert_container(Container {
-            id: c.container_id,
-            runtime: c.runtime,
             cgroup_id: event.cgroup_id,
             cgroup_path: event.path.clone(),
             ctime_ns: event.ctime_ns,
-            image: String::new(),
-            image_digest: String::new(),
-            name: String::new(),
             pod: PodInfo { uid: c.pod_uid.unwrap_or_default(), ..PodInfo::default() },
-            labels: Default::default(),
             state,
+            ..Container::new(c.container_id, c.runtime)
         });
         for o in self.observers.iter_mut() {
             o.cgroup_added(event.cgroup_id, &event.path, &container, true);
@@ -235,7 +230,6 @@ impl Ctx<'_> {
             container,
             kernel_time: event.kernel_time,
             enriched: None,
-            hook: None,
         });
     }
 
@@ -265,7 +259,6 @@ impl Ctx<'_> {
                 container,
                 kernel_time: event.kernel_time,
                 enriched: None,
-                hook: None,
             });
         }
     }
