@@ -18,6 +18,7 @@
 //! - [`store`]: the containers data source's core.
 //! - [`event`]: the derived events and their JSON form.
 //! - [`hook`]: what the runtime hook learns before a container starts.
+//! - [`clock`]: the injected clock (grace periods and deadlines are tested without sleeping).
 //! - [`proc`]: which cgroup and namespaces a process is in, a container's init.
 //! - [`resolve`]: paths inside a container resolved without leaving its root.
 
@@ -25,6 +26,7 @@
 
 pub mod cgroupfs;
 pub mod classify;
+pub mod clock;
 pub mod container;
 pub mod event;
 pub mod hook;
@@ -36,9 +38,10 @@ pub mod state_dirs;
 pub mod store;
 pub mod tracker;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use container::{Container, ContainerState, PodInfo};
 pub use event::{ContainerEvent, EventKind};
 pub use runtime::Runtime;
 pub use store::{LookupError, Store};
-pub use tracker::CgroupObserver;
+pub use tracker::{CgroupObserver, MembershipChange};
 pub use tracker::{SharedStore, Tracker};
