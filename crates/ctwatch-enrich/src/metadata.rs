@@ -138,11 +138,7 @@ impl Metadata {
     }
 }
 
-/// An untrusted string made safe to print: at most `max` characters, control
-/// characters replaced by U+FFFD (so no terminal escapes or fake lines).
-pub fn clean(value: &str, max: usize) -> String {
-    value.chars().take(max).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
-}
+pub use ctwatch::untrusted::clean;
 
 /// `sha256:<hex>` from a digest, a repo digest (`repo@sha256:<hex>`) or an
 /// image ID; empty when it is none of these.

@@ -10,19 +10,19 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ctwatch::hook::OciSummary;
-use ctwatch_enrich::metadata::clean;
+use ctwatch::untrusted::clean;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use thiserror::Error;
 
-use ctwatch_enrich::oci_state::RecordFileError;
+use ctwatch::untrusted::RecordFileError;
 
 use crate::caller::CallerFs;
 
 /// A `config.json` larger than this is refused. Runtimes write what the
 /// user gave them (a big environment makes a big config), so this is large;
 /// the file is parsed as a stream and only the fields reported are kept.
-pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_CONFIG_BYTES: u64 = ctwatch::untrusted::MAX_RUNTIME_FILE;
 const MAX_ARGS: usize = 64;
 const MAX_STRING: usize = 512;
 const MAX_ANNOTATIONS: usize = 128;

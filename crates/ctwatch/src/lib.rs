@@ -20,6 +20,7 @@
 //! - [`hook`]: what the runtime hook learns before a container starts.
 //! - [`clock`]: the injected clock (grace periods and deadlines are tested without sleeping).
 //! - [`proc`]: which cgroup and namespaces a process is in, a container's init.
+//! - [`untrusted`]: runtime files read capped, names checked, strings cleaned.
 //! - [`resolve`]: paths inside a container resolved without leaving its root.
 
 #![warn(missing_docs)]
@@ -37,6 +38,7 @@ pub mod sources;
 pub mod state_dirs;
 pub mod store;
 pub mod tracker;
+pub mod untrusted;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use container::{Container, ContainerState, PodInfo};
