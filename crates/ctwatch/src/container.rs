@@ -11,6 +11,13 @@
 //! Where "not known (yet)" differs from "known to be empty" a field is an
 //! `Option` (the hook's findings: `None` until the runtime hook saw the
 //! create, or when it was off).
+//!
+//! Where the next fields go: start and exit (`started_at`, `finished_at`,
+//! `exit_code`, `exit_signal`, `oom_killed`, `oom_kills`, `init_pid`, the
+//! start's exe/argv0) in the lifecycle section of [`Container`], each an
+//! `Option`; the security posture as one `security: Option<...>` field next
+//! to `hook`; an event's sequence number (`seq`) on
+//! [`crate::event::ContainerEvent`], not here.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

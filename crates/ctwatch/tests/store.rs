@@ -211,3 +211,35 @@ fn a_resync_keeps_containers_whose_paths_are_not_utf8_or_deep() {
     assert_eq!(out.len(), 2, "a resync that finds them again reports nothing: {out:#?}");
     assert_eq!(store.read().live().count(), 2);
 }
+
+/// An observer that reads the store: it would deadlock if the tracker told
+/// it while holding the store's write lock.
+struct ReadsTheStore(SharedStore, std::sync::mpsc::Sender<usize>);
+
+impl ctwatch::CgroupObserver for ReadsTheStore {
+    fn cgroup_added(&mut self, _: u64, _: &str, _: &ctwatch::Container, _: bool) {
+        let _ = self.1.send(self.0.read().len());
+    }
+    fn cgroup_removed(&mut self, _: u64, _: &str) {
+        let _ = self.1.send(self.0.read().len());
+    }
+}
+
+#[test]
+fn observers_are_told_after_the_store_lock_is_released() {
+    let (mut t, store) = tracker(Duration::from_secs(5));
+    let (tx, rx) = std::sync::mpsc::channel();
+    t.add_observer(Box::new(ReadsTheStore(store.clone(), tx)));
+    let root = format!("/docker/{A}");
+    let worker = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        t.apply(&[ev(CgroupChange::Mkdir, 10, &root, 1), ev(CgroupChange::Rmdir, 10, &root, 0)], &mut out);
+        out.len()
+    });
+    // Both changes are seen, with the store already holding the container.
+    for _ in 0..2 {
+        let len = rx.recv_timeout(Duration::from_secs(10)).expect("the observer ran (no deadlock under the lock)");
+        assert_eq!(len, 1);
+    }
+    assert_eq!(worker.join().unwrap(), 2);
+}
