@@ -330,3 +330,35 @@ fn existing(candidates: &[&str]) -> Vec<PathBuf> {
 fn same_socket(a: &Path, b: &Path) -> bool {
     a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_container_is_asked_about_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        // A daemon that is down: every answer is incomplete, so it would be asked again for minutes.
+        let config = EnrichConfig {
+            deadline: Duration::from_millis(200),
+            docker_sockets: vec![dir.path().join("docker.sock")],
+            podman_sockets: Vec::new(),
+            containerd_sockets: Vec::new(),
+            cri_sockets: Vec::new(),
+            state_dirs: HostStateDirs::under(dir.path()),
+            docker_data_root: dir.path().join("docker"),
+            ..EnrichConfig::default()
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let enrichment = Enrichment::start(config, tx).unwrap();
+        let container = Container { cgroup_id: 7, ..Container::new("a".repeat(64), Runtime::Docker) };
+        enrichment.submit(&container);
+        assert_eq!(enrichment.running(), 1);
+        let first = rx.recv_timeout(Duration::from_secs(10)).expect("a first (incomplete) answer");
+        assert!(!first.complete);
+        enrichment.cancel(&container.id, 7);
+        assert_eq!(enrichment.running(), 0, "forgotten at once");
+        // The retry after RETRY_FIRST would have answered again; nothing comes.
+        assert!(rx.recv_timeout(RETRY_FIRST * 3).is_err(), "no retry after the cancel");
+    }
+}
