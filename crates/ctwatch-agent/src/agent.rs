@@ -291,6 +291,9 @@ impl Loop {
         for sink in &mut self.sinks {
             sink.close(); // the hub ends subscriptions; the map is unpinned unless kept
         }
+        // A source blocked on the full inbox is released before it is joined.
+        drop(rx);
+        drop(enriched_rx);
         drop(self.hook.take());
         if let Some(kernel) = self.kernel.take() {
             kernel.stop()?;
