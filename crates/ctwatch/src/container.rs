@@ -58,7 +58,7 @@ pub struct PodInfo {
 ///
 /// Events about a container carry the record as it was when the event was
 /// made (shared, `Arc<Container>`); the store holds the current one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Container {
     // --- identity ---
     /// The container's ID as its runtime knows it.
@@ -89,6 +89,7 @@ pub struct Container {
     /// What the runtime hook learned before the container started (bundle,
     /// OCI config, init PID, caller, policy verdict); `None` when the hook
     /// did not see its create (off, not hooked, or the container predates ctwatch).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_hook")]
     pub hook: Option<Arc<HookInfo>>,
 
     // --- lifecycle ---
@@ -96,6 +97,10 @@ pub struct Container {
     pub ctime_ns: u64,
     /// Where it is in its life.
     pub state: ContainerState,
+}
+
+fn serialize_hook<S: serde::Serializer>(hook: &Option<Arc<HookInfo>>, serializer: S) -> Result<S::Ok, S::Error> {
+    hook.as_deref().serialize(serializer)
 }
 
 impl Container {
