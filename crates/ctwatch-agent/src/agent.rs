@@ -268,7 +268,9 @@ impl Loop {
                 break;
             }
             self.through_transforms(events, &mut outputs);
-            self.tracker.tick();
+            if self.tracker.next_due().is_some_and(|due| due <= self.tracker.tracker().clock().now()) {
+                self.tracker.tick();
+            }
             for output in &outputs {
                 self.send(output.as_output());
                 if let Owned::ScanComplete = output {
