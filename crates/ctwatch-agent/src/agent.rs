@@ -271,6 +271,9 @@ impl Loop {
             if self.tracker.next_due().is_some_and(|due| due <= self.tracker.tracker().clock().now()) {
                 self.tracker.tick();
             }
+            for sink in &mut self.sinks {
+                sink.flush();
+            }
             for output in &outputs {
                 self.send(output.as_output());
                 if let Owned::ScanComplete = output {

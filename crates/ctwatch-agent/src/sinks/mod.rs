@@ -40,6 +40,9 @@ pub trait Sink: Send {
     fn name(&self) -> &'static str;
     /// Takes what the transforms let out (a sink ignores what it has no use for).
     fn take(&mut self, output: Output<'_>);
+    /// Called on every turn of the agent's loop (at least every 250 ms), to
+    /// repair what an overflow lost once the queue has room.
+    fn flush(&mut self) {}
     /// The agent is stopping: flush and end (called once, last).
     fn close(&mut self) {}
 }
