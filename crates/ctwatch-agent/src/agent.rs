@@ -126,7 +126,8 @@ impl Agent {
         // Sources.
         let (tx, rx) = crate::sources::inbox();
         let hook_only = matches!(source, KernelSource::ScanOnly);
-        let hook = crate::sources::hook::start(&config, hook_only, tx.clone())?;
+        let ebpf_loaded = matches!(source, KernelSource::Ebpf(_));
+        let hook = crate::sources::hook::start(&config, hook_only, ebpf_loaded, tx.clone())?;
         if let Some(hook) = &hook {
             metrics.follow_hook(hook.stats());
         }
@@ -290,6 +291,8 @@ impl Loop {
                 denied = stats.denied.load(Ordering::Relaxed),
                 deadline_answers = stats.deadline_answers.load(Ordering::Relaxed),
                 unreadable_argv = stats.unreadable.load(Ordering::Relaxed),
+                argv_from_ebpf = stats.argv_from_ebpf.load(Ordering::Relaxed),
+                argv_from_proc = stats.argv_from_proc.load(Ordering::Relaxed),
                 "runtime hook stopping; unmarking the runtime binaries"
             );
         }

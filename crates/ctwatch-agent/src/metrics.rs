@@ -53,6 +53,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReaderLabel {
+    reader: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: &'static str,
     code: &'static str,
@@ -92,10 +97,12 @@ pub struct Metrics {
     hook_denied: Counter,
     hook_deadline_answers: Counter,
     hook_unreadable_argv: Counter,
+    /// Runtime execs whose argv came from eBPF, and from /proc.
+    hook_argv_reads: [Counter; 2],
     /// The hook's own counters, read when the metrics are encoded.
     hook_stats: OnceLock<Arc<HookStats>>,
     /// Their values as last copied into the counters above.
-    hook_seen: Mutex<[u64; 4]>,
+    hook_seen: Mutex<[u64; 6]>,
     /// The per-kind and per-runtime series, made once (no label allocation per event).
     events_by_kind: [Counter; 6],
     containers_by_runtime: [Gauge; Runtime::ALL.len()],
@@ -202,6 +209,13 @@ impl Metrics {
             "hook_unreadable_argv",
             "Runtime execs whose arguments could not be read (answered with the default)",
         );
+        let argv_reads = Family::<ReaderLabel, Counter>::default();
+        registry.register(
+            "hook_argv_reads",
+            "Runtime execs whose arguments the hook took from the eBPF capture (reader=ebpf) or read from /proc (reader=proc)",
+            argv_reads.clone(),
+        );
+        let hook_argv_reads = ["ebpf", "proc"].map(|reader| argv_reads.get_or_create(&ReaderLabel { reader }).clone());
         let events_by_kind = KINDS.map(|k| events.get_or_create(&KindLabel { kind: k.as_str() }).clone());
         let containers_by_runtime = Runtime::ALL.map(|r| containers.get_or_create(&runtime_label(r)).clone());
         for r in Runtime::ALL {
@@ -226,8 +240,9 @@ impl Metrics {
             hook_denied,
             hook_deadline_answers,
             hook_unreadable_argv,
+            hook_argv_reads,
             hook_stats: OnceLock::new(),
-            hook_seen: Mutex::new([0; 4]),
+            hook_seen: Mutex::new([0; 6]),
             encode_lock: Mutex::new(()),
         }
     }
@@ -328,10 +343,24 @@ impl Metrics {
     /// Brings the hook counters up to the hook's own.
     fn sync_hook(&self) {
         let Some(stats) = self.hook_stats.get() else { return };
-        let now = [&stats.events, &stats.denied, &stats.deadline_answers, &stats.unreadable]
-            .map(|c| c.load(Ordering::Relaxed));
+        let now = [
+            &stats.events,
+            &stats.denied,
+            &stats.deadline_answers,
+            &stats.unreadable,
+            &stats.argv_from_ebpf,
+            &stats.argv_from_proc,
+        ]
+        .map(|c| c.load(Ordering::Relaxed));
         let mut seen = self.hook_seen.lock().unwrap_or_else(|e| e.into_inner());
-        let counters = [&self.hook_execs, &self.hook_denied, &self.hook_deadline_answers, &self.hook_unreadable_argv];
+        let counters = [
+            &self.hook_execs,
+            &self.hook_denied,
+            &self.hook_deadline_answers,
+            &self.hook_unreadable_argv,
+            &self.hook_argv_reads[0],
+            &self.hook_argv_reads[1],
+        ];
         for ((counter, now), seen) in counters.into_iter().zip(now).zip(seen.iter_mut()) {
             counter.inc_by(now.saturating_sub(*seen));
             *seen = now;
@@ -370,6 +399,8 @@ mod tests {
         stats.events.store(9, Ordering::Relaxed);
         stats.deadline_answers.store(2, Ordering::Relaxed);
         stats.unreadable.store(1, Ordering::Relaxed);
+        stats.argv_from_ebpf.store(7, Ordering::Relaxed);
+        stats.argv_from_proc.store(2, Ordering::Relaxed);
         metrics.hook_create_answered(Duration::from_micros(300));
         let text = metrics.encode(Format::Text);
         for line in [
@@ -377,6 +408,8 @@ mod tests {
             "ctwatch_hook_denied_total 1",
             "ctwatch_hook_deadline_answers_total 2",
             "ctwatch_hook_unreadable_argv_total 1",
+            "ctwatch_hook_argv_reads_total{reader=\"ebpf\"} 7",
+            "ctwatch_hook_argv_reads_total{reader=\"proc\"} 2",
             "ctwatch_hook_answer_duration_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

@@ -2,7 +2,12 @@
 //! true`, timed end to end, with no ctwatch (the baseline), with ctwatch's
 //! hook and an audit policy whose rule matches every container (so each
 //! start also makes a `container_policy_violation`), and with an enforce
-//! policy whose rule matches none (every create checked, all allowed).
+//! policy whose rule matches none (every create checked, all allowed), and
+//! with an enforce policy applying the Pod Security Standards' `restricted`
+//! profile (every create's profile derived and checked, all compliant and
+//! allowed). Every setup runs the same compliant container (`-u 1000:1000
+//! --cap-drop ALL --security-opt no-new-privileges --read-only`) from its own
+//! tag, to which the restricted profile is scoped.
 //!
 //! The three are interleaved in blocks of 10 runs so the machine's drift
 //! spreads over all of them; the hook's own time holding each runtime exec
@@ -22,7 +27,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 const DOCKER: &str = "/usr/bin/docker";
-const IMAGE: &str = "local/busybox:1";
+const BASE_IMAGE: &str = "local/busybox:1";
+const IMAGE: &str = "local/ctwatch-bench-pss:1";
 const BLOCK: usize = 10;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -30,6 +36,7 @@ enum Setup {
     NoHook,
     Audit,
     Enforce,
+    Restricted,
 }
 
 impl Setup {
@@ -38,6 +45,7 @@ impl Setup {
             Setup::NoHook => "no ctwatch (baseline)",
             Setup::Audit => "hook, audit policy (rule matches)",
             Setup::Enforce => "hook, enforce policy (no match)",
+            Setup::Restricted => "hook, enforce profile=restricted",
         }
     }
 }
@@ -50,12 +58,21 @@ fn main() {
     let n: usize = std::env::var("HOOK_N").ok().and_then(|v| v.parse().ok()).unwrap_or(50).max(BLOCK);
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.toml");
-    std::fs::write(&audit, "mode = \"audit\"\n[[deny]]\nname = \"bench\"\nimage = [\"local/busybox:*\"]\n").unwrap();
+    std::fs::write(&audit, "mode = \"audit\"\n[[deny]]\nname = \"bench\"\nimage = [\"local/ctwatch-bench-pss:*\"]\n")
+        .unwrap();
     let enforce = dir.path().join("enforce.toml");
     std::fs::write(&enforce, "mode = \"enforce\"\n[[deny]]\nname = \"bench\"\nimage = [\"local/never-*\"]\n").unwrap();
+    let restricted = dir.path().join("restricted.toml");
+    std::fs::write(
+        &restricted,
+        format!("mode = \"enforce\"\nprofile = \"restricted\"\n[scope]\nimage = [\"{IMAGE}\"]\n"),
+    )
+    .unwrap();
+    let tagged = Command::new(DOCKER).args(["tag", BASE_IMAGE, IMAGE]).status().expect("docker tag");
+    assert!(tagged.success(), "docker tag {BASE_IMAGE} {IMAGE}");
 
     docker_run(); // warm the image and the daemons
-    let setups = [Setup::NoHook, Setup::Audit, Setup::Enforce];
+    let setups = [Setup::NoHook, Setup::Audit, Setup::Enforce, Setup::Restricted];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     let mut answers: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     let mut violations = 0;
@@ -65,6 +82,7 @@ fn main() {
                 Setup::NoHook => None,
                 Setup::Audit => Some(Watcher::start(&audit)),
                 Setup::Enforce => Some(Watcher::start(&enforce)),
+                Setup::Restricted => Some(Watcher::start(&restricted)),
             };
             for _ in 0..BLOCK {
                 times[i].push(docker_run().as_secs_f64() * 1e3);
@@ -116,7 +134,8 @@ fn main() {
 fn docker_run() -> Duration {
     let start = Instant::now();
     let status = Command::new(DOCKER)
-        .args(["run", "--rm", "--network", "none", IMAGE, "true"])
+        .args(["run", "--rm", "--network", "none", "-u", "1000:1000", "--cap-drop", "ALL"])
+        .args(["--security-opt", "no-new-privileges", "--read-only", IMAGE, "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

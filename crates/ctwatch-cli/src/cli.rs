@@ -103,6 +103,13 @@ pub enum Command {
     /// is done), 1 when it answers otherwise, 2 when it cannot be reached.
     /// For readiness and liveness probes.
     Health(HealthArgs),
+    /// Evaluate an OCI bundle's config.json offline, as the hook would: print
+    /// what the container may do (its `security` profile), the Pod Security
+    /// Standards checks it fails, and the policy's verdict. Exit status 0 when
+    /// the policy has no verdict (or none is given), 1 when the container
+    /// breaks the policy (in audit mode too: `verdict.denied` says whether the
+    /// hook would refuse it), 2 on an error.
+    Check(CheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     /// to stdout, e.g. `ctwatch completions bash > /etc/bash_completion.d/ctwatch`.
     Completions(CompletionsArgs),
@@ -125,6 +132,45 @@ pub struct HealthArgs {
     /// Give up (exit 2) when no answer comes within this long.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     pub timeout: Duration,
+}
+
+/// Options of `ctwatch check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The OCI config (a bundle's `config.json`).
+    #[arg(value_name = "CONFIG.json")]
+    pub config: PathBuf,
+
+    /// The policy file the hook would use (`--policy` of `watch`/`serve`).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// The container ID (default: the bundle directory's name, as runtimes name bundles).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+
+    /// The bundle directory as the runtime named it (default: the config's
+    /// directory). Its path tells Docker's and containerd's bundles apart, as
+    /// in the hook, e.g. `/run/containerd/io.containerd.runtime.v2.task/moby/<ID>`
+    /// for a config saved from Docker (then Docker's records give the image).
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+
+    /// The runtime, when the config and its bundle path do not say (docker, containerd, podman, crio, runc).
+    #[arg(long, value_name = "NAME")]
+    pub runtime: Option<String>,
+
+    /// The image as named, when neither the annotations nor the runtime's records say.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+
+    /// The pod namespace, when the annotations do not say.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// A container label KEY=VALUE (repeatable), for label exemptions.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
 }
 
 /// Options of `ctwatch completions`.

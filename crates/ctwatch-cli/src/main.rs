@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::Pid(args) => commands::get::run_pid(args),
         Command::Resolve(args) => commands::get::run_resolve(args),
         Command::Health(args) => commands::health::run(args),
+        Command::Check(args) => commands::check::run(args),
         Command::Completions(args) => commands::docs::completions(args.shell),
         Command::Man => commands::docs::man_page(),
     };
@@ -54,7 +55,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e)
             if e.downcast_ref::<commands::NotFound>().is_some()
-                || e.downcast_ref::<commands::health::NotServing>().is_some() =>
+                || e.downcast_ref::<commands::health::NotServing>().is_some()
+                || e.downcast_ref::<commands::check::Violates>().is_some() =>
         {
             eprintln!("ctwatch: {}", one_line(&format!("{e:#}")));
             ExitCode::from(1)

@@ -379,3 +379,50 @@ fn fail_closed_denies_a_stuck_exec_and_sigkill_releases_held_execs() {
     // And the next exec of runc runs at once.
     assert!(Command::new(&runc).arg("--version").stdout(Stdio::null()).status().unwrap().success());
 }
+
+/// With eBPF loaded, the argv of a held exec comes from the in-kernel capture, which reads
+/// without faulting: the FUSE argv is unverifiable at once (no reader is forked, none is left
+/// stuck), and a normal `runc run` gets its argv from eBPF too.
+#[test]
+fn under_ebpf_a_fuse_argv_is_unverifiable_without_a_stuck_read_and_runc_argvs_come_from_ebpf() {
+    let mut attack = Attack::new("e");
+    let runc = attack.runc().to_string();
+    let mut watch = Watch::start_with(
+        "ebpf",
+        &["--hook", "on", "--no-existing", "--runtime-path", &runc, "--only-runtime-paths", "--fail-closed"],
+    );
+    assert!(watch.logged("runtime argvs captured by eBPF"), "{:#?}", watch.log.lock().unwrap());
+    let i = attack.stuck_exec(0);
+    let (code, out) = attack.wait_exec(i);
+    assert_eq!(code, Some(13), "the unverifiable exec is denied under --fail-closed: {out}");
+    let warning = watch.log.lock().unwrap().iter().find(|l| l.contains("runtime exec unverifiable")).cloned();
+    let warning = warning.expect("the exec is reported unverifiable");
+    assert!(
+        warning.contains("that a user serves (FUSE or userfaultfd; read by eBPF"),
+        "the eBPF capture said so: {warning}"
+    );
+    watch.wait_until(Duration::from_secs(10), "the unverifiable precreate", |seen| {
+        seen.iter().any(|e| e["hook"]["oci_error"].as_str().is_some_and(|w| w.contains("read by eBPF")))
+    });
+    // No reader was forked, so none is stuck.
+    let children = output("pgrep", &["-P", &watch.pid().to_string()]);
+    assert!(children.stdout.is_empty(), "no stuck reader: {}", String::from_utf8_lossy(&children.stdout));
+
+    // A normal container: its runtime's argv comes from eBPF, and it is seen before it starts.
+    let (id, dir) = bundle("ebpf-ok", |_| {});
+    let (ok, stderr) = runc_run(&runc, &id, &dir);
+    assert!(ok, "an allowed container runs: {stderr}");
+    watch.wait_for("container_precreate", &id);
+    assert_eq!(watch.event("container_precreate", &id)["hook"]["trusted"], true);
+    let log = watch.log.clone();
+    let status = watch.interrupt();
+    assert!(status.code().is_some(), "ctwatch exited on SIGINT: {status:?}");
+    let log = log.lock().unwrap();
+    let stopping = log.iter().find(|l| l.contains("runtime hook stopping")).expect("the hook's closing line");
+    let count = |field: &str| -> u64 {
+        let at = stopping.find(&format!("{field}=")).unwrap_or_else(|| panic!("{field} in {stopping}"));
+        stopping[at + field.len() + 1..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    assert!(count("argv_from_ebpf") >= 2, "the attack's exec and runc's: {stopping}");
+    assert_eq!(count("argv_from_proc"), 0, "no argv was read from /proc: {stopping}");
+}

@@ -1,5 +1,5 @@
-//! The records the eBPF programs send, and the pinned map's value: the Rust
-//! side of `src/bpf/cgroup_events.h` (keep the two in sync).
+//! The records the eBPF programs send, and the maps' values: the Rust side
+//! of `src/bpf/cgroup_events.h` and `src/bpf/exec_argv.h` (keep them in sync).
 
 use ctwatch::sources::CgroupChange;
 
@@ -41,6 +41,9 @@ pub enum RecordError {
     /// An unknown change code.
     #[error("unknown change code {0}")]
     BadChange(u32),
+    /// An unknown process event kind.
+    #[error("unknown process event kind {0}")]
+    BadKind(u32),
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -129,6 +132,186 @@ pub fn container_handle(container_id: &str) -> u64 {
     hash
 }
 
+/// `CTWATCH_ARGV_MAX_ARGS`: arguments of an exec captured at most.
+pub const ARGV_MAX_ARGS: usize = 64;
+/// `CTWATCH_ARGV_ARG_MAX`: bytes of one captured argument, its NUL included.
+pub const ARGV_ARG_MAX: usize = 256;
+/// `CTWATCH_EXEC_PATH_MAX`: the longest watched executable path, its NUL included.
+pub const EXEC_PATH_MAX: usize = 256;
+/// `CTWATCH_ARGV_UNREADABLE`: an argument could not be read without faulting.
+pub const ARGV_UNREADABLE: u32 = 1;
+/// `CTWATCH_ARGV_TOO_MANY`: more than [`ARGV_MAX_ARGS`] arguments.
+pub const ARGV_TOO_MANY: u32 = 2;
+/// `CTWATCH_ARGV_ARG_CUT`: an argument filled its [`ARGV_ARG_MAX`] bytes and may be cut.
+pub const ARGV_ARG_CUT: u32 = 4;
+/// `CTWATCH_ARGV_USER_BACKED`: the unreadable page is served by a user (a
+/// FUSE file, userfaultfd memory) or its mapping could not be looked at.
+pub const ARGV_USER_BACKED: u32 = 8;
+
+/// `struct ctwatch_exec_argv`: the value of the `argv_by_tid` map.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecArgvValue {
+    /// The argv address passed to the syscall.
+    pub argv_ptr: u64,
+    /// `bpf_ktime_get_ns()` at the syscall's entry.
+    pub ktime_ns: u64,
+    /// The exec'ing task's thread group.
+    pub tgid: u32,
+    /// Arguments present (read or not).
+    pub argc: u32,
+    /// `ARGV_*` flags.
+    pub flags: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// The first address that could not be read, or 0.
+    pub fault_addr: u64,
+    /// Bytes of each argument, NUL included (0: not read).
+    pub len: [u16; ARGV_MAX_ARGS],
+    /// The arguments, each NUL-terminated in its slot.
+    pub args: [[u8; ARGV_ARG_MAX]; ARGV_MAX_ARGS],
+}
+
+// SAFETY: plain old data, no padding (8+8+4*4+8+2*64+256*64 bytes, 8-aligned).
+unsafe impl aya::Pod for ExecArgvValue {}
+
+/// An exec's argv as the eBPF capture saw it at the syscall's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedExec {
+    /// The argv address passed to the syscall (to match it to the task's current syscall).
+    pub argv_address: u64,
+    /// `bpf_ktime_get_ns()` at the syscall's entry.
+    pub ktime_ns: u64,
+    /// The exec'ing task's thread group.
+    pub tgid: u32,
+    /// The arguments read (lossily as UTF-8), up to the first unreadable one.
+    pub args: Vec<String>,
+    /// Some argument could not be read without faulting (its page was not present).
+    pub unreadable: bool,
+    /// The unreadable page is served by a user (a file on FUSE, userfaultfd
+    /// memory), or its mapping could not be looked at: reading it from
+    /// userspace may block for good. When `unreadable` without this, the
+    /// page is the kernel's to fill (a local file not yet mapped, swap) and a
+    /// reader that faults it in is safe.
+    pub user_backed: bool,
+    /// The first address that could not be read, or 0.
+    pub fault_address: u64,
+    /// More than [`ARGV_MAX_ARGS`] arguments, or one of [`ARGV_ARG_MAX`] bytes or more: `args` may be cut.
+    pub incomplete: bool,
+}
+
+impl From<&ExecArgvValue> for CapturedExec {
+    fn from(v: &ExecArgvValue) -> Self {
+        let argc = (v.argc as usize).min(ARGV_MAX_ARGS);
+        let mut args = Vec::with_capacity(argc);
+        for i in 0..argc {
+            let len = v.len[i] as usize;
+            if len == 0 {
+                break; // not read
+            }
+            let slot = &v.args[i][..len.min(ARGV_ARG_MAX)];
+            let bytes = slot.split(|b| *b == 0).next().unwrap_or(&[]);
+            args.push(String::from_utf8_lossy(bytes).into_owned());
+        }
+        CapturedExec {
+            argv_address: v.argv_ptr,
+            ktime_ns: v.ktime_ns,
+            tgid: v.tgid,
+            args,
+            unreadable: v.flags & ARGV_UNREADABLE != 0,
+            user_backed: v.flags & ARGV_USER_BACKED != 0,
+            fault_address: v.fault_addr,
+            incomplete: v.flags & (ARGV_TOO_MANY | ARGV_ARG_CUT) != 0,
+        }
+    }
+}
+
+/// `CTWATCH_COMM_MAX`: bytes of a process record's filename and argv[0] fields.
+pub const PROCESS_TEXT_MAX: usize = 256;
+/// Bytes of a process record (`struct ctwatch_process_record`).
+pub const PROCESS_RECORD_SIZE: usize = 32 + 2 * PROCESS_TEXT_MAX;
+
+/// A process event in a container cgroup, as the kernel reported it.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessEvent {
+    /// A task in a container cgroup exec'd (by default only each container's first exec).
+    Exec {
+        /// The task's cgroup ID in the default (unified) hierarchy.
+        cgroup_id: u64,
+        /// The task (its TID).
+        pid: u32,
+        /// Its process (thread group).
+        tgid: u32,
+        /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the exec.
+        ktime_ns: u64,
+        /// The file executed, as the exec named it (up to 255 bytes).
+        filename: String,
+        /// The new argv\[0\] (up to 255 bytes).
+        argv0: String,
+    },
+    /// A thread group leader in a container cgroup exited.
+    Exit {
+        /// The task's cgroup ID in the default (unified) hierarchy.
+        cgroup_id: u64,
+        /// The leader's PID.
+        pid: u32,
+        /// `bpf_ktime_get_ns()` at the exit.
+        ktime_ns: u64,
+        /// `task->exit_code`: see [`exit_status`] and [`exit_signal`].
+        exit_code: u32,
+    },
+    /// The OOM killer chose a task in a container cgroup.
+    OomKill {
+        /// The victim's cgroup ID in the default (unified) hierarchy.
+        cgroup_id: u64,
+        /// The victim (its TID).
+        pid: u32,
+        /// Its process.
+        tgid: u32,
+        /// `bpf_ktime_get_ns()` at the kill.
+        ktime_ns: u64,
+    },
+}
+
+/// The exit status of a `task->exit_code` when the task exited normally (`exit(n)`), else `None`.
+pub fn exit_status(exit_code: u32) -> Option<u8> {
+    (exit_code & 0x7f == 0).then_some(((exit_code >> 8) & 0xff) as u8)
+}
+
+/// The signal that killed a task, from its `task->exit_code`, if one did.
+pub fn exit_signal(exit_code: u32) -> Option<u8> {
+    let signal = (exit_code & 0x7f) as u8;
+    (signal != 0).then_some(signal)
+}
+
+fn text_at(b: &[u8], at: usize) -> String {
+    let field = &b[at..at + PROCESS_TEXT_MAX];
+    String::from_utf8_lossy(field.split(|c| *c == 0).next().unwrap_or(&[])).into_owned()
+}
+
+/// Parses one process record. Never panics, whatever the bytes.
+pub fn parse_process_record(bytes: &[u8]) -> Result<ProcessEvent, RecordError> {
+    if bytes.len() < PROCESS_RECORD_SIZE {
+        return Err(RecordError::Short(bytes.len()));
+    }
+    let (pid, tgid) = (u32_at(bytes, 4), u32_at(bytes, 8));
+    let (cgroup_id, ktime_ns) = (u64_at(bytes, 16), u64_at(bytes, 24));
+    match u32_at(bytes, 0) {
+        1 => Ok(ProcessEvent::Exec {
+            cgroup_id,
+            pid,
+            tgid,
+            ktime_ns,
+            filename: text_at(bytes, 32),
+            argv0: text_at(bytes, 32 + PROCESS_TEXT_MAX),
+        }),
+        2 => Ok(ProcessEvent::Exit { cgroup_id, pid, ktime_ns, exit_code: u32_at(bytes, 12) }),
+        3 => Ok(ProcessEvent::OomKill { cgroup_id, pid, tgid, ktime_ns }),
+        other => Err(RecordError::BadKind(other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +365,46 @@ mod tests {
         let r = parse_record(&b).unwrap();
         assert_eq!(r.path, "/\u{0}ff/docker/abc");
         assert_eq!(ctwatch::cgroupfs::path_to_bytes(&r.path), b"/\xff/docker/abc");
+    }
+
+    #[test]
+    fn process_records_decode_and_bad_ones_are_errors() {
+        let mut b = vec![0u8; PROCESS_RECORD_SIZE];
+        b[0..4].copy_from_slice(&1u32.to_ne_bytes());
+        b[4..8].copy_from_slice(&10u32.to_ne_bytes());
+        b[8..12].copy_from_slice(&10u32.to_ne_bytes());
+        b[16..24].copy_from_slice(&77u64.to_ne_bytes());
+        b[32..39].copy_from_slice(b"/bin/sh");
+        b[32 + PROCESS_TEXT_MAX..32 + PROCESS_TEXT_MAX + 2].copy_from_slice(b"sh");
+        let e = parse_process_record(&b).unwrap();
+        assert!(matches!(&e, ProcessEvent::Exec { cgroup_id: 77, pid: 10, filename, argv0, .. }
+            if filename == "/bin/sh" && argv0 == "sh"));
+        b[0..4].copy_from_slice(&2u32.to_ne_bytes());
+        b[12..16].copy_from_slice(&0x300u32.to_ne_bytes());
+        assert!(matches!(parse_process_record(&b), Ok(ProcessEvent::Exit { exit_code: 0x300, .. })));
+        b[0..4].copy_from_slice(&9u32.to_ne_bytes());
+        assert_eq!(parse_process_record(&b), Err(RecordError::BadKind(9)));
+        assert_eq!(parse_process_record(&b[..40]), Err(RecordError::Short(40)));
+        assert_eq!((exit_status(0x300), exit_signal(0x300)), (Some(3), None));
+        assert_eq!((exit_status(9), exit_signal(9)), (None, Some(9)));
+        assert_eq!((exit_status(0), exit_signal(0)), (Some(0), None));
+    }
+
+    #[test]
+    fn captured_argv_stops_at_the_first_unread_argument() {
+        // Boxed: the value is 16 KiB.
+        // SAFETY: all-zero bytes are a valid ExecArgvValue (integers and byte arrays).
+        let mut v: Box<ExecArgvValue> = Box::new(unsafe { std::mem::zeroed() });
+        v.argc = 3;
+        v.flags = ARGV_UNREADABLE;
+        for (i, a) in ["runc", "create"].iter().enumerate() {
+            v.args[i][..a.len()].copy_from_slice(a.as_bytes());
+            v.len[i] = a.len() as u16 + 1;
+        }
+        let c = CapturedExec::from(&*v);
+        assert_eq!(c.args, ["runc", "create"]);
+        assert!(c.unreadable && !c.user_backed && !c.incomplete);
+        assert_eq!(std::mem::size_of::<ExecArgvValue>(), 40 + 2 * ARGV_MAX_ARGS + ARGV_ARG_MAX * ARGV_MAX_ARGS);
     }
 
     #[test]

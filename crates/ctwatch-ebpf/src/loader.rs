@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use aya::programs::BtfTracePoint;
+use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use thiserror::Error;
 
@@ -12,6 +12,10 @@ use thiserror::Error;
 pub static CGROUP_EVENTS_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/cgroup_events.bpf.o");
 /// The compiled pinned-map object.
 pub static CONTAINERS_MAP_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/containers_map.bpf.o");
+/// The compiled exec argv capture (on the execve/execveat syscalls' entry).
+pub static EXEC_ARGV_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/exec_argv.bpf.o");
+/// The compiled process events of container cgroups (exec, exit, OOM kill).
+pub static PROCESS_EVENTS_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/process_events.bpf.o");
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const LOCKDOWN_PATH: &str = "/sys/kernel/security/lockdown";
@@ -97,6 +101,41 @@ pub(crate) fn load_and_attach(
             .map_err(|e| refused(program, &e))?;
         prog.load(tracepoint, btf).map_err(|e| refused(&format!("verify {program}"), &e))?;
         prog.attach().map_err(|e| refused(&format!("attach {program}"), &e))?;
+    }
+    Ok(ebpf)
+}
+
+/// Where tracefs is mounted when it is not yet (the tracepoints' IDs are read from it).
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs at [`TRACEFS`] when neither it nor debugfs's copy is mounted.
+fn ensure_tracefs() -> Result<(), EbpfUnavailable> {
+    let mounted = |p: &str| fs::read_dir(p).is_ok_and(|mut d| d.next().is_some());
+    if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    nix::mount::mount(Some("nodev"), TRACEFS, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>).map_err(
+        |e| EbpfUnavailable::Refused(format!("tracefs is not mounted and mounting it at {TRACEFS} failed: {e}")),
+    )
+}
+
+/// Loads `object` with `loader` and attaches its tracepoint programs, each
+/// `(program, category, tracepoint)`; mounts tracefs first if needed.
+pub(crate) fn load_and_attach_tracepoints(
+    loader: &mut EbpfLoader<'_>,
+    object: &[u8],
+    programs: &[(&str, &str, &str)],
+) -> Result<Ebpf, EbpfUnavailable> {
+    ensure_tracefs()?;
+    let mut ebpf = loader.load(object).map_err(|e| refused("load", &e))?;
+    for (program, category, name) in programs {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| EbpfUnavailable::Refused(format!("program {program} missing from the object")))?
+            .try_into()
+            .map_err(|e| refused(program, &e))?;
+        prog.load().map_err(|e| refused(&format!("verify {program}"), &e))?;
+        prog.attach(category, name).map_err(|e| refused(&format!("attach {program} to {category}/{name}"), &e))?;
     }
     Ok(ebpf)
 }

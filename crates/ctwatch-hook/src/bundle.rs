@@ -5,14 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ctwatch::hook::OciSummary;
 use ctwatch::untrusted::clean;
-use serde::de::IgnoredAny;
-use serde::Deserialize;
+use ctwatch_security::{Config, ParseError, SecurityProfile};
 use thiserror::Error;
 
 use ctwatch::untrusted::RecordFileError;
@@ -22,7 +21,7 @@ use crate::caller::CallerFs;
 /// A `config.json` larger than this is refused. Runtimes write what the
 /// user gave them (a big environment makes a big config), so this is large;
 /// the file is parsed as a stream and only the fields reported are kept.
-pub const MAX_CONFIG_BYTES: u64 = ctwatch::untrusted::MAX_RUNTIME_FILE;
+pub const MAX_CONFIG_BYTES: u64 = ctwatch_security::MAX_CONFIG_BYTES;
 const MAX_ARGS: usize = 64;
 const MAX_STRING: usize = 512;
 const MAX_ANNOTATIONS: usize = 128;
@@ -84,71 +83,16 @@ pub fn caller_path(proc_root: &Path, pid: u32, path: &str) -> PathBuf {
     }
 }
 
-/// The parts of the OCI spec ctwatch reports (everything optional: a
-/// missing field is reported empty, not an error).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct Spec {
-    oci_version: String,
-    process: Process,
-    hostname: String,
-    root: Root,
-    mounts: Vec<IgnoredAny>,
-    linux: Linux,
-    annotations: HashMap<String, String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Process {
-    args: Vec<String>,
-    cwd: String,
-    user: User,
-    capabilities: Capabilities,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct User {
-    uid: u32,
-    gid: u32,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Capabilities {
-    bounding: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Root {
-    path: String,
-    readonly: bool,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-struct Linux {
-    cgroups_path: String,
-    namespaces: Vec<Namespace>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Namespace {
-    #[serde(rename = "type")]
-    kind: String,
-    path: String,
-}
-
-/// A config that was read: the summary, and the annotations in full (for pod data and the policy).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A config that was read: the summary, the annotations in full (for pod
+/// data and the policy) and what the container may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleConfig {
     /// What is reported.
     pub summary: OciSummary,
     /// Every annotation, uncut (the summary's are capped).
     pub annotations: HashMap<String, String>,
+    /// Its privileges, derived from the same parse (for the Pod Security Standards).
+    pub security: SecurityProfile,
 }
 
 /// Reads and summarises the OCI config at `path` without ever blocking on it.
@@ -166,17 +110,21 @@ pub fn read_config(path: &Path) -> Result<BundleConfig, BundleError> {
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(BundleError::TooLarge { path: path.to_path_buf(), size: meta.len() });
     }
-    parse_config(file.take(MAX_CONFIG_BYTES)).map_err(|source| BundleError::Json { path: path.to_path_buf(), source })
+    parse_config(file.take(MAX_CONFIG_BYTES)).map_err(|e| parse_error(path, e))
 }
 
-/// Parses an OCI config from a stream, keeping only the fields reported (a
-/// big `process.env` or `mounts` is skipped, never held). A stream cut short
-/// (a file that grew past the cap) is malformed JSON.
-fn parse_config(reader: impl Read) -> Result<BundleConfig, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(64 * 1024, reader));
-    let spec = Spec::deserialize(&mut de)?;
-    de.end()?;
-    Ok(summarise(spec))
+fn parse_error(path: &Path, e: ParseError) -> BundleError {
+    match e {
+        ParseError::Json(source) => BundleError::Json { path: path.to_path_buf(), source },
+        _ => BundleError::TooLarge { path: path.to_path_buf(), size: MAX_CONFIG_BYTES + 1 },
+    }
+}
+
+/// Parses an OCI config from a stream, keeping only the fields reported and
+/// those the security profile needs (a big `process.env` is skipped, never
+/// held). A stream cut short (a file that grew past the cap) is malformed JSON.
+fn parse_config(reader: impl Read) -> Result<BundleConfig, ParseError> {
+    Ok(summarise(Config::from_reader(reader)?))
 }
 
 /// Reads and summarises the OCI config at `path` as the runtime's caller
@@ -187,10 +135,10 @@ pub fn read_config_as(fs: &CallerFs, path: &Path) -> Result<BundleConfig, Bundle
         RecordFileError::NotAFile => BundleError::NotAFile(path.to_path_buf()),
         RecordFileError::TooLarge { size, .. } => BundleError::TooLarge { path: path.to_path_buf(), size },
     })?;
-    parse_config(text.as_slice()).map_err(|source| BundleError::Json { path: path.to_path_buf(), source })
+    Config::from_slice(&text).map(summarise).map_err(|e| parse_error(path, e))
 }
 
-fn summarise(spec: Spec) -> BundleConfig {
+fn summarise(spec: Config) -> BundleConfig {
     let short = |s: &str| clean(s, MAX_STRING);
     let annotations: BTreeMap<String, String> =
         spec.annotations.iter().take(MAX_ANNOTATIONS).map(|(k, v)| (short(k), short(v))).collect();
@@ -217,7 +165,11 @@ fn summarise(spec: Spec) -> BundleConfig {
         capabilities: spec.process.capabilities.bounding.iter().take(64).map(|c| short(c)).collect(),
         annotations,
     };
-    BundleConfig { summary, annotations: spec.annotations }
+    let mut security = SecurityProfile::from_config(&spec);
+    // A pod's containers join its sandbox's namespaces by path: the host's for a hostNetwork/hostPID pod.
+    security
+        .resolve_joined_namespaces(|kind, path| ctwatch_security::joins_host_namespace(Path::new("/proc"), kind, path));
+    BundleConfig { summary, annotations: spec.annotations, security }
 }
 
 #[cfg(test)]

@@ -23,6 +23,17 @@
 //! still stuck, that user's next execs are unverifiable at once (without
 //! taking a worker's time), while other users' execs are still read; past
 //! [`MAX_STUCK_READERS`] in all, every exec is.
+//!
+//! When an in-kernel capture is available ([`ArgvCapture`]: ctwatch-ebpf's
+//! program on the execve/execveat syscalls' entry, which reads the argv
+//! without faulting pages in), the hook takes the argv from it first
+//! ([`from_capture`]) and forks no reader: an argument in a page that is not
+//! in memory and that a user serves (a FUSE page nobody has read) makes the
+//! exec unverifiable at once ([`ExecArgsError::NotResident`]). An exec the
+//! capture did not see (another path to the binary, no eBPF) or saw only in
+//! part (more or longer arguments than it keeps, or an argument in a page the
+//! kernel fills, such as a literal in a forked child's untouched rodata) is
+//! read by the forked reader as before.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -30,7 +41,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -57,6 +68,7 @@ const SYS_EXECVEAT: i64 = libc::SYS_execveat as i64;
 
 /// Why an exec's argv could not be read.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ExecArgsError {
     /// `/proc/<tid>/syscall` or `/proc/<tid>/mem` could not be read.
     #[error("cannot read {what} of task {tid}: {source}")]
@@ -103,6 +115,114 @@ pub enum ExecArgsError {
         /// The start of what the syscall file said.
         state: String,
     },
+    /// The in-kernel capture could not read an argument without faulting its
+    /// page in, and that page is served by a user (a FUSE file, userfaultfd memory).
+    #[error("an argument of task {tid}'s exec is in a page that is not in memory and that a user serves (FUSE or userfaultfd; read by eBPF without faulting); the exec is unverifiable")]
+    NotResident {
+        /// The task.
+        tid: u32,
+    },
+}
+
+impl ExecArgsError {
+    /// Whether the exec is "unverifiable": its argv could not be read in
+    /// time or without faulting, as opposed to a task that is gone or not in
+    /// an exec. Such an exec gets the default answer and is reported.
+    pub fn is_unverifiable(&self) -> bool {
+        matches!(
+            self,
+            ExecArgsError::Timeout { .. } | ExecArgsError::TooManyStuck { .. } | ExecArgsError::NotResident { .. }
+        )
+    }
+}
+
+/// An exec's argv as an in-kernel capture saw it at the syscall's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedArgv {
+    /// The argv address the task passed to the syscall (matched to the
+    /// syscall it is blocked in, so an older exec's capture is never used).
+    pub argv_address: u64,
+    /// The arguments read, up to the first that could not be.
+    pub args: Vec<String>,
+    /// Some argument is in a page a user serves (a FUSE file, userfaultfd
+    /// memory) and could not be read without faulting: the exec is unverifiable.
+    pub unreadable: bool,
+    /// More or longer arguments than the capture keeps, or an argument in a
+    /// page the kernel can fill (not yet mapped, swapped out): read the argv
+    /// from `/proc` instead.
+    pub incomplete: bool,
+}
+
+/// Looks up the captured argv of a task's exec by its TID (the fanotify
+/// event's PID). Made by whoever loaded the capture (the agent, from
+/// ctwatch-ebpf), so this crate does not depend on eBPF.
+#[derive(Clone)]
+pub struct ArgvCapture(Arc<dyn Fn(u32) -> Option<CapturedArgv> + Send + Sync>);
+
+impl ArgvCapture {
+    /// A capture that answers with `lookup`.
+    pub fn new(lookup: impl Fn(u32) -> Option<CapturedArgv> + Send + Sync + 'static) -> Self {
+        ArgvCapture(Arc::new(lookup))
+    }
+
+    /// The capture of task `tid`'s latest exec, if any.
+    pub fn lookup(&self, tid: u32) -> Option<CapturedArgv> {
+        (self.0)(tid)
+    }
+}
+
+impl std::fmt::Debug for ArgvCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArgvCapture")
+    }
+}
+
+/// What the capture says of one held exec.
+#[derive(Debug)]
+pub enum FromCapture {
+    /// The whole argv.
+    Args(Vec<String>),
+    /// An argument could not be read ([`ExecArgsError::NotResident`]).
+    Unverifiable(ExecArgsError),
+    /// Nothing usable: read the argv some other way. Says why.
+    NotCaptured(&'static str),
+}
+
+/// The argv of the exec task `tid` is blocked in, from `capture`. The
+/// capture is used only when it is of that very exec: its argv address is
+/// the one in the task's `/proc/<tid>/syscall` (which reads the task's
+/// registers, never its memory), read with the same patience as
+/// [`exec_argv`] while the task is still on its way to sleep.
+pub fn from_capture(capture: &ArgvCapture, proc_root: &Path, tid: u32) -> FromCapture {
+    let Some(captured) = capture.lookup(tid) else {
+        return FromCapture::NotCaptured("the exec was not captured");
+    };
+    let syscall = proc_root.join(tid.to_string()).join("syscall");
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(20);
+    let address = loop {
+        let Ok(text) = std::fs::read_to_string(&syscall) else {
+            return FromCapture::NotCaptured("the task's syscall file is unreadable");
+        };
+        match argv_address(&text) {
+            Some(address) => break address,
+            None if text.starts_with("running") && start.elapsed() < RUNNING_PATIENCE => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(2));
+            }
+            None => return FromCapture::NotCaptured("the task is not in an exec"),
+        }
+    };
+    if address != captured.argv_address {
+        return FromCapture::NotCaptured("the capture is of another exec");
+    }
+    if captured.unreadable {
+        return FromCapture::Unverifiable(ExecArgsError::NotResident { tid });
+    }
+    if captured.incomplete {
+        return FromCapture::NotCaptured("more or longer arguments than the capture keeps");
+    }
+    FromCapture::Args(captured.args)
 }
 
 /// How long [`exec_argv`] retries while the task is still on its way to sleep.
@@ -521,6 +641,25 @@ mod tests {
         let mem = File::open("/proc/self/mem").unwrap();
         let args = read_argv(&mem, pointers.as_ptr() as u64).unwrap();
         assert_eq!(args, ["runc", "--root", "/run/x", "create"]);
+    }
+
+    #[test]
+    fn a_capture_is_used_only_for_the_exec_the_task_is_in() {
+        let capture = |c: Option<CapturedArgv>| ArgvCapture::new(move |_| c.clone());
+        let me = std::process::id();
+        // This task is not in an exec: whatever was captured is not used.
+        let c = CapturedArgv { argv_address: 1, args: vec!["runc".into()], unreadable: false, incomplete: false };
+        assert!(matches!(
+            from_capture(&capture(Some(c)), Path::new("/proc"), me),
+            FromCapture::NotCaptured("the task is not in an exec")
+        ));
+        assert!(matches!(
+            from_capture(&capture(None), Path::new("/proc"), me),
+            FromCapture::NotCaptured("the exec was not captured")
+        ));
+        assert!(ExecArgsError::NotResident { tid: 1 }.is_unverifiable());
+        assert!(!ExecArgsError::NotInExec { tid: 1, state: String::new() }.is_unverifiable());
+        assert_eq!(format!("{:?}", capture(None)), "ArgvCapture");
     }
 
     #[test]

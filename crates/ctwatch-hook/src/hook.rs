@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use crate::binaries::{candidate_paths, find_runtime_binaries, RuntimeBinary, RuntimeTool};
 use crate::bundle::{caller_path, read_config_as};
 use crate::caller::{Caller, CallerFs};
-use crate::exec_args::{ArgvReader, ExecArgsError};
+use crate::exec_args::{from_capture, ArgvCapture, ArgvReader, ExecArgsError, FromCapture};
 use crate::identity::{identify, IdentitySources};
 use crate::invocation::{parse, CreateCall, Invocation};
 use crate::lifecycle::{pidfd_open, start_time, Lifecycle, Track};
@@ -75,6 +75,9 @@ pub struct HookConfig {
     pub follow_exits: bool,
     /// Worker threads that decide.
     pub workers: usize,
+    /// An in-kernel capture of the runtimes' argvs (eBPF), read before
+    /// `/proc`: see [`crate::exec_args::from_capture`].
+    pub argv_capture: Option<ArgvCapture>,
 }
 
 impl Default for HookConfig {
@@ -90,6 +93,7 @@ impl Default for HookConfig {
             hierarchy: None,
             follow_exits: false,
             workers: 4,
+            argv_capture: None,
         }
     }
 }
@@ -134,6 +138,10 @@ pub struct HookStats {
     pub unreadable: AtomicU64,
     /// Of them, the unverifiable ones: the read did not finish in time, or too many reads were stuck.
     pub unverifiable: AtomicU64,
+    /// Execs whose argv came from the in-kernel (eBPF) capture, read or found unreadable.
+    pub argv_from_ebpf: AtomicU64,
+    /// Execs whose argv was read from `/proc` by a forked reader.
+    pub argv_from_proc: AtomicU64,
 }
 
 /// How long the hook waits for its threads when it stops; a thread stuck
@@ -467,12 +475,12 @@ impl Worker {
         let budget = (job.read_at + self.config.deadline * 3 / 4)
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(2));
-        let argv = match self.argv_reader.read(&proc_root, job.tid, budget) {
+        let argv = match self.read_argv(&proc_root, job.tid, budget) {
             Ok(argv) => argv,
             Err(e) => {
                 self.shared.stats.unreadable.fetch_add(1, Ordering::Relaxed);
                 let allow = self.shared.default_allow;
-                if matches!(e, ExecArgsError::Timeout { .. } | ExecArgsError::TooManyStuck { .. }) {
+                if e.is_unverifiable() {
                     self.shared.stats.unverifiable.fetch_add(1, Ordering::Relaxed);
                     warn!(
                         tid = job.tid,
@@ -484,7 +492,7 @@ impl Worker {
                 } else {
                     debug!(tid = job.tid, error = %e, "exec argv unreadable; default answer");
                 }
-                let unverifiable = matches!(e, ExecArgsError::Timeout { .. } | ExecArgsError::TooManyStuck { .. });
+                let unverifiable = e.is_unverifiable();
                 if let Some(p) = self.shared.claim(job.seq) {
                     self.shared.answer(p, allow);
                 }
@@ -506,6 +514,27 @@ impl Worker {
         };
         self.shared.stats.creates.fetch_add(1, Ordering::Relaxed);
         self.handle_create(job, call);
+    }
+
+    /// The argv of the exec `tid` is held in: from the in-kernel capture
+    /// when it has the whole of it (or found it unreadable), else from
+    /// `/proc` by a forked reader, within `budget`.
+    fn read_argv(&self, proc_root: &Path, tid: u32, budget: Duration) -> Result<Vec<String>, ExecArgsError> {
+        if let Some(capture) = &self.config.argv_capture {
+            match from_capture(capture, proc_root, tid) {
+                FromCapture::Args(argv) => {
+                    self.shared.stats.argv_from_ebpf.fetch_add(1, Ordering::Relaxed);
+                    return Ok(argv);
+                }
+                FromCapture::Unverifiable(e) => {
+                    self.shared.stats.argv_from_ebpf.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+                FromCapture::NotCaptured(why) => debug!(tid, why, "exec argv not from eBPF; reading /proc"),
+            }
+        }
+        self.shared.stats.argv_from_proc.fetch_add(1, Ordering::Relaxed);
+        self.argv_reader.read(proc_root, tid, budget)
     }
 
     fn handle_create(&mut self, job: Job, call: CreateCall) {
@@ -543,10 +572,12 @@ impl Worker {
         let empty = HashMap::new();
         let annotations = config.as_ref().map_or(&empty, |c| &c.annotations);
         let policy = self.config.policy.as_ref();
-        let mut verdict = policy.and_then(|p| p.check(Subject { container: &container, annotations })).or_else(|| {
-            // Enforce never passes a config it could not check.
-            policy.zip(oci_error.as_deref()).and_then(|(p, why)| p.unverifiable(why))
-        });
+        let security = config.as_ref().map(|c| &c.security);
+        let mut verdict =
+            policy.and_then(|p| p.check(Subject { container: &container, annotations, security })).or_else(|| {
+                // Enforce never passes a config it could not check.
+                policy.zip(oci_error.as_deref()).and_then(|(p, why)| p.unverifiable(why))
+            });
         let allow = !verdict.as_ref().is_some_and(|v| v.denied);
         let first = self.first_sight(&container.id);
         let claimed = self.shared.claim(job.seq);

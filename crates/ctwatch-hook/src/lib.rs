@@ -26,5 +26,6 @@ pub mod invocation;
 pub mod lifecycle;
 pub mod policy;
 
+pub use exec_args::{ArgvCapture, CapturedArgv};
 pub use hook::{Hook, HookConfig, HookError, HookStats, DEFAULT_DEADLINE};
 pub use policy::{OnUnverifiable, Policy, PolicyError, PolicyMode};

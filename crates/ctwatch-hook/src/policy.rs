@@ -21,6 +21,28 @@
 //! identified is the empty string, so `image_not` rules deny it. The first
 //! matching rule decides.
 //!
+//! `profile = "baseline"` or `"restricted"` applies the Kubernetes Pod
+//! Security Standards to every runtime's containers (see
+//! [`ctwatch_security::pss`] for each check and what a node can decide),
+//! after the deny rules, with exemptions:
+//!
+//! ```toml
+//! mode = "enforce"
+//! profile = "restricted"
+//! [scope]                     # optional: the profile applies only to containers matching all of these
+//! image = ["registry.example.com/*"]   # (the conditions of a deny rule)
+//! [exempt]                    # any one match exempts a container from the profile
+//! pod_namespace = ["kube-system"]
+//! labels = { "app" = "node-agent" }
+//! image = ["registry.example.com/agent:*"]
+//! runtime = ["podman"]
+//! ```
+//!
+//! A container failing checks gets a verdict whose `rule` is the first failed
+//! check's upstream name (`Privileged Containers`) and whose `reason` lists
+//! every failed check with its field and value (`pod security baseline:
+//! Privileged Containers: privileged = true; Capabilities: capabilities_added = CAP_SYS_ADMIN`).
+//!
 //! In enforce mode a container whose OCI config could not be checked
 //! (unreadable, larger than the cap, not valid JSON) is a violation of the
 //! built-in rule `unverifiable` and is refused, unless the policy says
@@ -31,6 +53,8 @@ use std::path::{Path, PathBuf};
 
 use ctwatch::hook::PolicyVerdict;
 use ctwatch::Container;
+pub use ctwatch_security::glob_match;
+use ctwatch_security::{Exemptions, Level, Outcome, PssPolicy, SecurityProfile};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -108,6 +132,16 @@ pub struct Policy {
     /// The deny rules, in order.
     #[serde(default)]
     pub deny: Vec<Rule>,
+    /// The Pod Security Standards level applied after the deny rules (`None`: none).
+    #[serde(default)]
+    pub profile: Option<Level>,
+    /// Who the profile does not apply to.
+    #[serde(default)]
+    pub exempt: Exemptions,
+    /// When present, the profile applies only to containers matching all its
+    /// conditions (those of a deny rule; `name` and `reason` unused).
+    #[serde(default)]
+    pub scope: Option<Rule>,
 }
 
 /// Why a policy file could not be loaded.
@@ -138,6 +172,8 @@ pub struct Subject<'a> {
     pub container: &'a Container,
     /// Its OCI annotations.
     pub annotations: &'a std::collections::HashMap<String, String>,
+    /// What it may do (`None`: its config could not be read).
+    pub security: Option<&'a SecurityProfile>,
 }
 
 impl Policy {
@@ -154,33 +190,61 @@ impl Policy {
             if rule.name.is_empty() {
                 rule.name = format!("rule-{}", i + 1);
             }
-            let conditions = rule.image.len()
-                + rule.image_not.len()
-                + rule.digest.len()
-                + rule.digest_not.len()
-                + rule.runtime.len()
-                + rule.pod_namespace.len()
-                + rule.pod_namespace_not.len()
-                + rule.annotations.len();
-            if conditions == 0 {
+            if rule.conditions() == 0 {
                 return Err(format!("deny rule {:?} has no condition (it would deny every container)", rule.name));
             }
             if let Some(r) = rule.runtime.iter().find(|r| ctwatch::Runtime::from_name(r).is_none()) {
                 return Err(format!("deny rule {:?}: unknown runtime {r:?}", rule.name));
             }
         }
+        if let Some(r) = policy.exempt.runtime.iter().find(|r| ctwatch::Runtime::from_name(r).is_none()) {
+            return Err(format!("[exempt]: unknown runtime {r:?}"));
+        }
+        if policy.profile.is_none() && (!policy.exempt.is_empty() || policy.scope.is_some()) {
+            return Err("[exempt] or [scope] without a profile (profile = \"baseline\" or \"restricted\")".to_string());
+        }
+        if let Some(scope) = &mut policy.scope {
+            scope.name = "scope".into();
+            if scope.conditions() == 0 {
+                return Err("[scope] has no condition (leave it out to check every container)".to_string());
+            }
+        }
         Ok(policy)
     }
 
-    /// The verdict for a container, or `None` when no rule matches.
+    /// The verdict for a container, or `None` when no rule matches and it
+    /// passes the profile (or is exempt from it).
     pub fn check(&self, subject: Subject<'_>) -> Option<PolicyVerdict> {
-        let rule = self.deny.iter().find(|rule| rule.matches(subject))?;
-        Some(PolicyVerdict {
+        let verdict = |rule: String, reason: String| PolicyVerdict {
             mode: self.mode.as_str().to_string(),
             denied: self.mode == PolicyMode::Enforce,
-            rule: rule.name.clone(),
-            reason: if rule.reason.is_empty() { rule.describe(subject) } else { rule.reason.clone() },
-        })
+            rule,
+            reason,
+        };
+        if let Some(rule) = self.deny.iter().find(|rule| rule.matches(subject)) {
+            let reason = if rule.reason.is_empty() { rule.describe(subject) } else { rule.reason.clone() };
+            return Some(verdict(rule.name.clone(), reason));
+        }
+        let (level, profile) = (self.profile?, subject.security?);
+        if self.scope.as_ref().is_some_and(|scope| !scope.matches(subject)) {
+            return None;
+        }
+        let c = subject.container;
+        let who = ctwatch_security::Subject {
+            pod_namespace: &c.pod.namespace,
+            labels: &c.labels,
+            annotations: subject.annotations,
+            image: &c.image,
+            runtime: c.runtime.as_str(),
+        };
+        match (PssPolicy { level, exempt: self.exempt.clone() }).check(profile, who) {
+            Outcome::Violations(v) => Some(verdict(v[0].check.clone(), ctwatch_security::policy::describe(level, &v))),
+            Outcome::Exempt(why) => {
+                tracing::debug!(container = %c.id, %why, "exempt from the pod security profile");
+                None
+            }
+            _ => None,
+        }
     }
 }
 
@@ -206,6 +270,18 @@ impl Policy {
 }
 
 impl Rule {
+    /// How many conditions it has.
+    fn conditions(&self) -> usize {
+        self.image.len()
+            + self.image_not.len()
+            + self.digest.len()
+            + self.digest_not.len()
+            + self.runtime.len()
+            + self.pod_namespace.len()
+            + self.pod_namespace_not.len()
+            + self.annotations.len()
+    }
+
     fn matches(&self, s: Subject<'_>) -> bool {
         let c = s.container;
         let any = |patterns: &[String], value: &str| patterns.iter().any(|p| glob_match(p, value));
@@ -240,29 +316,6 @@ impl Rule {
         }
         format!("denied by rule {:?}: {}", self.name, parts.join(", "))
     }
-}
-
-/// Shell-style matching: `*` any run of characters (including `/`), `?` one character.
-pub fn glob_match(pattern: &str, value: &str) -> bool {
-    let (p, v): (Vec<char>, Vec<char>) = (pattern.chars().collect(), value.chars().collect());
-    let (mut pi, mut vi) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while vi < v.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
-            pi += 1;
-            vi += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, vi));
-            pi += 1;
-        } else if let Some((sp, sv)) = star {
-            pi = sp + 1;
-            vi = sv + 1;
-            star = Some((sp, sv + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]
@@ -308,7 +361,7 @@ mod tests {
         )
         .unwrap();
         let none = HashMap::new();
-        let check = |c: &Container, a| policy.check(Subject { container: c, annotations: a });
+        let check = |c: &Container, a| policy.check(Subject { container: c, annotations: a, security: None });
         let v = check(&container("docker.io/x:1", "prod"), &none).unwrap();
         assert_eq!((v.rule.as_str(), v.denied, v.mode.as_str()), ("registry", true, "enforce"));
         assert!(v.reason.contains("docker.io/x:1"), "{}", v.reason);
@@ -329,6 +382,56 @@ mod tests {
         assert!(!allow.unverifiable("x").unwrap().denied);
         assert!(Policy::parse("").unwrap().unverifiable("x").is_none(), "audit mode");
         assert!(Policy::parse("on_unverifiable = \"maybe\"").is_err());
+    }
+
+    #[test]
+    fn pod_security_profile_after_the_rules_with_exemptions() {
+        let policy = Policy::parse(
+            r#"
+            mode = "enforce"
+            profile = "baseline"
+            [[deny]]
+            name = "no-latest"
+            image = ["*:latest"]
+            [exempt]
+            pod_namespace = ["kube-system"]
+            runtime = ["podman"]
+            "#,
+        )
+        .unwrap();
+        let host_pid = ctwatch_security::SecurityProfile::from_config_bytes(
+            br#"{"process":{"capabilities":{"bounding":["CAP_SYS_ADMIN"]}},"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ERRNO"},
+                "maskedPaths":["/proc/kcore"],"namespaces":[{"type":"mount"},{"type":"network"},{"type":"ipc"}]}}"#,
+        )
+        .unwrap();
+        let none = HashMap::new();
+        let check = |c: &Container, p| policy.check(Subject { container: c, annotations: &none, security: p });
+        let v = check(&container("x:1", ""), Some(&host_pid)).unwrap();
+        assert_eq!((v.rule.as_str(), v.denied), ("Host Namespaces", true));
+        assert_eq!(
+            v.reason,
+            "pod security baseline: Host Namespaces: host_namespaces = pid; Capabilities: capabilities_added = CAP_SYS_ADMIN"
+        );
+        assert_eq!(check(&container("x:latest", ""), Some(&host_pid)).unwrap().rule, "no-latest", "rules first");
+        assert!(check(&container("x:1", "kube-system"), Some(&host_pid)).is_none(), "exempt namespace");
+        let podman = Container { runtime: Runtime::Podman, ..container("x:1", "") };
+        assert!(check(&podman, Some(&host_pid)).is_none(), "exempt runtime");
+        assert!(check(&container("x:1", ""), None).is_none(), "no config: the unverifiable rule's business");
+        let scoped = Policy::parse("profile = \"baseline\"\n[scope]\nimage = [\"mine/*\"]").unwrap();
+        let check =
+            |c: &Container| scoped.check(Subject { container: c, annotations: &none, security: Some(&host_pid) });
+        assert_eq!(check(&container("mine/x:1", "")).unwrap().rule, "Host Namespaces");
+        assert!(check(&container("other/x:1", "")).is_none(), "out of scope");
+        for (text, expect) in [
+            ("profile = \"strict\"", "unknown variant"),
+            ("[exempt]\npod_namespace = [\"a\"]", "without a profile"),
+            ("profile = \"baseline\"\n[scope]\n", "no condition"),
+            ("profile = \"baseline\"\n[exempt]\nruntime = [\"rocket\"]", "unknown runtime"),
+            ("profile = \"baseline\"\n[exempt]\nnamespaces = [\"a\"]", "unknown field"),
+        ] {
+            let e = Policy::parse(text).unwrap_err();
+            assert!(e.contains(expect), "{text}: {e}");
+        }
     }
 
     #[test]
