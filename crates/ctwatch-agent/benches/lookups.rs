@@ -68,6 +68,8 @@ fn container(i: u64, path: String) -> Container {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        annotations: Default::default(),
+        hook: None,
         state: ContainerState::Existing,
     }
 }

@@ -13,9 +13,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ctwatch::cgroupfs::{self, Hierarchy};
+use ctwatch::hook::HookInfo;
 use ctwatch::proc::{self, Namespace, ProcError};
 use ctwatch::resolve::{self, ResolveError, ResolvedPath};
-use ctwatch::{Container, ContainerState, LookupError, Runtime, SharedStore};
+use ctwatch::{Container, ContainerState, LookupError, PodInfo, Runtime, SharedStore};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -184,6 +185,12 @@ pub struct ContainerRecord {
     pub net_ns: Option<u64>,
     /// Its runtime's labels.
     pub labels: BTreeMap<String, String>,
+    /// Its bundle's OCI annotations, when the runtime hook read them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// What the runtime hook learned before it started, when the hook saw its create.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "hook_findings")]
+    pub hook: Option<Arc<HookInfo>>,
     /// `existing`, `created` or `removed` (kept for the grace period).
     pub state: ContainerState,
 }
@@ -191,27 +198,49 @@ pub struct ContainerRecord {
 impl ContainerRecord {
     /// A record from a container and what is known of its processes.
     pub fn new(c: &Container, ns: Option<Namespaces>) -> Self {
+        // Every field named: one added to the model fails to compile here.
+        let Container {
+            id,
+            runtime,
+            cgroup_id,
+            cgroup_path,
+            image,
+            image_digest,
+            name,
+            pod: PodInfo { name: pod_name, namespace: pod_namespace, uid: pod_uid, sandbox: pod_sandbox },
+            labels,
+            annotations,
+            hook,
+            ctime_ns,
+            state,
+        } = c;
         ContainerRecord {
-            container_id: c.id.clone(),
-            container_ctime: c.ctime_ns,
-            container_name: c.name.clone(),
-            container_image: c.image.clone(),
-            container_image_digest: c.image_digest.clone(),
-            runtime: c.runtime,
-            k8s_pod_id: c.pod.uid.clone(),
-            k8s_pod_name: c.pod.name.clone(),
-            k8s_pod_namespace: c.pod.namespace.clone(),
-            k8s_pod_sandbox: c.pod.sandbox,
-            cgroup_id: c.cgroup_id,
-            cgroup_path: c.cgroup_path.clone(),
-            cgroup_path_bytes: cgroup_path_bytes(&c.cgroup_path),
+            container_id: id.clone(),
+            container_ctime: *ctime_ns,
+            container_name: name.clone(),
+            container_image: image.clone(),
+            container_image_digest: image_digest.clone(),
+            runtime: *runtime,
+            k8s_pod_id: pod_uid.clone(),
+            k8s_pod_name: pod_name.clone(),
+            k8s_pod_namespace: pod_namespace.clone(),
+            k8s_pod_sandbox: *pod_sandbox,
+            cgroup_id: *cgroup_id,
+            cgroup_path: cgroup_path.clone(),
+            cgroup_path_bytes: cgroup_path_bytes(cgroup_path),
             init_pid: ns.map(|n| n.init_pid),
             mount_ns: ns.map(|n| n.mount_ns),
             net_ns: ns.map(|n| n.net_ns),
-            labels: c.labels.clone(),
-            state: c.state,
+            labels: labels.clone(),
+            annotations: annotations.clone(),
+            hook: hook.clone(),
+            state: *state,
         }
     }
+}
+
+fn hook_findings<S: serde::Serializer>(hook: &Option<Arc<HookInfo>>, serializer: S) -> Result<S::Ok, S::Error> {
+    hook.as_deref().serialize(serializer)
 }
 
 /// A cgroup path's bytes in standard base64, when they are not UTF-8.

@@ -139,8 +139,9 @@ pub fn approx_event_bytes(event: &ContainerEvent) -> usize {
         + c.pod.name.len()
         + c.pod.namespace.len()
         + c.pod.uid.len()
-        + map(&c.labels);
-    let hook = event.hook.as_deref().map_or(0, |h| {
+        + map(&c.labels)
+        + map(&c.annotations);
+    let hook = event.hook().map(|h| &**h).map_or(0, |h| {
         let oci = h.oci.as_ref().map_or(0, |o| {
             o.oci_version.len()
                 + strings(&o.args)
@@ -390,7 +391,6 @@ mod tests {
             container: Arc::new(Container::new(format!("{i:064x}"), Runtime::Docker)),
             kernel_time: None,
             enriched: None,
-            hook: None,
         }
     }
 

@@ -38,6 +38,11 @@ impl Format {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuntimeLabel {
     runtime: &'static str,
 }
@@ -82,6 +87,8 @@ pub struct Metrics {
     enrichment_failures: Family<RuntimeLabel, Counter>,
     ring_buffer_dropped: Counter,
     resyncs: Counter,
+    queue_overflows: Family<QueueLabel, Counter>,
+    source_fallbacks: Counter,
     api_requests: Family<RequestLabels, Counter>,
     subscribers: Gauge,
     subscribers_dropped: Counter,
@@ -157,6 +164,18 @@ impl Metrics {
         );
         let resyncs = Counter::<u64, AtomicU64>::default();
         registry.register("resyncs", "Rescans of cgroupfs made to repair lost kernel events", resyncs.clone());
+        let queue_overflows = Family::<QueueLabel, Counter>::default();
+        registry.register(
+            "queue_overflows",
+            "Items a bounded queue or table of the pipeline could not take, by queue (each repaired as its overflow policy says)",
+            queue_overflows.clone(),
+        );
+        let source_fallbacks = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "source_fallbacks",
+            "Times the kernel source ended and the agent fell back to inotify (--source auto)",
+            source_fallbacks.clone(),
+        );
         let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register("api_requests", "API requests, by method and gRPC status code", api_requests.clone());
         let subscribers = Gauge::default();
@@ -218,6 +237,8 @@ impl Metrics {
             enrichment_failures,
             ring_buffer_dropped,
             resyncs,
+            queue_overflows,
+            source_fallbacks,
             api_requests,
             subscribers,
             subscribers_dropped,
@@ -274,6 +295,21 @@ impl Metrics {
     /// One more rescan.
     pub fn resync(&self) {
         self.resyncs.inc();
+    }
+
+    /// `n` items the bounded queue or table `queue` could not take.
+    pub fn queue_overflow(&self, queue: &'static str, n: u64) {
+        self.queue_overflows.get_or_create(&QueueLabel { queue }).inc_by(n);
+    }
+
+    /// How many items `queue` could not take so far.
+    pub fn queue_overflows(&self, queue: &'static str) -> u64 {
+        self.queue_overflows.get_or_create(&QueueLabel { queue }).get()
+    }
+
+    /// The kernel source ended and inotify took over.
+    pub fn source_fallback(&self) {
+        self.source_fallbacks.inc();
     }
 
     /// An API request answered with gRPC status `code` (its canonical name: `OK`, `NOT_FOUND`...).

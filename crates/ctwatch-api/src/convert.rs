@@ -10,26 +10,51 @@ use tonic::Status;
 
 use crate::pb;
 
-/// A record as a message.
+/// A record as a message. Every field is named (no `..`): a field added to
+/// the model reaches the record, and fails to compile here until it is sent.
 pub fn container_message(r: ContainerRecord) -> pb::Container {
+    let ContainerRecord {
+        container_id,
+        container_ctime,
+        container_name,
+        container_image,
+        container_image_digest,
+        runtime,
+        k8s_pod_id,
+        k8s_pod_name,
+        k8s_pod_namespace,
+        k8s_pod_sandbox,
+        cgroup_id,
+        cgroup_path,
+        cgroup_path_bytes: _, // JSON only: the message's path carries the bytes itself
+        init_pid,
+        mount_ns,
+        net_ns,
+        labels,
+        annotations,
+        hook,
+        state,
+    } = r;
     pb::Container {
-        container_id: r.container_id,
-        container_ctime: r.container_ctime,
-        container_name: r.container_name,
-        container_image: r.container_image,
-        container_image_digest: r.container_image_digest,
-        runtime: r.runtime.as_str().to_string(),
-        k8s_pod_id: r.k8s_pod_id,
-        k8s_pod_name: r.k8s_pod_name,
-        k8s_pod_namespace: r.k8s_pod_namespace,
-        k8s_pod_sandbox: r.k8s_pod_sandbox,
-        cgroup_id: r.cgroup_id,
-        cgroup_path: r.cgroup_path,
-        init_pid: r.init_pid,
-        mount_ns: r.mount_ns,
-        net_ns: r.net_ns,
-        labels: r.labels.into_iter().collect(),
-        state: state_message(r.state) as i32,
+        container_id,
+        container_ctime,
+        container_name,
+        container_image,
+        container_image_digest,
+        runtime: runtime.as_str().to_string(),
+        k8s_pod_id,
+        k8s_pod_name,
+        k8s_pod_namespace,
+        k8s_pod_sandbox,
+        cgroup_id,
+        cgroup_path,
+        init_pid,
+        mount_ns,
+        net_ns,
+        labels: labels.into_iter().collect(),
+        state: state_message(state) as i32,
+        annotations: annotations.into_iter().collect(),
+        hook: hook.as_deref().map(hook_message),
     }
 }
 
@@ -44,27 +69,50 @@ fn state_message(state: ContainerState) -> pb::ContainerState {
 /// A message back as a container (what the CLI prints). Unknown runtimes
 /// and states from a newer agent become `unknown` and `created`.
 pub fn container_from_message(m: &pb::Container) -> Container {
-    let state = match pb::ContainerState::try_from(m.state) {
+    let pb::Container {
+        container_id,
+        container_ctime,
+        container_name,
+        container_image,
+        container_image_digest,
+        runtime,
+        k8s_pod_id,
+        k8s_pod_name,
+        k8s_pod_namespace,
+        k8s_pod_sandbox,
+        cgroup_id,
+        cgroup_path,
+        init_pid: _, // the record's, read from /proc by the agent (see `record_from_message`)
+        mount_ns: _,
+        net_ns: _,
+        labels,
+        state,
+        annotations,
+        hook,
+    } = m;
+    let state = match pb::ContainerState::try_from(*state) {
         Ok(pb::ContainerState::Existing) => ContainerState::Existing,
         Ok(pb::ContainerState::Removed) => ContainerState::Removed,
         _ => ContainerState::Created,
     };
     Container {
-        id: m.container_id.clone(),
-        runtime: Runtime::from_name(&m.runtime).unwrap_or(Runtime::Unknown),
-        cgroup_id: m.cgroup_id,
-        cgroup_path: m.cgroup_path.clone(),
-        ctime_ns: m.container_ctime,
-        image: m.container_image.clone(),
-        image_digest: m.container_image_digest.clone(),
-        name: m.container_name.clone(),
+        id: container_id.clone(),
+        runtime: Runtime::from_name(runtime).unwrap_or(Runtime::Unknown),
+        cgroup_id: *cgroup_id,
+        cgroup_path: cgroup_path.clone(),
+        image: container_image.clone(),
+        image_digest: container_image_digest.clone(),
+        name: container_name.clone(),
         pod: PodInfo {
-            name: m.k8s_pod_name.clone(),
-            namespace: m.k8s_pod_namespace.clone(),
-            uid: m.k8s_pod_id.clone(),
-            sandbox: m.k8s_pod_sandbox,
+            name: k8s_pod_name.clone(),
+            namespace: k8s_pod_namespace.clone(),
+            uid: k8s_pod_id.clone(),
+            sandbox: *k8s_pod_sandbox,
         },
-        labels: m.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        annotations: annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        hook: hook.as_ref().map(|h| Arc::new(hook_from_message(h))),
+        ctime_ns: *container_ctime,
         state,
     }
 }
@@ -81,15 +129,20 @@ fn from_unix_nanos(ns: i64) -> SystemTime {
 }
 
 /// An event as a message (`ns` fills the container's namespaces when known).
+///
+/// The hook's findings go once, in `Event.hook` (where clients always found
+/// them), not again in `Event.container.hook`.
 pub fn event_message(e: &ContainerEvent, record: ContainerRecord) -> pb::Event {
+    let mut container = container_message(record);
+    container.hook = None;
     pb::Event {
         event: e.kind.as_str().to_string(),
         time_unix_nano: unix_nanos(e.time),
         kernel_time_unix_nano: e.kernel_time.map(unix_nanos),
         cgroup_id: e.cgroup_id,
         enriched: e.enriched,
-        container: Some(container_message(record)),
-        hook: e.hook.as_deref().map(hook_message),
+        container: Some(container),
+        hook: e.hook().map(|h| hook_message(h)),
     }
 }
 
@@ -182,14 +235,17 @@ pub fn event_from_message(m: &pb::Event) -> Option<ContainerEvent> {
         "container_policy_violation" => EventKind::ContainerPolicyViolation,
         _ => return None,
     };
+    let mut container = container_from_message(m.container.as_ref()?);
+    if let Some(hook) = &m.hook {
+        container.hook = Some(Arc::new(hook_from_message(hook)));
+    }
     Some(ContainerEvent {
         time: from_unix_nanos(m.time_unix_nano),
         kind,
         cgroup_id: m.cgroup_id,
-        container: Arc::new(container_from_message(m.container.as_ref()?)),
+        container: Arc::new(container),
         kernel_time: m.kernel_time_unix_nano.map(from_unix_nanos),
         enriched: m.enriched,
-        hook: m.hook.as_ref().map(|h| Arc::new(hook_from_message(h))),
     })
 }
 
@@ -262,7 +318,90 @@ pub fn record_from_message(m: &pb::Container) -> ContainerRecord {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use ctwatch::hook::OciSummary;
+
     use super::*;
+
+    /// A container with every field set to something other than its default.
+    fn full_container() -> Container {
+        let hook = HookInfo {
+            runtime_binary: "/usr/sbin/runc".into(),
+            runtime_pid: 42,
+            command: "create".into(),
+            bundle: "/run/b".into(),
+            pid_file: "/run/b/pid".into(),
+            state_root: "/run/runc".into(),
+            oci: Some(OciSummary {
+                oci_version: "1.0.2".into(),
+                args: vec!["sleep".into(), "60".into()],
+                cwd: "/".into(),
+                uid: 1,
+                gid: 2,
+                hostname: "h".into(),
+                root_path: "rootfs".into(),
+                root_readonly: true,
+                cgroups_path: "/x".into(),
+                namespaces: vec!["pid".into()],
+                mounts: 3,
+                capabilities: vec!["CAP_CHOWN".into()],
+                annotations: BTreeMap::from([("a".into(), "1".into())]),
+            }),
+            oci_error: None,
+            verdict: Some(PolicyVerdict {
+                mode: "audit".into(),
+                denied: false,
+                rule: "r".into(),
+                reason: "why".into(),
+            }),
+            answer_us: 7,
+            answered_by_deadline: true,
+            init_pid: Some(99),
+            trusted: true,
+            caller_uid: 0,
+        };
+        let mut c = Container {
+            cgroup_id: 1234,
+            cgroup_path: "/docker/abc".into(),
+            image: "local/busybox:1".into(),
+            image_digest: format!("sha256:{}", "b".repeat(64)),
+            name: "web".into(),
+            pod: PodInfo { name: "p".into(), namespace: "ns".into(), uid: "u".into(), sandbox: true },
+            labels: BTreeMap::from([("team".into(), "blue".into())]),
+            ctime_ns: 5,
+            state: ContainerState::Removed,
+            ..Container::new("abc", Runtime::Podman)
+        };
+        c.set_hook(Arc::new(hook));
+        c
+    }
+
+    #[test]
+    fn the_model_survives_a_round_trip_through_protobuf() {
+        let c = full_container();
+        assert_eq!(c.annotations.len(), 1, "the hook's OCI annotations are the container's");
+        let message = container_message(ContainerRecord::new(&c, None));
+        assert_eq!(container_from_message(&message), c);
+        // And through an event, whose hook travels once, as Event.hook.
+        let event = ContainerEvent {
+            time: UNIX_EPOCH + Duration::from_nanos(77),
+            kind: EventKind::ContainerCreate,
+            cgroup_id: c.cgroup_id,
+            container: Arc::new(c.clone()),
+            kernel_time: Some(UNIX_EPOCH + Duration::from_nanos(66)),
+            enriched: Some(true),
+        };
+        let m = event_message(&event, ContainerRecord::new(&c, None));
+        assert!(m.hook.is_some() && m.container.as_ref().unwrap().hook.is_none());
+        assert_eq!(event_from_message(&m), Some(event));
+        // The record keeps the namespaces the message carries.
+        let mut record = ContainerRecord::new(&c, None);
+        record.init_pid = Some(3);
+        record.mount_ns = Some(4);
+        record.net_ns = Some(5);
+        assert_eq!(record_from_message(&container_message(record.clone())), record);
+    }
 
     #[test]
     fn hook_findings_keep_who_called() {

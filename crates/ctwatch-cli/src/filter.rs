@@ -116,7 +116,6 @@ mod tests {
             container: Arc::new(c),
             kernel_time: None,
             enriched: None,
-            hook: None,
         }
     }
 

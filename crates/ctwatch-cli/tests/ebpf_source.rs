@@ -363,3 +363,73 @@ fn another_tools_ebpf_program_tells_container_processes_apart_with_the_map() {
     assert!(watch.interrupt().success());
     let _ = fs::remove_dir(&pin_dir);
 }
+
+/// Test-only: makes the agent's eBPF source end this many ms after it starts.
+const END_EBPF_AFTER_MS: &str = "CTWATCH_TEST_END_EBPF_AFTER_MS";
+
+#[test]
+fn under_hook_auto_the_kernel_sources_end_is_seen_and_auto_falls_back_to_inotify() {
+    require_root();
+    let parent_name = unique("src-end");
+    let mut tree = CgroupTree::new();
+    let parent = tree.mkdir_p(&default_hierarchy(), &parent_name);
+    let before = hex_id(&format!("{parent_name}-before"));
+    let before_dir = tree.mkdir_p(&parent, &format!("docker/{before}"));
+    // The hook holds clones of the inbox's sender: the source's end must still be noticed.
+    let args = ["--hook", "auto", "--cgroup-root", parent.to_str().unwrap()];
+    let mut watch = Watch::start_with_env("auto", &args, &[(END_EBPF_AFTER_MS, "1000")]);
+    assert!(watch.logged("source: ebpf"), "{:?}", watch.log.lock().unwrap());
+    let start = std::time::Instant::now();
+    while !watch.logged("falling back to inotify") {
+        assert!(start.elapsed() < WAIT, "no fallback: {:#?}", watch.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(watch.logged(END_EBPF_AFTER_MS), "the warning says why: {:#?}", watch.log.lock().unwrap());
+    // inotify follows from here on: a container made and one removed after the end are seen.
+    let after = hex_id(&format!("{parent_name}-after"));
+    let start = std::time::Instant::now();
+    while !watch.logged("source: inotify (fallback)") {
+        assert!(start.elapsed() < WAIT, "{:#?}", watch.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // inotify's scan and watches in place
+    tree.mkdir_p(&parent, &format!("docker/{after}"));
+    watch.wait_for("container_create", &after);
+    tree.rmdir(&before_dir);
+    watch.wait_for("container_remove", &before);
+    watch.drain_for(Duration::from_millis(300));
+    let kinds = |id: &str| watch.about(id).iter().map(|e| e["event"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(kinds(&before), ["existing_container", "container_remove"], "nothing known is reported again");
+    assert_eq!(kinds(&after), ["container_create"]);
+}
+
+#[test]
+fn an_explicit_ebpf_source_that_ends_exits_2_with_the_reason() {
+    require_root();
+    let parent_name = unique("src-end-explicit");
+    let mut tree = CgroupTree::new();
+    let parent = tree.mkdir_p(&default_hierarchy(), &parent_name);
+    let mut child = std::process::Command::new(ctwatch_bin())
+        .args(["watch", "--standalone", "--no-pin", "--source", "ebpf", "--hook", "auto", "--cgroup-root"])
+        .arg(&parent)
+        .env(END_EBPF_AFTER_MS, "500")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > WAIT {
+            let _ = child.kill();
+            panic!("ctwatch kept running on the hook alone after its eBPF source ended");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the ebpf source ended") && stderr.contains(END_EBPF_AFTER_MS), "{stderr}");
+}

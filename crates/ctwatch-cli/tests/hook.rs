@@ -520,3 +520,63 @@ fn without_cap_sys_admin_the_hook_says_so_and_ctwatch_keeps_working() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CAP_SYS_ADMIN"));
 }
+
+/// The first line of `ctwatch watch --socket` about `id` (Watch's current state).
+fn first_watched(socket: &Path, id: &str) -> Value {
+    let mut child = Command::new(ctwatch_bin())
+        .args(["watch", "--format", "json", "--socket"])
+        .arg(socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut found = None;
+    for line in lines.map_while(Result::ok) {
+        let event: Value = serde_json::from_str(&line).unwrap();
+        if event["args"]["container_id"] == id {
+            found = Some(event);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    found.unwrap_or_else(|| panic!("watch never printed {id}"))
+}
+
+#[test]
+fn get_ls_list_and_watchs_current_state_show_the_hooks_findings() {
+    require_root();
+    let serve = serve::Serve::start(&["--no-enrich", "--hook", "on"]);
+    let socket = serve.socket.to_str().unwrap().to_string();
+    let container = RuncContainer::new("hook-in-store", &["sleep", "60"]);
+    run_detached("runc", &["run", "-d", "--bundle", container.bundle(), &container.id]);
+    let pid: u32 = {
+        let state = run("runc", &["state", &container.id]);
+        serde_json::from_str::<Value>(&state).unwrap()["pid"].as_u64().unwrap() as u32
+    };
+    let get = || -> Value {
+        let out = output(ctwatch_bin().to_str().unwrap(), &["get", "--socket", &socket, &container.id]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let start = Instant::now();
+    let mut got = get();
+    while got["hook"]["init_pid"] != pid && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        got = get();
+    }
+    // get (the API's Get): the hook's findings are part of the container.
+    assert_eq!(got["hook"]["init_pid"], pid, "{got:#}");
+    assert_eq!(got["hook"]["bundle"], container.bundle(), "{got:#}");
+    assert_eq!(got["hook"]["oci"]["args"], serde_json::json!(["sleep", "60"]), "{got:#}");
+    assert_eq!(got["hook"]["trusted"], true, "{got:#}");
+    // ls --format json (the API's List): the same record.
+    let listed = run(ctwatch_bin().to_str().unwrap(), &["ls", "--socket", &socket, "--format", "json"]);
+    let line = listed.lines().find(|l| l.contains(&container.id)).unwrap_or_else(|| panic!("{listed}"));
+    let record: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(record, got, "ls and get print the same record");
+    // Watch's current state: a new client learns the findings too.
+    let current = first_watched(&serve.socket, &container.id);
+    assert_eq!(current["hook"]["init_pid"], pid, "{current}");
+    assert_eq!(current["hook"]["bundle"], container.bundle(), "{current}");
+}

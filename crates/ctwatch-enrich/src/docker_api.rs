@@ -73,7 +73,7 @@ pub const DOCKER_DAEMON_JSON: &str = "/etc/docker/daemon.json";
 pub const DEFAULT_DOCKER_DATA_ROOT: &str = "/var/lib/docker";
 
 /// Record files (such as `repositories.json`) larger than this are not read.
-const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+const MAX_RECORD_BYTES: u64 = ctwatch::untrusted::MAX_RUNTIME_FILE;
 
 /// Docker's data root without asking the daemon: `flag` when given, else
 /// `data-root` (or the older `graph`) in `daemon_json`, else
@@ -88,7 +88,7 @@ pub fn docker_data_root(flag: Option<&Path>, daemon_json: &Path) -> PathBuf {
         data_root: Option<String>,
         graph: Option<String>,
     }
-    crate::oci_state::read_json_capped::<DaemonJson>(daemon_json, 1024 * 1024)
+    crate::oci_state::read_json_capped::<DaemonJson>(daemon_json, MAX_RECORD_BYTES)
         .and_then(|d| d.data_root.or(d.graph))
         .filter(|root| root.starts_with('/'))
         .map_or_else(|| PathBuf::from(DEFAULT_DOCKER_DATA_ROOT), PathBuf::from)
@@ -157,8 +157,7 @@ impl DockerApi {
         .await
         .ok()??;
         // The daemon's answer, when it gave one for this image, wins (it matches the named repository).
-        let cached = self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(&image_id).cloned();
-        m.image_digest = cached.or(digest).unwrap_or_else(|| sha256_digest(&image_id));
+        m.image_digest = self.cached_digest(&image_id).or(digest).unwrap_or_else(|| sha256_digest(&image_id));
         Some(m)
     }
 
@@ -214,20 +213,7 @@ impl DockerApi {
             m.add_labels(labels);
         }
         let image_id = inspect.image.unwrap_or_default();
-        let cached = self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(&image_id).cloned();
-        m.image_digest = match cached {
-            Some(digest) => digest,
-            None => {
-                let digest =
-                    self.image_digest(&client, &image_id, &m.image).await.unwrap_or_else(|| sha256_digest(&image_id));
-                let mut cache = self.digests.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() >= MAX_CACHED_DIGESTS {
-                    cache.clear();
-                }
-                cache.insert(image_id, digest.clone());
-                digest
-            }
-        };
+        m.image_digest = self.cached_image_digest(&client, &image_id, &m.image).await;
         Ok(Some(m))
     }
 
@@ -257,10 +243,14 @@ impl DockerApi {
         root
     }
 
-    /// The image's digest, from the cache or the daemon.
+    /// The image's digest if the daemon gave it before.
+    fn cached_digest(&self, image_id: &str) -> Option<String> {
+        self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(image_id).cloned()
+    }
+
+    /// The image's digest, from the cache or the daemon (the one cache of digests).
     async fn cached_image_digest(&self, client: &Docker, image_id: &str, named: &str) -> String {
-        let cached = self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(image_id).cloned();
-        if let Some(digest) = cached {
+        if let Some(digest) = self.cached_digest(image_id) {
             return digest;
         }
         let digest = self.image_digest(client, image_id, named).await.unwrap_or_else(|| sha256_digest(image_id));

@@ -2,9 +2,10 @@
 //! event path, with a concurrency limit per runtime, and hands the answers
 //! back on a channel. A slow or hung daemon only delays its own containers.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -139,6 +140,15 @@ struct Shared {
     results: Sender<EnrichResult>,
     /// How long one daemon request may take before it counts as failed.
     request_deadline: Duration,
+    /// The cancel flag of each container being asked about (removed when its
+    /// task ends or it is cancelled, so it holds at most the tasks running).
+    running: Mutex<HashMap<(String, u64), Arc<AtomicBool>>>,
+}
+
+impl Shared {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Arc<AtomicBool>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Runs enrichment on its own small tokio runtime.
@@ -179,6 +189,7 @@ impl Enrichment {
             oci: OciState::new(config.state_dirs),
             results,
             request_deadline: config.deadline,
+            running: Mutex::new(HashMap::new()),
         });
         Ok(Enrichment { runtime, shared })
     }
@@ -189,21 +200,48 @@ impl Enrichment {
         let (id, runtime, cgroup_id) = (container.id.clone(), container.runtime, container.cgroup_id);
         let in_pod = !container.pod.uid.is_empty();
         let namespace = containerd_namespace(&container.cgroup_path, &container.id);
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let key = (id.clone(), cgroup_id);
+        if let Some(old) = shared.running().insert(key.clone(), cancelled.clone()) {
+            old.store(true, Ordering::Relaxed);
+        }
         self.runtime.spawn(async move {
             // A daemon that did not answer is asked again, with backoff, so the
-            // containers created while it was down are enriched once it is back.
+            // containers created while it was down are enriched once it is back
+            // (unless the container is removed first: see `cancel`).
             let mut backoff = RETRY_FIRST;
             let give_up = tokio::time::Instant::now() + RETRY_FOR;
             loop {
                 let result = enrich_one(&shared, id.clone(), runtime, cgroup_id, namespace.clone(), in_pod).await;
                 let complete = result.complete;
-                if shared.results.send(result).is_err() || complete || tokio::time::Instant::now() >= give_up {
+                if cancelled.load(Ordering::Relaxed)
+                    || shared.results.send(result).is_err()
+                    || complete
+                    || tokio::time::Instant::now() >= give_up
+                {
                     break;
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RETRY_MAX);
             }
+            let mut running = shared.running();
+            if running.get(&key).is_some_and(|flag| Arc::ptr_eq(flag, &cancelled)) {
+                running.remove(&key);
+            }
         });
+    }
+
+    /// Stops asking about container `id` (its incarnation with root cgroup
+    /// `cgroup_id`): no more retries, no more answers. For removed containers.
+    pub fn cancel(&self, id: &str, cgroup_id: u64) {
+        if let Some(flag) = self.shared.running().remove(&(id.to_string(), cgroup_id)) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// How many containers are being asked about (retries included).
+    pub fn running(&self) -> usize {
+        self.shared.running().len()
     }
 }
 
@@ -291,4 +329,36 @@ fn existing(candidates: &[&str]) -> Vec<PathBuf> {
 
 fn same_socket(a: &Path, b: &Path) -> bool {
     a == b || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_container_is_asked_about_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        // A daemon that is down: every answer is incomplete, so it would be asked again for minutes.
+        let config = EnrichConfig {
+            deadline: Duration::from_millis(200),
+            docker_sockets: vec![dir.path().join("docker.sock")],
+            podman_sockets: Vec::new(),
+            containerd_sockets: Vec::new(),
+            cri_sockets: Vec::new(),
+            state_dirs: HostStateDirs::under(dir.path()),
+            docker_data_root: dir.path().join("docker"),
+            ..EnrichConfig::default()
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let enrichment = Enrichment::start(config, tx).unwrap();
+        let container = Container { cgroup_id: 7, ..Container::new("a".repeat(64), Runtime::Docker) };
+        enrichment.submit(&container);
+        assert_eq!(enrichment.running(), 1);
+        let first = rx.recv_timeout(Duration::from_secs(10)).expect("a first (incomplete) answer");
+        assert!(!first.complete);
+        enrichment.cancel(&container.id, 7);
+        assert_eq!(enrichment.running(), 0, "forgotten at once");
+        // The retry after RETRY_FIRST would have answered again; nothing comes.
+        assert!(rx.recv_timeout(RETRY_FIRST * 3).is_err(), "no retry after the cancel");
+    }
 }

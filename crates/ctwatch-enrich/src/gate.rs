@@ -133,23 +133,16 @@ fn released(mut event: ContainerEvent, updated: Option<Arc<Container>>, complete
 mod tests {
     use std::time::SystemTime;
 
-    use ctwatch::{ContainerState, PodInfo, Runtime};
+    use ctwatch::Runtime;
 
     use super::*;
 
     fn event(kind: EventKind, id: &str, cgroup_id: u64) -> ContainerEvent {
         let container = Container {
-            id: id.into(),
-            runtime: Runtime::Docker,
             cgroup_id,
             cgroup_path: format!("/docker/{id}"),
             ctime_ns: 1,
-            image: String::new(),
-            image_digest: String::new(),
-            name: String::new(),
-            pod: PodInfo::default(),
-            labels: Default::default(),
-            state: ContainerState::Created,
+            ..Container::new(id, Runtime::Docker)
         };
         ContainerEvent {
             time: SystemTime::now(),
@@ -158,7 +151,6 @@ mod tests {
             container: Arc::new(container),
             kernel_time: None,
             enriched: None,
-            hook: None,
         }
     }
 

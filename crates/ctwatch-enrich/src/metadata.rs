@@ -138,11 +138,7 @@ impl Metadata {
     }
 }
 
-/// An untrusted string made safe to print: at most `max` characters, control
-/// characters replaced by U+FFFD (so no terminal escapes or fake lines).
-pub fn clean(value: &str, max: usize) -> String {
-    value.chars().take(max).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
-}
+pub use ctwatch::untrusted::clean;
 
 /// `sha256:<hex>` from a digest, a repo digest (`repo@sha256:<hex>`) or an
 /// image ID; empty when it is none of these.
@@ -179,17 +175,10 @@ mod tests {
     #[test]
     fn the_daemon_that_knows_a_container_names_its_runtime() {
         let mut c = ctwatch::Container {
-            id: "x".into(),
-            runtime: Runtime::Unknown,
             cgroup_id: 1,
             cgroup_path: "/kubepods/x".into(),
             ctime_ns: 1,
-            image: String::new(),
-            image_digest: String::new(),
-            name: String::new(),
-            pod: ctwatch::PodInfo::default(),
-            labels: Default::default(),
-            state: ctwatch::ContainerState::Created,
+            ..ctwatch::Container::new("x", Runtime::Unknown)
         };
         let m = Metadata { runtime: Some(Runtime::Containerd), name: "app".into(), ..Metadata::default() };
         m.apply_to(&mut c);

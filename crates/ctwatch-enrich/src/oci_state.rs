@@ -6,22 +6,20 @@
 //! used), so a huge or malformed file costs little and breaks nothing.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ctwatch::state_dirs::HostStateDirs;
+use ctwatch::untrusted::{is_safe_name, MAX_RUNTIME_FILE};
+pub use ctwatch::untrusted::{read_capped, read_json_capped, RecordFileError};
 use ctwatch::Runtime;
 use serde::Deserialize;
-use thiserror::Error;
 
 use crate::metadata::Metadata;
 
-/// The largest state.json or config.json read.
-pub const MAX_FILE: u64 = 4 << 20;
+/// The largest state.json or config.json read (the one cap for runtime files).
+pub const MAX_FILE: u64 = MAX_RUNTIME_FILE;
 /// How often to look for a state.json that runc has not written yet.
 const STATE_POLL: Duration = Duration::from_millis(20);
 
@@ -69,7 +67,7 @@ impl OciState {
         wait: Duration,
         stop: &AtomicBool,
     ) -> Option<Metadata> {
-        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+        if !is_safe_name(id) {
             return None;
         }
         let candidates = self.state_files(runtime, id, namespace);
@@ -126,58 +124,6 @@ impl OciState {
 /// Reads at most [`MAX_FILE`] bytes of JSON; see [`read_json_capped`].
 pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     read_json_capped(path, MAX_FILE)
-}
-
-/// Why a record file was not read.
-#[derive(Debug, Error)]
-pub enum RecordFileError {
-    /// It could not be opened or read.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// It is not a regular file (a FIFO or device could block or never end).
-    #[error("not a regular file")]
-    NotAFile,
-    /// It is larger than the caller reads.
-    #[error("{size} bytes, more than the {max} read")]
-    TooLarge {
-        /// Its size (at least).
-        size: u64,
-        /// The cap.
-        max: u64,
-    },
-}
-
-/// Reads a file a runtime (or whoever controls its directories) wrote, never
-/// blocking: opened non-blocking, so a FIFO in its place cannot hang the
-/// caller; only a regular file; at most `max_bytes`.
-pub fn read_capped(path: &Path, max_bytes: u64) -> Result<Vec<u8>, RecordFileError> {
-    let file =
-        File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC).open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(RecordFileError::NotAFile);
-    }
-    if meta.len() > max_bytes {
-        return Err(RecordFileError::TooLarge { size: meta.len(), max: max_bytes });
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max_bytes {
-        // It grew while being read.
-        return Err(RecordFileError::TooLarge { size: bytes.len() as u64, max: max_bytes });
-    }
-    Ok(bytes)
-}
-
-/// Reads a runtime's JSON record file with [`read_capped`]; invalid UTF-8 is
-/// replaced, not fatal; anything unreadable is `None` (and logged at debug).
-pub fn read_json_capped<T: for<'de> Deserialize<'de>>(path: &Path, max_bytes: u64) -> Option<T> {
-    let bytes = read_capped(path, max_bytes)
-        .map_err(|e| tracing::debug!(path = %path.display(), error = %e, "record file not read"))
-        .ok()?;
-    serde_json::from_str(&String::from_utf8_lossy(&bytes))
-        .map_err(|e| tracing::debug!(path = %path.display(), error = %e, "unreadable record"))
-        .ok()
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ctwatch::hook::OciSummary;
-use ctwatch_enrich::metadata::clean;
+use ctwatch::untrusted::clean;
 use ctwatch_security::{Config, ParseError, SecurityProfile};
 use thiserror::Error;
 
-use ctwatch_enrich::oci_state::RecordFileError;
+use ctwatch::untrusted::RecordFileError;
 
 use crate::caller::CallerFs;
 

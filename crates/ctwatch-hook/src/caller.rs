@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use ctwatch_enrich::oci_state::RecordFileError;
+use ctwatch::untrusted::RecordFileError;
 
 /// `CAP_SYS_ADMIN`'s bit in a capability set.
 const CAP_SYS_ADMIN: u32 = 21;

@@ -21,7 +21,7 @@ use crate::bundle::BundleConfig;
 use crate::invocation::CreateCall;
 
 /// Record files larger than this are not read.
-const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+const MAX_RECORD_BYTES: u64 = ctwatch::untrusted::MAX_RUNTIME_FILE;
 
 /// Where the runtimes keep their records.
 #[derive(Debug, Clone)]

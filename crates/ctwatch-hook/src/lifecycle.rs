@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use ctwatch::cgroupfs::{self, Hierarchy};
 use ctwatch::hook::HookMessage;
 use ctwatch::sources::{CgroupChange, CgroupEvent, Origin, SourceMessage};
-use ctwatch_enrich::oci_state::read_capped;
+use ctwatch::untrusted::read_capped;
 use tracing::debug;
 
 use crate::caller::CallerFs;
@@ -29,7 +29,7 @@ const IDLE_TICK: Duration = Duration::from_millis(200);
 /// A create whose runtime is still alive but has written no pid file after this long is given up on.
 const MAX_WAIT: Duration = Duration::from_secs(600);
 /// The largest pid file or `state.json` read.
-const MAX_STATE_BYTES: u64 = 1 << 20;
+const MAX_STATE_BYTES: u64 = ctwatch::untrusted::MAX_RUNTIME_FILE;
 
 /// A create to follow.
 #[derive(Debug)]

@@ -1,9 +1,30 @@
-//! What ctwatch knows about one container.
+//! What ctwatch knows about one container: the one model every view derives from.
+//!
+//! [`Container`] is defined here once. The event arguments
+//! ([`crate::event`]), the data source's record (`ctwatch-agent`'s
+//! `ContainerRecord`, printed by `get` and `ls --format json`), the CLI's
+//! tables and the protobuf messages (`ctwatch-api`'s `convert`) are all made
+//! from it by destructuring it without `..`: a field added here and not
+//! mapped in one of them fails to compile. Add a field here, then follow the
+//! compiler.
+//!
+//! Where "not known (yet)" differs from "known to be empty" a field is an
+//! `Option` (the hook's findings: `None` until the runtime hook saw the
+//! create, or when it was off).
+//!
+//! Where the next fields go: start and exit (`started_at`, `finished_at`,
+//! `exit_code`, `exit_signal`, `oom_killed`, `oom_kills`, `init_pid`, the
+//! start's exe/argv0) in the lifecycle section of [`Container`], each an
+//! `Option`; the security posture as one `security: Option<...>` field next
+//! to `hook`; an event's sequence number (`seq`) on
+//! [`crate::event::ContainerEvent`], not here.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::hook::HookInfo;
 use crate::runtime::Runtime;
 
 /// Where a container is in its life, as ctwatch saw it.
@@ -31,9 +52,15 @@ pub struct PodInfo {
     pub sandbox: bool,
 }
 
-/// One container: identity from its cgroup, the rest from enrichment.
+/// One container. Identity comes from its cgroup, names/image/pod/labels from
+/// runtime enrichment, `annotations` and `hook` from the runtime hook, and
+/// the lifecycle from the kernel source.
+///
+/// Events about a container carry the record as it was when the event was
+/// made (shared, `Arc<Container>`); the store holds the current one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Container {
+    // --- identity ---
     /// The container's ID as its runtime knows it.
     pub id: String,
     /// The runtime that made it.
@@ -42,8 +69,8 @@ pub struct Container {
     pub cgroup_id: u64,
     /// Its root cgroup's path, relative to the hierarchy root.
     pub cgroup_path: String,
-    /// The earliest ctime seen for its root cgroup, in ns since the Unix epoch (0 if unknown).
-    pub ctime_ns: u64,
+
+    // --- what its runtime says (enrichment; empty until it answers) ---
     /// The image as the user named it.
     pub image: String,
     /// The image digest (`sha256:<hex>`).
@@ -54,8 +81,26 @@ pub struct Container {
     pub pod: PodInfo,
     /// The labels its runtime reports (Docker/Podman/containerd/CRI labels), bounded and cleaned.
     pub labels: BTreeMap<String, String>,
+    /// The OCI annotations of its bundle's `config.json` (from the runtime
+    /// hook), bounded and cleaned; empty when the hook did not read them.
+    pub annotations: BTreeMap<String, String>,
+
+    // --- what the runtime hook saw ---
+    /// What the runtime hook learned before the container started (bundle,
+    /// OCI config, init PID, caller, policy verdict); `None` when the hook
+    /// did not see its create (off, not hooked, or the container predates ctwatch).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_hook")]
+    pub hook: Option<Arc<HookInfo>>,
+
+    // --- lifecycle ---
+    /// The earliest ctime seen for its root cgroup, in ns since the Unix epoch (0 if unknown).
+    pub ctime_ns: u64,
     /// Where it is in its life.
     pub state: ContainerState,
+}
+
+fn serialize_hook<S: serde::Serializer>(hook: &Option<Arc<HookInfo>>, serializer: S) -> Result<S::Ok, S::Error> {
+    hook.as_deref().serialize(serializer)
 }
 
 impl Container {
@@ -67,13 +112,24 @@ impl Container {
             runtime,
             cgroup_id: 0,
             cgroup_path: String::new(),
-            ctime_ns: 0,
             image: String::new(),
             image_digest: String::new(),
             name: String::new(),
             pod: PodInfo::default(),
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            hook: None,
+            ctime_ns: 0,
             state: ContainerState::Created,
         }
+    }
+
+    /// The hook's findings joined onto this container: `hook` kept, and the
+    /// OCI annotations copied into `annotations`.
+    pub fn set_hook(&mut self, hook: Arc<HookInfo>) {
+        if let Some(oci) = &hook.oci {
+            self.annotations = oci.annotations.clone();
+        }
+        self.hook = Some(hook);
     }
 }

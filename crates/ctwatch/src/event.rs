@@ -7,7 +7,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::container::Container;
+use crate::container::{Container, PodInfo};
 use crate::hook::HookInfo;
 
 /// Which derived event this is.
@@ -60,9 +60,15 @@ pub struct ContainerEvent {
     /// Whether runtime enrichment finished before the event went out
     /// (`None` when enrichment is off, or for removals).
     pub enriched: Option<bool>,
+}
+
+impl ContainerEvent {
     /// What the runtime hook learned (bundle, OCI config, init PID, policy
-    /// verdict), when it saw this container being created.
-    pub hook: Option<Arc<HookInfo>>,
+    /// verdict), when it saw this container being created: the container's
+    /// own [`Container::hook`], printed as the event's `hook`.
+    pub fn hook(&self) -> Option<&Arc<HookInfo>> {
+        self.container.hook.as_ref()
+    }
 }
 
 /// Formats a time as RFC 3339 with nanoseconds, in UTC.
@@ -75,25 +81,41 @@ struct Args<'a>(&'a ContainerEvent);
 
 impl Serialize for Args<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let c = &self.0.container;
+        // Every field named: one added to the model fails to compile here
+        // until it is printed or deliberately left out.
+        let Container {
+            id,
+            runtime,
+            cgroup_id: _,   // the event's own `cgroup_id`
+            cgroup_path: _, // not an argument of the reference's events
+            image,
+            image_digest,
+            name,
+            pod: PodInfo { name: pod_name, namespace: pod_namespace, uid: pod_uid, sandbox: pod_sandbox },
+            labels,
+            annotations: _, // inside `hook.oci.annotations`
+            hook: _,        // the event's own `hook`
+            ctime_ns,
+            state: _, // the event's kind says it
+        } = &*self.0.container;
         if self.0.kind == EventKind::ContainerRemove {
             let mut map = serializer.serialize_map(Some(2))?;
-            map.serialize_entry("runtime", &c.runtime)?;
-            map.serialize_entry("container_id", &c.id)?;
+            map.serialize_entry("runtime", runtime)?;
+            map.serialize_entry("container_id", id)?;
             return map.end();
         }
         let mut map = serializer.serialize_map(Some(11))?;
-        map.serialize_entry("runtime", &c.runtime)?;
-        map.serialize_entry("container_id", &c.id)?;
-        map.serialize_entry("ctime", &c.ctime_ns)?;
-        map.serialize_entry("container_image", &c.image)?;
-        map.serialize_entry("container_image_digest", &c.image_digest)?;
-        map.serialize_entry("container_name", &c.name)?;
-        map.serialize_entry("pod_name", &c.pod.name)?;
-        map.serialize_entry("pod_namespace", &c.pod.namespace)?;
-        map.serialize_entry("pod_uid", &c.pod.uid)?;
-        map.serialize_entry("pod_sandbox", &c.pod.sandbox)?;
-        map.serialize_entry("labels", &c.labels)?;
+        map.serialize_entry("runtime", runtime)?;
+        map.serialize_entry("container_id", id)?;
+        map.serialize_entry("ctime", ctime_ns)?;
+        map.serialize_entry("container_image", image)?;
+        map.serialize_entry("container_image_digest", image_digest)?;
+        map.serialize_entry("container_name", name)?;
+        map.serialize_entry("pod_name", pod_name)?;
+        map.serialize_entry("pod_namespace", pod_namespace)?;
+        map.serialize_entry("pod_uid", pod_uid)?;
+        map.serialize_entry("pod_sandbox", pod_sandbox)?;
+        map.serialize_entry("labels", labels)?;
         map.end()
     }
 }
@@ -111,7 +133,7 @@ impl Serialize for ContainerEvent {
             map.serialize_entry("enriched", &enriched)?;
         }
         map.serialize_entry("args", &Args(self))?;
-        if let Some(hook) = &self.hook {
+        if let Some(hook) = self.hook() {
             map.serialize_entry("hook", hook.as_ref())?;
         }
         map.end()

@@ -18,13 +18,16 @@
 //! - [`store`]: the containers data source's core.
 //! - [`event`]: the derived events and their JSON form.
 //! - [`hook`]: what the runtime hook learns before a container starts.
+//! - [`clock`]: the injected clock (grace periods and deadlines are tested without sleeping).
 //! - [`proc`]: which cgroup and namespaces a process is in, a container's init.
+//! - [`untrusted`]: runtime files read capped, names checked, strings cleaned.
 //! - [`resolve`]: paths inside a container resolved without leaving its root.
 
 #![warn(missing_docs)]
 
 pub mod cgroupfs;
 pub mod classify;
+pub mod clock;
 pub mod container;
 pub mod event;
 pub mod hook;
@@ -35,10 +38,12 @@ pub mod sources;
 pub mod state_dirs;
 pub mod store;
 pub mod tracker;
+pub mod untrusted;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use container::{Container, ContainerState, PodInfo};
 pub use event::{ContainerEvent, EventKind};
 pub use runtime::Runtime;
 pub use store::{LookupError, Store};
-pub use tracker::CgroupObserver;
+pub use tracker::{CgroupObserver, MembershipChange};
 pub use tracker::{SharedStore, Tracker};

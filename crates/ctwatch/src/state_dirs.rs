@@ -87,7 +87,4 @@ impl StateDirs for HostStateDirs {
     }
 }
 
-/// A name that is safe to join onto a directory (no traversal, no separators).
-fn is_safe_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
-}
+use crate::untrusted::is_safe_name;

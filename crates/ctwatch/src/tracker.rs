@@ -5,14 +5,20 @@
 //! `container_remove`; sub-cgroups are recorded against their container and
 //! make no event. Duplicate reports of the same cgroup are dropped, so each
 //! container is announced exactly once however its cgroup was learned.
+//!
+//! No I/O happens under the store's lock: cgroup paths are classified (which
+//! may `stat` the runtimes' state directories) before the lock is taken, and
+//! [`CgroupObserver`]s (the pinned BPF map) are told after it is released.
+//! Time is read from an injected [`Clock`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use tracing::debug;
 
 use crate::classify::{classify, Classification};
+use crate::clock::{self, Clock};
 use crate::container::{Container, ContainerState, PodInfo};
 use crate::event::{ContainerEvent, EventKind};
 use crate::sources::{CgroupChange, CgroupEvent, Origin};
@@ -41,6 +47,8 @@ impl SharedStore {
 
 /// Learns of every container cgroup the tracker records or forgets (roots
 /// and sub-cgroups), for example to keep a BPF map of container cgroups.
+/// Called after the store's lock is released, on the tracker's thread: an
+/// observer that does I/O should hand the change to its own thread.
 pub trait CgroupObserver: Send {
     /// `cgroup_id` (0 if unread) at `path` now belongs to `container`.
     fn cgroup_added(&mut self, cgroup_id: u64, path: &str, container: &Container, is_root: bool);
@@ -48,28 +56,92 @@ pub trait CgroupObserver: Send {
     fn cgroup_removed(&mut self, cgroup_id: u64, path: &str);
 }
 
+/// A container cgroup the tracker recorded or forgot, as observers learn of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// `cgroup_id` (0 if unread) at `path` now belongs to `container`.
+    Added {
+        /// The cgroup's ID.
+        cgroup_id: u64,
+        /// Its path.
+        path: String,
+        /// The container it belongs to.
+        container: Arc<Container>,
+        /// True for the container's root cgroup.
+        is_root: bool,
+    },
+    /// `cgroup_id` at `path` is gone.
+    Removed {
+        /// The cgroup's ID.
+        cgroup_id: u64,
+        /// Its path.
+        path: String,
+    },
+}
+
+impl MembershipChange {
+    /// Tells `observer` of this change.
+    pub fn tell(&self, observer: &mut dyn CgroupObserver) {
+        match self {
+            MembershipChange::Added { cgroup_id, path, container, is_root } => {
+                observer.cgroup_added(*cgroup_id, path, container, *is_root)
+            }
+            MembershipChange::Removed { cgroup_id, path } => observer.cgroup_removed(*cgroup_id, path),
+        }
+    }
+}
+
 /// Turns [`CgroupEvent`]s into [`ContainerEvent`]s.
 pub struct Tracker {
     store: SharedStore,
     state_dirs: Box<dyn StateDirs>,
     observers: Vec<Box<dyn CgroupObserver>>,
+    clock: Arc<dyn Clock>,
+    /// Membership changes kept for [`Tracker::take_changes`], when asked for.
+    recorded: Option<Vec<MembershipChange>>,
 }
 
 impl Tracker {
     /// A tracker over `store`, confirming ambiguous names with `state_dirs`.
     pub fn new(store: SharedStore, state_dirs: Box<dyn StateDirs>) -> Self {
-        Tracker { store, state_dirs, observers: Vec::new() }
+        Tracker { store, state_dirs, observers: Vec::new(), clock: clock::system(), recorded: None }
+    }
+
+    /// The same tracker keeping every membership change until
+    /// [`Tracker::take_changes`] (which the caller must call after each batch).
+    pub fn recording_changes(mut self) -> Self {
+        self.recorded = Some(Vec::new());
+        self
+    }
+
+    /// The membership changes made since the last call (empty unless
+    /// [`Tracker::recording_changes`]).
+    pub fn take_changes(&mut self) -> Vec<MembershipChange> {
+        self.recorded.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The same tracker reading time from `clock` (grace periods).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock it reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Every live container cgroup now, as `Added` changes (what an observer
+    /// that lost track rebuilds from).
+    pub fn live_memberships(&self) -> Vec<MembershipChange> {
+        live_memberships(&self.store)
     }
 
     /// Adds an observer of container cgroups; it is first told of those already known.
     pub fn add_observer(&mut self, mut observer: Box<dyn CgroupObserver>) {
-        let store = self.store.read();
-        for (path, cgroup_id, m) in store.live_cgroups() {
-            if let Some(c) = store.get(&m.container_id) {
-                observer.cgroup_added(cgroup_id, path, c, m.is_root);
-            }
+        for change in self.live_memberships() {
+            change.tell(observer.as_mut());
         }
-        drop(store);
         self.observers.push(observer);
     }
 
@@ -80,17 +152,35 @@ impl Tracker {
 
     /// Applies a batch of cgroup changes, appending the resulting events to `out`.
     pub fn apply(&mut self, events: &[CgroupEvent], out: &mut Vec<ContainerEvent>) {
-        let now = Instant::now();
-        let store = self.store.clone();
-        let mut store = store.write();
-        store.expire(now);
-        let mut ctx =
-            Ctx { store: &mut store, observers: &mut self.observers, state_dirs: self.state_dirs.as_ref(), out };
-        for event in events {
-            match event.change {
-                CgroupChange::Mkdir => ctx.on_mkdir(event),
-                CgroupChange::Rmdir => ctx.on_rmdir(event, now),
+        let now = self.clock.now();
+        // Classified before the lock: classifying may stat state directories.
+        let classes: Vec<Option<Classification>> = events
+            .iter()
+            .map(|e| match e.change {
+                CgroupChange::Mkdir => classify(&e.path, self.state_dirs.as_ref()),
+                CgroupChange::Rmdir => None,
+            })
+            .collect();
+        let mut changes = Vec::new();
+        {
+            let store = self.store.clone();
+            let mut store = store.write();
+            store.expire(now);
+            let mut ctx = Ctx { store: &mut store, changes: &mut changes, out, now };
+            for (event, class) in events.iter().zip(classes) {
+                match event.change {
+                    CgroupChange::Mkdir => ctx.on_mkdir(event, class),
+                    CgroupChange::Rmdir => ctx.on_rmdir(event),
+                }
             }
+        }
+        for change in &changes {
+            for o in self.observers.iter_mut() {
+                change.tell(o.as_mut());
+            }
+        }
+        if let Some(recorded) = &mut self.recorded {
+            recorded.append(&mut changes);
         }
     }
 
@@ -115,7 +205,7 @@ impl Tracker {
                     cgroup_id,
                     path,
                     ctime_ns: 0,
-                    observed: SystemTime::now(),
+                    observed: self.clock.wall(),
                     kernel_time: None,
                 })
                 .collect()
@@ -142,34 +232,53 @@ impl Tracker {
         store.update_container(container)
     }
 
-    /// Forgets removed containers whose grace period is over.
+    /// Forgets removed containers whose grace period is over (by the tracker's clock).
     pub fn expire(&mut self) -> usize {
-        self.store.write().expire(Instant::now())
+        let now = self.clock.now();
+        self.store.write().expire(now)
+    }
+
+    /// When the next removed container or cgroup is due to be forgotten.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.store.read().next_expiry()
     }
 }
 
-/// One batch's working state.
+/// Every live container cgroup in `store` now, as `Added` changes (copied
+/// under the read lock, no I/O): what an observer that lost track rebuilds from.
+pub fn live_memberships(store: &SharedStore) -> Vec<MembershipChange> {
+    let store = store.read();
+    store
+        .live_cgroups()
+        .filter_map(|(path, cgroup_id, m)| {
+            let container = store.get(&m.container_id)?.clone();
+            Some(MembershipChange::Added { cgroup_id, path: path.to_string(), container, is_root: m.is_root })
+        })
+        .collect()
+}
+
+/// One batch's working state (under the store's write lock: no I/O here).
 struct Ctx<'a> {
     store: &'a mut Store,
-    observers: &'a mut Vec<Box<dyn CgroupObserver>>,
-    state_dirs: &'a dyn StateDirs,
+    changes: &'a mut Vec<MembershipChange>,
     out: &'a mut Vec<ContainerEvent>,
+    now: Instant,
 }
 
 impl Ctx<'_> {
-    fn on_mkdir(&mut self, event: &CgroupEvent) {
+    fn on_mkdir(&mut self, event: &CgroupEvent, class: Option<Classification>) {
         if let Some((_, known_id)) = self.store.cgroup_at(&event.path) {
             if known_id == event.cgroup_id {
                 return; // reported twice
             }
             // A new directory under a known name: the old one's rmdir was missed.
             let stale = CgroupEvent { change: CgroupChange::Rmdir, cgroup_id: known_id, ..event.clone() };
-            self.on_rmdir(&stale, Instant::now());
+            self.on_rmdir(&stale);
         }
         if self.store.cgroup(event.cgroup_id).is_some_and(|m| *m.path == *event.path) {
             return;
         }
-        match classify(&event.path, self.state_dirs) {
+        match class {
             Some(c) if c.is_root => self.add_root(event, c),
             Some(c) => {
                 if self.store.get(&c.container_id).is_none_or(|k| k.state == ContainerState::Removed) {
@@ -192,9 +301,12 @@ impl Ctx<'_> {
     fn add_sub(&mut self, event: &CgroupEvent, container_id: &str) {
         self.store.insert_cgroup(event.cgroup_id, &event.path, container_id, false);
         if let Some(c) = self.store.get(container_id) {
-            for o in self.observers.iter_mut() {
-                o.cgroup_added(event.cgroup_id, &event.path, c, false);
-            }
+            self.changes.push(MembershipChange::Added {
+                cgroup_id: event.cgroup_id,
+                path: event.path.clone(),
+                container: c.clone(),
+                is_root: false,
+            });
         }
     }
 
@@ -213,21 +325,19 @@ impl Ctx<'_> {
             Origin::Live => (EventKind::ContainerCreate, ContainerState::Created),
         };
         let container = self.store.insert_container(Container {
-            id: c.container_id,
-            runtime: c.runtime,
             cgroup_id: event.cgroup_id,
             cgroup_path: event.path.clone(),
             ctime_ns: event.ctime_ns,
-            image: String::new(),
-            image_digest: String::new(),
-            name: String::new(),
             pod: PodInfo { uid: c.pod_uid.unwrap_or_default(), ..PodInfo::default() },
-            labels: Default::default(),
             state,
+            ..Container::new(c.container_id, c.runtime)
         });
-        for o in self.observers.iter_mut() {
-            o.cgroup_added(event.cgroup_id, &event.path, &container, true);
-        }
+        self.changes.push(MembershipChange::Added {
+            cgroup_id: event.cgroup_id,
+            path: event.path.clone(),
+            container: container.clone(),
+            is_root: true,
+        });
         self.out.push(ContainerEvent {
             time: event.observed,
             kind,
@@ -235,11 +345,10 @@ impl Ctx<'_> {
             container,
             kernel_time: event.kernel_time,
             enriched: None,
-            hook: None,
         });
     }
 
-    fn on_rmdir(&mut self, event: &CgroupEvent, now: Instant) {
+    fn on_rmdir(&mut self, event: &CgroupEvent) {
         // A source that could not give the whole path (eBPF beyond its walk's
         // depth) still gives the ID, which names one cgroup for ever.
         let path = match self.store.cgroup_at(&event.path) {
@@ -251,12 +360,10 @@ impl Ctx<'_> {
             },
             _ => event.path.clone(),
         };
-        let Some((removed, container)) = self.store.remove_cgroup(&path, now) else {
+        let Some((removed, container)) = self.store.remove_cgroup(&path, self.now) else {
             return;
         };
-        for o in self.observers.iter_mut() {
-            o.cgroup_removed(removed.cgroup_id, &path);
-        }
+        self.changes.push(MembershipChange::Removed { cgroup_id: removed.cgroup_id, path: path.clone() });
         if let Some(container) = container {
             self.out.push(ContainerEvent {
                 time: event.observed,
@@ -265,7 +372,6 @@ impl Ctx<'_> {
                 container,
                 kernel_time: event.kernel_time,
                 enriched: None,
-                hook: None,
             });
         }
     }

@@ -1,12 +1,11 @@
 //! The store and tracker, driven with cgroup events: lookups by ID, prefix
 //! and cgroup ID, the grace period, and sub-cgroup churn.
 
-use std::thread::sleep;
 use std::time::{Duration, SystemTime};
 
 use ctwatch::sources::{CgroupChange, CgroupEvent, Origin};
 use ctwatch::state_dirs::PathOnly;
-use ctwatch::{ContainerState, EventKind, LookupError, SharedStore, Store, Tracker};
+use ctwatch::{ContainerState, EventKind, LookupError, ManualClock, SharedStore, Store, Tracker};
 
 const A: &str = "aaaa1c2d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
 const B: &str = "aaab1c2d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f809";
@@ -24,8 +23,15 @@ fn ev(change: CgroupChange, id: u64, path: &str, ctime: u64) -> CgroupEvent {
 }
 
 fn tracker(grace: Duration) -> (Tracker, SharedStore) {
+    let (t, store, _) = tracker_with_clock(grace);
+    (t, store)
+}
+
+/// A tracker whose time moves only when the test says (no sleeping).
+fn tracker_with_clock(grace: Duration) -> (Tracker, SharedStore, ManualClock) {
     let store = SharedStore::new(Store::new(grace));
-    (Tracker::new(store.clone(), Box::new(PathOnly)), store)
+    let clock = ManualClock::new();
+    (Tracker::new(store.clone(), Box::new(PathOnly)).with_clock(std::sync::Arc::new(clock.clone())), store, clock)
 }
 
 #[test]
@@ -58,7 +64,7 @@ fn lookups_by_id_prefix_and_cgroup_id() {
 #[test]
 fn removed_containers_stay_readable_for_the_grace_period() {
     let grace = Duration::from_millis(300);
-    let (mut t, store) = tracker(grace);
+    let (mut t, store, clock) = tracker_with_clock(grace);
     let mut out = Vec::new();
     let root = format!("/docker/{A}");
     t.apply(
@@ -77,7 +83,10 @@ fn removed_containers_stay_readable_for_the_grace_period() {
         assert_eq!(s.get_by_cgroup_id(10).unwrap().id, A, "late lookup by cgroup ID resolves");
         assert_eq!(s.get_by_cgroup_id(11).unwrap().id, A, "and by a removed sub-cgroup's ID");
     }
-    sleep(grace + Duration::from_millis(50));
+    clock.advance(grace - Duration::from_millis(1));
+    assert_eq!(t.expire(), 0, "not before the grace period is over");
+    assert!(store.read().get(A).is_some());
+    clock.advance(Duration::from_millis(1));
     assert_eq!(t.expire(), 1);
     let s = store.read();
     assert!(s.get(A).is_none() && s.get_by_cgroup_id(10).is_none() && s.get_by_cgroup_id(11).is_none());
@@ -86,7 +95,7 @@ fn removed_containers_stay_readable_for_the_grace_period() {
 
 #[test]
 fn sub_cgroup_churn_keeps_the_container_and_its_earliest_ctime() {
-    let (mut t, store) = tracker(Duration::from_millis(10));
+    let (mut t, store, clock) = tracker_with_clock(Duration::from_millis(10));
     let mut out = Vec::new();
     let root = format!("/kubepods/burstable/pod0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0/{A}");
     t.apply(&[ev(CgroupChange::Mkdir, 10, &root, 100)], &mut out);
@@ -95,7 +104,7 @@ fn sub_cgroup_churn_keeps_the_container_and_its_earliest_ctime() {
         t.apply(&[ev(CgroupChange::Mkdir, 1000 + i, &sub, 500 + i)], &mut out);
         t.apply(&[ev(CgroupChange::Rmdir, 1000 + i, &sub, 0)], &mut out);
     }
-    sleep(Duration::from_millis(20));
+    clock.advance(Duration::from_millis(10));
     t.expire();
     assert_eq!(out.len(), 1, "only the root's create");
     let s = store.read();
@@ -201,4 +210,36 @@ fn a_resync_keeps_containers_whose_paths_are_not_utf8_or_deep() {
     t.reconcile(&present, &mut out);
     assert_eq!(out.len(), 2, "a resync that finds them again reports nothing: {out:#?}");
     assert_eq!(store.read().live().count(), 2);
+}
+
+/// An observer that reads the store: it would deadlock if the tracker told
+/// it while holding the store's write lock.
+struct ReadsTheStore(SharedStore, std::sync::mpsc::Sender<usize>);
+
+impl ctwatch::CgroupObserver for ReadsTheStore {
+    fn cgroup_added(&mut self, _: u64, _: &str, _: &ctwatch::Container, _: bool) {
+        let _ = self.1.send(self.0.read().len());
+    }
+    fn cgroup_removed(&mut self, _: u64, _: &str) {
+        let _ = self.1.send(self.0.read().len());
+    }
+}
+
+#[test]
+fn observers_are_told_after_the_store_lock_is_released() {
+    let (mut t, store) = tracker(Duration::from_secs(5));
+    let (tx, rx) = std::sync::mpsc::channel();
+    t.add_observer(Box::new(ReadsTheStore(store.clone(), tx)));
+    let root = format!("/docker/{A}");
+    let worker = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        t.apply(&[ev(CgroupChange::Mkdir, 10, &root, 1), ev(CgroupChange::Rmdir, 10, &root, 0)], &mut out);
+        out.len()
+    });
+    // Both changes are seen, with the store already holding the container.
+    for _ in 0..2 {
+        let len = rx.recv_timeout(Duration::from_secs(10)).expect("the observer ran (no deadlock under the lock)");
+        assert_eq!(len, 1);
+    }
+    assert_eq!(worker.join().unwrap(), 2);
 }

@@ -156,6 +156,11 @@ impl Watch {
     /// Starts `ctwatch watch --source <source>` with `args`. The pinned map is
     /// off unless `args` names a `--pin-path` (tests run in parallel).
     pub fn start_with(source: &str, args: &[&str]) -> Watch {
+        Watch::start_with_env(source, args, &[])
+    }
+
+    /// [`Watch::start_with`] with extra environment variables.
+    pub fn start_with_env(source: &str, args: &[&str], env: &[(&str, &str)]) -> Watch {
         // --standalone: the test is about this process's own kernel source, whatever agent may run.
         let mut all = vec!["watch", "--standalone", "--source", source];
         if !args.contains(&"--pin-path") {
@@ -169,6 +174,7 @@ impl Watch {
         let mut child = Command::new(ctwatch_bin())
             .args(&all)
             .env("CTWATCH_LOG", std::env::var("CTWATCH_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

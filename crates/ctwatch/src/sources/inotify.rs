@@ -93,11 +93,29 @@ impl InotifySource {
 
     /// Scans what exists (sent as `Existing`), then follows changes until
     /// `stop` is set or the receiver is gone.
-    pub fn run(mut self, tx: Sender<SourceMessage>, stop: Arc<AtomicBool>) -> io::Result<()> {
+    pub fn run(self, tx: Sender<SourceMessage>, stop: Arc<AtomicBool>) -> io::Result<()> {
+        self.run_from(false, tx, stop)
+    }
+
+    /// Takes over from a source that ended: what exists now is sent as a
+    /// [`SourceMessage::Resync`] (containers made or removed in between are
+    /// reconciled, nothing known is reported again), then changes are followed.
+    pub fn run_after_loss(self, tx: Sender<SourceMessage>, stop: Arc<AtomicBool>) -> io::Result<()> {
+        self.run_from(true, tx, stop)
+    }
+
+    fn run_from(mut self, after_loss: bool, tx: Sender<SourceMessage>, stop: Arc<AtomicBool>) -> io::Result<()> {
         let mut batch = Vec::new();
-        self.discover(&self.start.clone(), Origin::Existing, &mut batch);
-        if tx.send(SourceMessage::Events(batch)).is_err() || tx.send(SourceMessage::ScanComplete).is_err() {
-            return Ok(());
+        if after_loss {
+            self.discover(&self.start.clone(), Origin::Live, &mut batch);
+            if tx.send(SourceMessage::Resync(batch)).is_err() {
+                return Ok(());
+            }
+        } else {
+            self.discover(&self.start.clone(), Origin::Existing, &mut batch);
+            if tx.send(SourceMessage::Events(batch)).is_err() || tx.send(SourceMessage::ScanComplete).is_err() {
+                return Ok(());
+            }
         }
         let mut buffer = vec![0u8; 256 * 1024];
         while !stop.load(Ordering::Relaxed) {

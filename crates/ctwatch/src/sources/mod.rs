@@ -63,4 +63,13 @@ pub enum SourceMessage {
     /// What the runtime hook saw (a container about to be created, its init
     /// starting or exiting).
     Hook(Box<HookMessage>),
+    /// A kernel source stopped sending: its thread ended while the agent ran
+    /// (other senders, such as the hook, may still hold the channel open, so
+    /// the end is a message rather than a disconnection).
+    Ended {
+        /// Which source (`ebpf`, `inotify`).
+        source: &'static str,
+        /// Why, in words.
+        why: String,
+    },
 }
