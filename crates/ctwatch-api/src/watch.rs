@@ -268,7 +268,6 @@ mod tests {
             container: Arc::new(Container::new(format!("{i:064x}"), Runtime::Docker)),
             kernel_time: None,
             enriched: None,
-            hook: None,
         }
     }
 
