@@ -145,20 +145,27 @@ impl ContainerdApi {
     }
 
     async fn image_digest(&self, channel: tonic::transport::Channel, image: &str, ns: &str) -> String {
-        if image.is_empty() {
-            return String::new();
-        }
-        let Some(request) = in_namespace(GetImageRequest { name: image.to_string() }, ns) else {
-            return String::new();
-        };
-        match ImagesClient::new(channel).get(request).await {
-            Ok(response) => response
-                .into_inner()
-                .image
-                .and_then(|i| i.target)
-                .map(|target| sha256_digest(&target.digest))
-                .unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        image_target_digest(channel, image, ns).await
+    }
+}
+
+/// The digest containerd's image store holds for image `name` in namespace
+/// `ns`: its target, the manifest (or index) digest that `ctr images ls`
+/// shows; empty when unknown.
+pub async fn image_target_digest(channel: tonic::transport::Channel, name: &str, ns: &str) -> String {
+    if name.is_empty() {
+        return String::new();
+    }
+    let Some(request) = in_namespace(GetImageRequest { name: name.to_string() }, ns) else {
+        return String::new();
+    };
+    match ImagesClient::new(channel).get(request).await {
+        Ok(response) => response
+            .into_inner()
+            .image
+            .and_then(|i| i.target)
+            .map(|target| sha256_digest(&target.digest))
+            .unwrap_or_default(),
+        Err(_) => String::new(),
     }
 }

@@ -12,12 +12,16 @@ use ctwatch_protos::cri::v1::{
     PodSandboxStatusRequest,
 };
 
+use crate::containerd_api::image_target_digest;
 use crate::exit::{from_unix_nanos, ExitInfo};
 use tonic::Code;
 
 use crate::grpc::GrpcDaemon;
 use crate::metadata::{clean, sha256_digest, Metadata, MAX_ID, MAX_IMAGE, MAX_NAME};
 use crate::EnrichError;
+
+/// The containerd namespace of containerd's CRI plugin.
+pub const CRI_NAMESPACE: &str = "k8s.io";
 
 /// The digest in the repo digest (`repo@sha256:...`) whose repository is the
 /// one in `named` (an image reference), else the first; `None` when there is none.
@@ -56,14 +60,18 @@ impl CriApi {
         result
     }
 
-    /// The image's repo (manifest) digest from the CRI image service's
+    /// The image's repo (manifest) digest: from the CRI image service's
     /// `ImageStatus` (matching the repository named when there are several);
-    /// `None` when the image has none or the service does not say.
+    /// for containerd's CRI plugin, when the image has no repo digest (it
+    /// was imported, not pulled), the manifest digest its image store holds
+    /// for the image's name (namespace `k8s.io`), as `ctr images ls` shows
+    /// it. `None` when the store knows no manifest digest.
     pub async fn repo_digest(&self, image_ref: &str, named: &str) -> Option<String> {
         if image_ref.is_empty() {
             return None;
         }
-        let mut images = ImageServiceClient::new(self.daemon.channel().await.ok()?);
+        let channel = self.daemon.channel().await.ok()?;
+        let mut images = ImageServiceClient::new(channel.clone());
         let spec = ImageSpec { image: image_ref.to_string(), ..ImageSpec::default() };
         let image = images
             .image_status(ImageStatusRequest { image: Some(spec), verbose: false })
@@ -71,7 +79,15 @@ impl CriApi {
             .ok()?
             .into_inner()
             .image?;
-        choose_repo_digest(&image.repo_digests, named)
+        if let Some(digest) = choose_repo_digest(&image.repo_digests, named) {
+            return Some(digest);
+        }
+        if self.runtime() != Runtime::Containerd {
+            return None;
+        }
+        // The name the user gave when it is one of the image's tags, else its first tag.
+        let name = image.repo_tags.iter().find(|t| t.as_str() == named).or(image.repo_tags.first())?;
+        Some(image_target_digest(channel, name, CRI_NAMESPACE).await).filter(|d| !d.is_empty())
     }
 
     /// How container `id` ended, from the CRI's `ContainerStatus` (the CRI
