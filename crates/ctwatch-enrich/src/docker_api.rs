@@ -16,6 +16,9 @@ use crate::health::DaemonHealth;
 use crate::metadata::{clean, sha256_digest, Metadata, MAX_IMAGE, MAX_NAME};
 use crate::EnrichError;
 
+/// Seconds the event stream may stay open (a year: it is reopened if it ends).
+const EVENTS_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
+
 /// Seconds bollard waits for one request.
 const REQUEST_TIMEOUT_SECS: u64 = 10;
 
@@ -311,7 +314,13 @@ impl DockerApi {
     /// the exit number and when; `oom` says the OOM killer struck.
     pub async fn follow_exits(&self, cache: &ExitCache) -> Result<(), EnrichError> {
         use futures_util::StreamExt;
-        let client = self.client().await?;
+        // A client of its own: the shared one times requests out, and this one streams for as long as the daemon runs.
+        let socket = self.health.socket().to_string_lossy();
+        let client = Docker::connect_with_unix(&socket, EVENTS_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            .map_err(|e| self.unavailable(e))?
+            .negotiate_version()
+            .await
+            .map_err(|e| self.unavailable(e))?;
         let filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
             ("event".to_string(), vec!["die".to_string(), "oom".to_string()]),

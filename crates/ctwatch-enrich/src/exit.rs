@@ -12,7 +12,8 @@
 //!   `exit(137)` itself is reported as killed by signal 9, which no runtime
 //!   can tell apart either.
 //! - `oom_killed` is the runtime's own flag (Docker `State.OOMKilled`, CRI
-//!   reason `OOMKilled`, containerd's `/tasks/oom` event); `oom_kills` (kills
+//!   reason `OOMKilled`, containerd's `/tasks/oom` event; Podman 4.3 on
+//!   cgroups v1 says `false` even after an OOM kill); `oom_kills` (kills
 //!   anywhere in the container) comes from the cgroup's counters, see
 //!   [`crate::oom`].
 //! - Times the runtime did not set (Docker's `0001-01-01T00:00:00Z`, a zero
@@ -30,7 +31,12 @@ pub struct ExitInfo {
     pub exit_code: Option<i32>,
     /// The signal that killed the init.
     pub exit_signal: Option<i32>,
-    /// True when the OOM killer killed the container's init (the runtime's flag).
+    /// The runtime's OOM flag: Docker's `State.OOMKilled`, the CRI's reason
+    /// `OOMKilled`, containerd's `/tasks/oom` event. These runtimes raise it
+    /// on an OOM kill in the container's cgroup while it runs (in practice
+    /// the init, the largest process, in most single-process containers);
+    /// eBPF's `oom/mark_victim` can tell the init apart. `None` when the
+    /// runtime has no such flag (containerd's task record).
     pub oom_killed: Option<bool>,
     /// OOM kills inside the container's cgroup during its life.
     pub oom_kills: Option<u64>,

@@ -388,3 +388,47 @@ mod cri {
         );
     }
 }
+
+#[test]
+fn the_engine_answers_how_a_removed_container_ended() {
+    // As the agent would: at the container_remove (cgroup gone), ask.
+    let (results, _keep) = crossbeam_channel::unbounded();
+    let engine = ctwatch_enrich::Enrichment::start(ctwatch_enrich::EnrichConfig::default(), results).unwrap();
+    let ask = |id: &str, runtime: Runtime, cgroup_path: &str, in_pod: bool| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        engine.submit_exit(id, runtime, cgroup_path, in_pod, Duration::from_secs(5), move |info| {
+            let _ = tx.send(info);
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("an answer")
+    };
+    std::thread::sleep(Duration::from_millis(500)); // the event streams are followed from the start
+
+    // Docker --rm: only the die event knows.
+    let id = ok("docker", &["run", "-d", "--rm", "local/busybox:1", "sh", "-c", "sleep 1; exit 7"]);
+    let dir = PathBuf::from(MEMORY_V1).join("docker").join(&id);
+    wait_for("the cgroup", || dir.exists().then_some(()));
+    wait_for("the cgroup removed", || (!dir.exists()).then_some(()));
+    let info = ask(&id, Runtime::Docker, &format!("/docker/{id}"), false);
+    assert_eq!((info.exit_code, info.exit_signal), (Some(7), None), "{info:?}");
+
+    // ctr, killed: containerd's event or its stopped task.
+    let id = unique("engine-ctr");
+    ctr(&["run", "-d", "docker.io/local/busybox:1", &id, "sleep", "60"]);
+    ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+    wait_for("the task stopped", || {
+        ctr(&["task", "ls"]).lines().any(|l| l.starts_with(&id) && l.contains("STOPPED")).then_some(())
+    });
+    // containerd removes the cgroup when the task is deleted.
+    ctr(&["task", "rm", &id]);
+    let dir = PathBuf::from(MEMORY_V1).join("default").join(&id);
+    wait_for("the cgroup removed", || (!dir.exists()).then_some(()));
+    let info = ask(&id, Runtime::Containerd, &format!("/default/{id}"), false);
+    ctr_cleanup(&id);
+    assert_eq!((info.exit_code, info.exit_signal), (None, Some(9)), "{info:?}");
+
+    // Unknown to every runtime: nothing invented.
+    let info =
+        ask("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", Runtime::Docker, "/docker/x", false);
+    assert!(info.is_empty(), "{info:?}");
+    assert_eq!(engine.exits_evicted(), 0);
+}
