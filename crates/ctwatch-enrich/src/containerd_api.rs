@@ -113,7 +113,8 @@ impl ContainerdApi {
     /// fails (call again to resume). Exits of exec'd processes are skipped:
     /// only the init's exit is the container's.
     pub async fn follow_exits(&self, cache: &ExitCache) -> Result<(), EnrichError> {
-        let channel = self.daemon.channel().await?;
+        // A connection of its own, so a stream that broke with a restart leaves the lookups' channel alone.
+        let channel = ctwatch_protos::connect(self.socket()).await.map_err(|e| self.daemon.unavailable(&e))?;
         let request = SubscribeRequest {
             filters: vec![r#"topic=="/tasks/exit""#.to_string(), r#"topic=="/tasks/oom""#.to_string()],
         };
