@@ -317,10 +317,13 @@ impl DockerApi {
         // A client of its own: the shared one times requests out, and this one streams for as long as the daemon runs.
         let socket = self.health.socket().to_string_lossy();
         let client = Docker::connect_with_unix(&socket, EVENTS_TIMEOUT_SECS, API_DEFAULT_VERSION)
-            .map_err(|e| self.unavailable(e))?
-            .negotiate_version()
-            .await
             .map_err(|e| self.unavailable(e))?;
+        let negotiated =
+            tokio::time::timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS), client.negotiate_version()).await;
+        let client = match negotiated {
+            Ok(result) => result.map_err(|e| self.unavailable(e))?,
+            Err(_) => return Err(self.health.unavailable(&"no answer to the version request")),
+        };
         let filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
             ("event".to_string(), vec!["die".to_string(), "oom".to_string()]),

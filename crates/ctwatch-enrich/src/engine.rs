@@ -266,7 +266,10 @@ async fn follow_exits(shared: &Arc<Shared>, index: usize) {
     loop {
         let started = tokio::time::Instant::now();
         let result = match &shared.daemons[index].api {
-            Api::Docker(a) => a.follow_exits(&shared.exits).await,
+            Api::Docker(a) if a.runtime() == Runtime::Docker => a.follow_exits(&shared.exits).await,
+            // Podman's API service (4.3) delivered no `die` events here, and its events
+            // request slowed its answers to lookups: its inspect is asked instead.
+            Api::Docker(_) => return,
             Api::Containerd(a) => a.follow_exits(&shared.exits).await,
             Api::Cri(_) => return, // containerd's own events cover its CRI plugin
         };
