@@ -12,6 +12,9 @@ const PROTOS: &[&str] = &[
     "github.com/containerd/containerd/api/services/images/v1/images.proto",
     "github.com/containerd/containerd/api/services/namespaces/v1/namespace.proto",
     "github.com/containerd/containerd/api/services/version/v1/version.proto",
+    "github.com/containerd/containerd/api/services/tasks/v1/tasks.proto",
+    "github.com/containerd/containerd/api/services/events/v1/events.proto",
+    "github.com/containerd/containerd/api/events/task.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

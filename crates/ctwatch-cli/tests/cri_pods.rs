@@ -52,7 +52,11 @@ fn a_pods_sandbox_and_containers_carry_their_pod_data() {
             (Some(pod.name.as_str()), Some(pod.namespace.as_str()), Some(pod.uid.as_str()))
         );
         assert_eq!(a["container_image"], "docker.io/local/busybox:1");
-        assert_eq!(a["container_image_digest"], status.image_ref.as_str(), "the digest CRI reports");
+        // The manifest digest containerd's image store holds (what `ctr images ls` shows, and
+        // what `ctr` containers of the image get), not CRI's image_ref (the config digest).
+        let listed = run("ctr", &["-n", "k8s.io", "images", "ls", "name==docker.io/local/busybox:1"]);
+        let digest = listed.lines().nth(1).and_then(|l| l.split_whitespace().nth(2)).unwrap();
+        assert_eq!(a["container_image_digest"], digest, "the manifest digest, not {}", status.image_ref);
     }
 
     rt.block_on(cri::remove_pod(&mut cri, &pod.sandbox_id));

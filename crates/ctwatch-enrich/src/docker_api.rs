@@ -6,13 +6,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
+use bollard::models::ContainerState;
 use bollard::{Docker, API_DEFAULT_VERSION};
 use ctwatch::Runtime;
 use tokio::sync::Mutex;
 
+use crate::exit::{parse_runtime_time, ExitCache, ExitInfo};
 use crate::health::DaemonHealth;
 use crate::metadata::{clean, sha256_digest, Metadata, MAX_IMAGE, MAX_NAME};
 use crate::EnrichError;
+
+/// Seconds the event stream may stay open (a year: it is reopened if it ends).
+const EVENTS_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
 
 /// Seconds bollard waits for one request.
 const REQUEST_TIMEOUT_SECS: u64 = 10;
@@ -279,9 +284,83 @@ impl DockerApi {
         Some(sha256_digest(chosen)).filter(|d| !d.is_empty())
     }
 
+    /// How container `id` ended, from inspect (`State.ExitCode`, `OOMKilled`,
+    /// `StartedAt`, `FinishedAt`): ask after its cgroup is removed. `Ok(None)`
+    /// when the daemon no longer knows it (`--rm`: see [`DockerApi::follow_exits`]).
+    /// A container still running (the daemon has not seen the exit yet) gives
+    /// its start time only.
+    pub async fn exit_info(&self, id: &str) -> Result<Option<ExitInfo>, EnrichError> {
+        let client = self.client().await?;
+        match client.inspect_container(id, None).await {
+            Ok(inspect) => Ok(Some(exit_from_state(&inspect.state.unwrap_or_default()))),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    /// Follows the daemon's events (`die`, `oom`) into `cache` until the
+    /// stream ends or fails (call again to resume): the exit of a container
+    /// removed at once (`--rm`) is known only from them. A `die` event says
+    /// the exit number and when; `oom` says the OOM killer struck.
+    pub async fn follow_exits(&self, cache: &ExitCache) -> Result<(), EnrichError> {
+        use futures_util::StreamExt;
+        // A client of its own: the shared one times requests out, and this one streams for as long as the daemon runs.
+        let socket = self.health.socket().to_string_lossy();
+        let client = Docker::connect_with_unix(&socket, EVENTS_TIMEOUT_SECS, API_DEFAULT_VERSION)
+            .map_err(|e| self.unavailable(e))?;
+        let negotiated =
+            tokio::time::timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS), client.negotiate_version()).await;
+        let client = match negotiated {
+            Ok(result) => result.map_err(|e| self.unavailable(e))?,
+            Err(_) => return Err(self.health.unavailable(&"no answer to the version request")),
+        };
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("event".to_string(), vec!["die".to_string(), "oom".to_string()]),
+        ]);
+        let options = bollard::query_parameters::EventsOptions { filters: Some(filters), ..Default::default() };
+        let mut events = client.events(Some(options));
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| self.unavailable(e))?;
+            let Some(actor) = event.actor else { continue };
+            let Some(id) = actor.id.filter(|id| !id.is_empty()) else { continue };
+            let attributes = actor.attributes.unwrap_or_default();
+            let info = match event.action.as_deref() {
+                Some("die") => {
+                    let status = attributes.get("exitCode").and_then(|c| c.parse::<i64>().ok());
+                    let mut info = status.map(ExitInfo::from_runtime_status).unwrap_or_default();
+                    info.finished_at = event.time_nano.and_then(crate::exit::from_unix_nanos);
+                    info
+                }
+                Some("oom") => ExitInfo { oom_killed: Some(true), ..ExitInfo::default() },
+                _ => continue,
+            };
+            cache.record(&clean(&id, 128), info);
+        }
+        Ok(())
+    }
+
     fn unavailable(&self, e: BollardError) -> EnrichError {
         self.health.unavailable(&e)
     }
+}
+
+/// How a container ended, from Docker's (or Podman's) inspect `State`:
+/// exit fields only once it is no longer running.
+pub fn exit_from_state(state: &ContainerState) -> ExitInfo {
+    use bollard::models::ContainerStateStatusEnum as S;
+    let ended = matches!(state.status, Some(S::EXITED | S::DEAD));
+    let time = |t: &Option<String>| t.as_deref().and_then(parse_runtime_time);
+    let mut info = ExitInfo { started_at: time(&state.started_at), ..ExitInfo::default() };
+    if ended {
+        info = ExitInfo {
+            started_at: info.started_at,
+            ..state.exit_code.map(ExitInfo::from_runtime_status).unwrap_or_default()
+        };
+        info.oom_killed = state.oom_killed;
+        info.finished_at = time(&state.finished_at);
+    }
+    info
 }
 
 #[cfg(test)]
@@ -302,6 +381,33 @@ mod tests {
             std::fs::write(&json, bad).unwrap();
             assert_eq!(docker_data_root(None, &json), Path::new(DEFAULT_DOCKER_DATA_ROOT), "{bad}");
         }
+    }
+
+    #[test]
+    fn exit_fields_come_only_from_an_ended_container() {
+        use bollard::models::ContainerStateStatusEnum as S;
+        let state = ContainerState {
+            status: Some(S::EXITED),
+            exit_code: Some(137),
+            oom_killed: Some(true),
+            started_at: Some("2026-12-01T00:00:00.5Z".into()),
+            finished_at: Some("2026-12-01T00:00:01Z".into()),
+            ..ContainerState::default()
+        };
+        let info = exit_from_state(&state);
+        assert_eq!((info.exit_code, info.exit_signal, info.oom_killed), (None, Some(9), Some(true)));
+        assert!(info.started_at.unwrap() < info.finished_at.unwrap());
+        let running = ContainerState { status: Some(S::RUNNING), exit_code: Some(0), ..state.clone() };
+        let info = exit_from_state(&running);
+        assert_eq!((info.exit_code, info.oom_killed, info.finished_at), (None, None, None), "nothing invented");
+        assert!(info.started_at.is_some());
+        let never_started = ContainerState {
+            status: Some(S::EXITED),
+            exit_code: Some(0),
+            started_at: Some("0001-01-01T00:00:00Z".into()),
+            ..ContainerState::default()
+        };
+        assert_eq!(exit_from_state(&never_started).started_at, None);
     }
 
     #[test]

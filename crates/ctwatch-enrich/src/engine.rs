@@ -17,6 +17,7 @@ use tracing::debug;
 use crate::containerd_api::ContainerdApi;
 use crate::cri_api::CriApi;
 use crate::docker_api::{docker_data_root, DockerApi, DOCKER_DAEMON_JSON};
+use crate::exit::{ExitCache, ExitInfo};
 use crate::metadata::Metadata;
 use crate::oci_state::OciState;
 use crate::EnrichError;
@@ -136,6 +137,8 @@ struct Daemon {
 
 struct Shared {
     daemons: Vec<Daemon>,
+    /// Exits heard in the daemons' event streams (Docker/Podman `die`/`oom`, containerd `/tasks/*`).
+    exits: ExitCache,
     oci: OciState,
     results: Sender<EnrichResult>,
     /// How long one daemon request may take before it counts as failed.
@@ -186,12 +189,57 @@ impl Enrichment {
         let daemons = apis.into_iter().map(|api| Daemon { api, permits: Semaphore::new(permits) }).collect();
         let shared = Arc::new(Shared {
             daemons,
+            exits: ExitCache::new(MAX_CACHED_EXITS),
             oci: OciState::new(config.state_dirs),
             results,
             request_deadline: config.deadline,
             running: Mutex::new(HashMap::new()),
         });
+        for index in 0..shared.daemons.len() {
+            let shared = shared.clone();
+            runtime.spawn(async move { follow_exits(&shared, index).await });
+        }
         Ok(Enrichment { runtime, shared })
+    }
+
+    /// Asks how container `id` ended, in the background, once its cgroup is
+    /// gone (its `container_remove`), and calls `reply` with what is known
+    /// (never invented; empty when no runtime says): the exit heard in the
+    /// runtime's event stream (the only source after `--rm`), else the
+    /// runtime's record (Docker/Podman inspect, the CRI's container status for
+    /// a pod's container, containerd's stopped task). The runtime may record
+    /// the exit a little after the cgroup goes: it is asked again for up to
+    /// `wait`. `oom_kills` is not filled here (see [`crate::oom::OomWatcher`]).
+    pub fn submit_exit<F>(&self, id: &str, runtime: Runtime, cgroup_path: &str, in_pod: bool, wait: Duration, reply: F)
+    where
+        F: FnOnce(ExitInfo) + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let namespace = containerd_namespace(cgroup_path, id);
+        let id = id.to_string();
+        self.runtime.spawn(async move {
+            let give_up = tokio::time::Instant::now() + wait;
+            let mut info = ExitInfo::default();
+            loop {
+                if let Some(heard) = shared.exits.take(&id) {
+                    info.merge(heard);
+                }
+                if info.exit_code.is_none() && info.exit_signal.is_none() {
+                    info.merge(ask_exit(&shared, &id, runtime, namespace.as_deref(), in_pod).await);
+                }
+                let ended = info.exit_code.is_some() || info.exit_signal.is_some();
+                if ended || tokio::time::Instant::now() >= give_up {
+                    break;
+                }
+                tokio::time::sleep(EXIT_RETRY).await;
+            }
+            reply(info);
+        });
+    }
+
+    /// Exits dropped from the event cache because it was full.
+    pub fn exits_evicted(&self) -> u64 {
+        self.shared.exits.evicted()
     }
 
     /// Asks about `container` in the background.
@@ -243,6 +291,60 @@ impl Enrichment {
     pub fn running(&self) -> usize {
         self.shared.running().len()
     }
+}
+
+/// Exits heard but not yet asked for, kept at most.
+const MAX_CACHED_EXITS: usize = 4096;
+/// Wait between two asks for a container's exit.
+const EXIT_RETRY: Duration = Duration::from_millis(100);
+
+/// Follows daemon `index`'s exit events into the cache, reconnecting with backoff.
+async fn follow_exits(shared: &Arc<Shared>, index: usize) {
+    let mut backoff = RETRY_FIRST;
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = match &shared.daemons[index].api {
+            Api::Docker(a) if a.runtime() == Runtime::Docker => a.follow_exits(&shared.exits).await,
+            // Podman's API service (4.3) delivered no `die` events here, and its events
+            // request slowed its answers to lookups: its inspect is asked instead.
+            Api::Docker(_) => return,
+            Api::Containerd(a) => a.follow_exits(&shared.exits).await,
+            Api::Cri(_) => return, // containerd's own events cover its CRI plugin
+        };
+        if let Err(e) = result {
+            debug!("exit events: {e}");
+        }
+        if started.elapsed() > RETRY_MAX {
+            backoff = RETRY_FIRST;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+}
+
+/// Asks each daemon of `runtime` for the container's exit record.
+async fn ask_exit(shared: &Shared, id: &str, runtime: Runtime, namespace: Option<&str>, in_pod: bool) -> ExitInfo {
+    let mut info = ExitInfo::default();
+    let asked = shared.daemons.iter().filter(|d| runtime == Runtime::Unknown || d.api.runtime() == runtime);
+    for daemon in asked {
+        let Ok(_permit) = daemon.permits.acquire().await else { continue };
+        let answer = match &daemon.api {
+            Api::Docker(a) => tokio::time::timeout(shared.request_deadline, a.exit_info(id)).await,
+            Api::Cri(a) if in_pod => tokio::time::timeout(shared.request_deadline, a.exit_info(id)).await,
+            Api::Cri(_) => continue,
+            Api::Containerd(a) => {
+                let Some(ns) = namespace else { continue };
+                tokio::time::timeout(shared.request_deadline, a.task_exit(id, ns)).await
+            }
+        };
+        match answer {
+            Ok(Ok(Some(found))) => info.merge(found),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => debug!(%id, "exit status: {e}"),
+            Err(_) => debug!(%id, runtime = %daemon.api.runtime(), "exit status request timed out"),
+        }
+    }
+    info
 }
 
 async fn enrich_one(

@@ -4,8 +4,8 @@
 //! `protoc` is needed.
 //!
 //! - [`cri::v1`]: the CRI (`runtime.v1`), e.g. `RuntimeServiceClient`.
-//! - [`containerd`]: containerd's containers, images, namespaces and version
-//!   services, by package, and all four together in
+//! - [`containerd`]: containerd's containers, images, namespaces, version,
+//!   tasks and events services, by package, and all four together in
 //!   [`containerd::services::v1`].
 //! - [`connect`]: a channel to a gRPC server on a unix socket.
 
@@ -31,6 +31,21 @@ pub mod containerd {
     #[allow(missing_docs, clippy::all, rustdoc::all)]
     pub mod types {
         tonic::include_proto!("containerd.types");
+    }
+
+    /// Task types (package `containerd.v1.types`): a process's status and exit.
+    pub mod v1 {
+        /// Package `containerd.v1.types`.
+        #[allow(missing_docs, clippy::all, rustdoc::all)]
+        pub mod types {
+            tonic::include_proto!("containerd.v1.types");
+        }
+    }
+
+    /// The events containerd publishes (package `containerd.events`), e.g. `TaskExit` on `/tasks/exit`.
+    #[allow(missing_docs, clippy::all, rustdoc::all)]
+    pub mod events {
+        tonic::include_proto!("containerd.events");
     }
 
     /// containerd's services.
@@ -59,6 +74,24 @@ pub mod containerd {
             #[allow(missing_docs, clippy::all, rustdoc::all)]
             pub mod v1 {
                 tonic::include_proto!("containerd.services.namespaces.v1");
+            }
+        }
+
+        /// The tasks service (a container's running or stopped process).
+        pub mod tasks {
+            /// Package `containerd.services.tasks.v1`.
+            #[allow(missing_docs, clippy::all, rustdoc::all)]
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.tasks.v1");
+            }
+        }
+
+        /// The events service (subscribe to what containerd publishes).
+        pub mod events {
+            /// Package `containerd.services.events.v1`.
+            #[allow(missing_docs, clippy::all, rustdoc::all)]
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.events.v1");
             }
         }
 
