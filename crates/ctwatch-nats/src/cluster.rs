@@ -352,9 +352,11 @@ impl Cluster {
         let events = messages.filter_map(move |m| {
             let out = match m {
                 Err(e) => Some(Err(NatsError::js("consumer", e))),
-                Ok(m) => to_event(&m).filter(|e| {
-                    (filter.kinds.is_empty() || filter.kinds.contains(&e.kind)) && filter.accepts(&e.payload)
-                }).map(Ok),
+                Ok(m) => to_event(&m)
+                    .filter(|e| {
+                        (filter.kinds.is_empty() || filter.kinds.contains(&e.kind)) && filter.accepts(&e.payload)
+                    })
+                    .map(Ok),
             };
             std::future::ready(out)
         });

@@ -39,9 +39,7 @@ impl NatsOptions {
         self.urls
             .iter()
             .flat_map(|u| u.split(','))
-            .map(|u| {
-                u.trim().parse::<ServerAddr>().map_err(|e| NatsError::Options(format!("bad NATS URL {u:?}: {e}")))
-            })
+            .map(|u| u.trim().parse::<ServerAddr>().map_err(|e| NatsError::Options(format!("bad NATS URL {u:?}: {e}"))))
             .collect()
     }
 
@@ -91,19 +89,17 @@ impl NatsOptions {
     pub(crate) async fn connect_session(&self, events: tokio::sync::mpsc::Sender<()>) -> Result<Client, NatsError> {
         let addrs = self.addrs()?;
         let n = addrs.len();
-        let options = self
-            .options()
-            .await?
-            .max_reconnects(Some(n))
-            .reconnect_delay_callback(|_| Duration::ZERO)
-            .event_callback(move |event| {
-                let events = events.clone();
-                async move {
-                    if matches!(event, async_nats::Event::Disconnected | async_nats::Event::ClientError(_)) {
-                        let _ = events.try_send(());
+        let options =
+            self.options().await?.max_reconnects(Some(n)).reconnect_delay_callback(|_| Duration::ZERO).event_callback(
+                move |event| {
+                    let events = events.clone();
+                    async move {
+                        if matches!(event, async_nats::Event::Disconnected | async_nats::Event::ClientError(_)) {
+                            let _ = events.try_send(());
+                        }
                     }
-                }
-            });
+                },
+            );
         options.connect(addrs).await.map_err(|e| self.connect_error(e))
     }
 

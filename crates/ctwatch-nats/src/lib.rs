@@ -16,8 +16,11 @@ mod error;
 pub mod names;
 mod outbox;
 mod sink;
+pub mod testing;
 
-pub use cluster::{Cluster, ClusterContainer, ClusterEvent, ClusterEvents, ClusterFilter, NodeStatus, Since};
+pub use cluster::{
+    Cluster, ClusterContainer, ClusterEvent, ClusterEvents, ClusterFilter, JsonPredicate, NodeStatus, Since,
+};
 pub use connect::NatsOptions;
 pub use error::NatsError;
 pub use outbox::{MemoryOutbox, Outbox, OutboxError, OutboxRecord};

@@ -75,13 +75,7 @@ impl MemoryOutbox {
     }
 
     /// Appends an event; returns its seq.
-    pub fn append(
-        &self,
-        kind: &str,
-        container_id: &str,
-        payload_json: Bytes,
-        record_json: Option<Bytes>,
-    ) -> u64 {
+    pub fn append(&self, kind: &str, container_id: &str, payload_json: Bytes, record_json: Option<Bytes>) -> u64 {
         let seq = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let seq = inner.next_seq;

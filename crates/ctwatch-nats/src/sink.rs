@@ -146,6 +146,8 @@ pub struct SinkStats {
     acked: AtomicU64,
     last_seq: AtomicU64,
     connected: AtomicBool,
+    /// The outbox's last seq, seen directly (so the backlog shows while NATS is down).
+    appended: Option<watch::Receiver<u64>>,
 }
 
 impl SinkStats {
@@ -189,9 +191,10 @@ impl SinkStats {
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
     }
-    /// The last seq in the outbox, as last seen.
+    /// The last seq in the outbox.
     pub fn last_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::Relaxed)
+        let seen = self.last_seq.load(Ordering::Relaxed);
+        self.appended.as_ref().map_or(seen, |rx| seen.max(*rx.borrow()))
     }
     /// Records not yet acked: last seq − acked.
     pub fn backlog(&self) -> u64 {
@@ -220,7 +223,7 @@ impl NatsSink {
         if config.nats.urls.is_empty() {
             return Err(NatsError::Options("no NATS URL given (--nats-url nats://HOST:4222)".into()));
         }
-        let stats = Arc::new(SinkStats::default());
+        let stats = Arc::new(SinkStats { appended: Some(outbox.subscribe()), ..SinkStats::default() });
         stats.acked.store(outbox.acked(), Ordering::Relaxed);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(config, node, outbox, stats.clone(), stop_rx));
@@ -337,18 +340,30 @@ pub(crate) async fn set_up(js: &jetstream::Context, limits: &StreamLimits) -> Re
     match js.get_key_value(KV_BUCKET).await {
         Ok(store) => Ok(store),
         Err(_) => {
-            let config = kv::Config {
-                bucket: KV_BUCKET.to_string(),
-                description: "ctwatch: every node's live containers and heartbeats".to_string(),
-                history: 1,
+            // The bucket's stream as `create_key_value` makes it, made directly:
+            // that call first asks for the account's info, which async-nats
+            // cannot parse from nats-server 2.9 (Debian 12's).
+            let config = stream::Config {
+                name: format!("KV_{KV_BUCKET}"),
+                description: Some("ctwatch: every node's live containers and heartbeats".to_string()),
+                subjects: vec![format!("$KV.{KV_BUCKET}.>")],
+                max_messages_per_subject: 1,
+                max_bytes: -1,
+                max_messages: -1,
+                max_message_size: -1,
                 storage: stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
                 num_replicas: limits.replicas.max(1),
+                duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             };
-            match js.create_key_value(config).await {
-                Ok(store) => Ok(store),
-                Err(e) => js.get_key_value(KV_BUCKET).await.map_err(|_| NatsError::js("bucket create", e)),
+            if let Err(e) = js.create_stream(config).await {
+                js.get_stream(format!("KV_{KV_BUCKET}")).await.map_err(|_| NatsError::js("bucket create", e))?;
             }
+            js.get_key_value(KV_BUCKET).await.map_err(|e| NatsError::js("bucket open", e))
         }
     }
 }

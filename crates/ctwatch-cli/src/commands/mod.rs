@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod cluster;
 pub mod docs;
 pub mod get;
 pub mod health;
