@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ctwatch_nats::testing::NatsServer;
-use ctwatch_nats::{Cluster, ClusterFilter, MemoryOutbox, NatsOptions, NatsSink, SinkConfig, Since};
+use ctwatch_nats::{Cluster, ClusterFilter, MemoryOutbox, NatsOptions, NatsSink, Since, SinkConfig};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -138,7 +138,7 @@ async fn scenario(nodes: usize, events: usize, rate: usize) {
     }
     let mut latencies = consumer.await.unwrap();
     latencies.pop();
-    let lag_at_gen_end = Some(max_lag);
+
     let elapsed = started.elapsed();
     latencies.sort_unstable();
     let backlog: u64 = sinks.iter().map(|s| s.stats().backlog()).sum();
@@ -159,7 +159,7 @@ async fn scenario(nodes: usize, events: usize, rate: usize) {
         gen_time.as_secs_f64(),
         elapsed.as_secs_f64(),
         latencies.len() as f64 / elapsed.as_secs_f64(),
-        lag_at_gen_end.unwrap_or(0),
+        max_lag,
         pct(&latencies, 0.5),
         pct(&latencies, 0.99),
         ev_state.messages,
@@ -229,12 +229,8 @@ async fn sink_cost(events: usize) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let nodes: Vec<usize> = args
-        .first()
-        .map_or("10,100,1000", String::as_str)
-        .split(',')
-        .filter_map(|n| n.parse().ok())
-        .collect();
+    let nodes: Vec<usize> =
+        args.first().map_or("10,100,1000", String::as_str).split(',').filter_map(|n| n.parse().ok()).collect();
     let events: usize = args.get(1).and_then(|e| e.parse().ok()).unwrap_or(20_000);
     let rate: usize = args.get(2).and_then(|e| e.parse().ok()).unwrap_or(0);
     if rate == 0 {
