@@ -106,7 +106,7 @@ impl NatsOptions {
     fn connect_error(&self, e: async_nats::ConnectError) -> NatsError {
         use std::error::Error;
         let mut message = e.to_string();
-        if let Some(source) = e.source() {
+        if let Some(source) = e.source().map(|s| s.to_string()).filter(|s| !message.contains(s.as_str())) {
             message = format!("{message}: {source}");
         }
         NatsError::Connect { urls: self.urls.join(","), message: one_line(&message) }
