@@ -13,10 +13,11 @@ mkdir -p "$STATE"
 
 # deploy tests: python3-yaml (the DaemonSet), python3-seccomp (the unit's
 # seccomp settings), debootstrap (a local Debian image for the Dockerfile),
-# binutils (strip), python3-venv (kubernetes-validate, below).
+# binutils (strip), python3-venv (kubernetes-validate, below); nats-server
+# (JetStream built in) for the cluster sink's tests, which start their own.
 PACKAGES=(docker.io containerd runc podman crun busybox-static clang llvm libbpf-dev bpftool
           inotify-tools util-linux procps iproute2 prometheus fuse3 gcc libc6-dev python3 passwd
-          python3-yaml python3-seccomp python3-venv debootstrap binutils)
+          python3-yaml python3-seccomp python3-venv debootstrap binutils nats-server)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

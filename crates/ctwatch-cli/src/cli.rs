@@ -115,6 +115,9 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) to stdout, e.g. `ctwatch man | man -l -`.
     Man,
+    /// Every node's containers and events, from NATS JetStream alone (what
+    /// `ctwatch serve --nats-url` publishes): `ls`, `get`, `watch`, `nodes`.
+    Cluster(crate::commands::cluster::ClusterArgs),
 }
 
 /// Options of `ctwatch health`.
@@ -553,7 +556,7 @@ pub struct LsArgs {
     pub agent: AgentArgs,
 }
 
-fn parse_filter(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_filter(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KEY=VALUE (for example name=web)"))?;
     match k {
         "name" | "image" | "runtime" | "pod" | "namespace" | "label" => Ok((k.to_string(), v.to_string())),
@@ -561,7 +564,7 @@ fn parse_filter(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_watch_filter(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_watch_filter(s: &str) -> Result<(String, String), String> {
     if let Some(kind) = s.strip_prefix("event=") {
         return crate::filter::event_kind(kind).map(|k| ("event".to_string(), k.as_str().to_string()));
     }

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::Check(args) => commands::check::run(args),
         Command::Completions(args) => commands::docs::completions(args.shell),
         Command::Man => commands::docs::man_page(),
+        Command::Cluster(args) => commands::cluster::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
