@@ -30,6 +30,17 @@ pub fn event_kind(name: &str) -> Result<EventKind, String> {
         })
 }
 
+/// The `--filter` keys about a container's security profile (see
+/// `ctwatch_security::SecurityProfile::matches_filter`).
+pub const SECURITY_KEYS: [&str; 7] = ["privileged", "host_ns", "cap", "run_as_root", "seccomp", "class", "host_mount"];
+
+/// Whether `key=value` is a security filter the profile knows (a bad
+/// boolean, for one, is refused before anything is asked).
+pub fn check_security(key: &str, value: &str) -> Result<(), String> {
+    let filter = ContainerFilter { security: vec![(key.to_string(), value.to_string())], ..ContainerFilter::default() };
+    filter.check_security().map_err(|e| e.to_string())
+}
+
 /// `--filter` pairs as the API's list request. The request holds one value
 /// per key but labels, so a key given more than once is left out of it (the
 /// caller applies [`EventFilter`], which ORs such values, to the answer);
@@ -47,6 +58,7 @@ pub fn list_request(filters: &[(String, String)]) -> pb::ListRequest {
             "pod" => request.pod_name = value,
             "namespace" => request.pod_namespace = value,
             "label" => request.labels.push(value),
+            k if SECURITY_KEYS.contains(&k) => request.security.push(format!("{k}={value}")),
             _ => {}
         }
     }

@@ -112,7 +112,7 @@ pub fn write_containers(
                     [
                         cell(&c.container_id, widths.id),
                         c.runtime.as_str().to_string(),
-                        cell(&c.container_name, widths.name),
+                        name_with_marker(c, widths.name),
                         cell(&c.container_image, widths.image),
                         cell(&pod_text(&c.k8s_pod_namespace, &c.k8s_pod_name, &c.k8s_pod_id), widths.pod),
                         age(c.container_ctime),
@@ -135,6 +135,17 @@ pub fn write_containers(
         }
     }
     Ok(())
+}
+
+/// The NAME cell, ending in ` [PRIV]` when the container is privileged
+/// (its security profile says so; no marker when none was read).
+fn name_with_marker(c: &ContainerRecord, width: usize) -> String {
+    let name = cell(&c.container_name, width);
+    if c.security.as_deref().is_some_and(|s| s.privileged) {
+        format!("{} [PRIV]", name.trim_end())
+    } else {
+        name
+    }
 }
 
 /// How many characters of each column a table shows.

@@ -8,12 +8,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ctwatch::state_dirs::HostStateDirs;
 use ctwatch::untrusted::{is_safe_name, MAX_RUNTIME_FILE};
 pub use ctwatch::untrusted::{read_capped, read_json_capped, RecordFileError};
 use ctwatch::Runtime;
+use ctwatch_security::{joins_host_namespace, SecurityProfile};
 use serde::Deserialize;
 
 use crate::metadata::Metadata;
@@ -84,9 +86,20 @@ impl OciState {
         };
         let state: State = read_json(state)?;
         let bundle = state.config.labels.iter().find_map(|l| l.strip_prefix("bundle="))?;
-        let spec: Spec = read_json(&Path::new(bundle).join("config.json"))?;
+        let bytes = read_capped(&Path::new(bundle).join("config.json"), MAX_FILE).ok()?;
+        let spec: Spec = serde_json::from_slice(&bytes).ok()?;
         let mut metadata = Metadata::default();
         metadata.add_annotations(&spec.annotations);
+        metadata.security = match SecurityProfile::from_config_bytes(&bytes) {
+            Ok(mut profile) => {
+                profile.resolve_joined_namespaces(|kind, path| joins_host_namespace(Path::new("/proc"), kind, path));
+                Some(Arc::new(profile))
+            }
+            Err(e) => {
+                tracing::debug!(%id, error = %e, "the bundle's config.json gives no security profile");
+                None
+            }
+        };
         Some(metadata)
     }
 

@@ -6,6 +6,7 @@
 //! on it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -93,6 +94,11 @@ pub struct HookInfo {
     pub trusted: bool,
     /// The caller's effective UID when it executed the runtime.
     pub caller_uid: u32,
+    /// The security profile derived from the same parse of `config.json`
+    /// (copied to [`Container::security`] by [`Container::set_hook`], and
+    /// shown there, not here).
+    #[serde(skip)]
+    pub security: Option<Arc<ctwatch_security::SecurityProfile>>,
 }
 
 /// What the hook sends the tracker loop.

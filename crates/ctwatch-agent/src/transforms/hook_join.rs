@@ -58,6 +58,7 @@ impl HookJoin {
                 let info = Arc::new(*info);
                 let violation = info.trusted && info.verdict.is_some();
                 container.hook = Some(info.clone());
+                container.security = info.security.clone();
                 let event = ContainerEvent {
                     time,
                     kind: EventKind::ContainerPrecreate,
