@@ -503,6 +503,7 @@ mod tests {
             init_pid: Some(99),
             trusted: true,
             caller_uid: 0,
+            security: None,
         };
         let mut c = Container {
             cgroup_id: 1234,
@@ -517,7 +518,81 @@ mod tests {
             ..Container::new("abc", Runtime::Podman)
         };
         c.set_hook(Arc::new(hook));
+        c.security = Some(Arc::new(full_security()));
         c
+    }
+
+    /// A security profile with every field set to something other than its default.
+    fn full_security() -> SecurityProfile {
+        SecurityProfile {
+            privileged: true,
+            capabilities_added: vec!["CAP_SYS_ADMIN".into()],
+            capabilities_dropped: vec!["CAP_MKNOD".into()],
+            capabilities_bounding: vec!["CAP_CHOWN".into(), "CAP_SYS_ADMIN".into()],
+            capabilities_effective: vec!["CAP_CHOWN".into()],
+            host_namespaces: vec!["pid".into(), "network".into()],
+            joined_namespaces: BTreeMap::from([("ipc".into(), "/proc/7/ns/ipc".into())]),
+            run_as_uid: 1000,
+            run_as_gid: 1001,
+            additional_gids: vec![10, 20],
+            run_as_root: true,
+            root_remapped: true,
+            no_new_privileges: true,
+            read_only_rootfs: true,
+            seccomp: Seccomp::RuntimeDefault,
+            apparmor: "docker-default".into(),
+            selinux: "system_u:system_r:container_t:s0".into(),
+            proc_unmasked: true,
+            host_mounts: vec![HostMount {
+                source: "/var/run/docker.sock".into(),
+                destination: "/var/run/docker.sock".into(),
+                read_only: true,
+                sensitive: true,
+            }],
+            devices: vec![DeviceNode { path: "/dev/null".into(), kind: "c".into(), major: 1, minor: 3 }],
+            all_devices_allowed: true,
+            sysctls: BTreeMap::from([("net.ipv4.ip_forward".into(), "1".into())]),
+            limits: Limits {
+                memory_bytes: Some(64 << 20),
+                cpu_millis: Some(500),
+                cpu_shares: Some(512),
+                cpuset: "0-1".into(),
+                pids: Some(100),
+            },
+        }
+    }
+
+    #[test]
+    fn the_security_message_round_trips_every_field() {
+        for seccomp in [Seccomp::Unconfined, Seccomp::RuntimeDefault, Seccomp::Custom] {
+            let p = SecurityProfile { seccomp, ..full_security() };
+            assert_eq!(security_from_message(&security_message(&p)), p);
+        }
+        let bare = SecurityProfile::from_config(&ctwatch_security::Config::default());
+        assert_eq!(security_from_message(&security_message(&bare)), bare);
+        // Through the wire bytes too, as a client decodes it.
+        use prost::Message;
+        let c = full_container();
+        let bytes = container_message(ContainerRecord::new(&c, None)).encode_to_vec();
+        let decoded = pb::Container::decode(bytes.as_slice()).unwrap();
+        assert_eq!(container_from_message(&decoded).security, c.security);
+    }
+
+    #[test]
+    fn list_requests_carry_security_filters_and_refuse_unknown_ones() {
+        let r =
+            pb::ListRequest { security: vec!["privileged=true".into(), "cap=SYS_ADMIN".into()], ..Default::default() };
+        let f = filter_from_request(&r).unwrap();
+        assert_eq!(f.security, vec![("privileged".into(), "true".into()), ("cap".into(), "SYS_ADMIN".into())]);
+        let c = full_container();
+        assert!(f.matches(&Container { state: ContainerState::Created, ..c.clone() }));
+        let none = Container { security: None, state: ContainerState::Created, ..c };
+        assert!(!f.matches(&none), "no profile matches no security filter");
+        for bad in ["privileged=maybe", "colour=red", "privileged"] {
+            let r = pb::ListRequest { security: vec![bad.into()], ..Default::default() };
+            let e = filter_from_request(&r).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
     }
 
     #[test]
@@ -563,6 +638,7 @@ mod tests {
             init_pid: None,
             trusted: false,
             caller_uid: 1000,
+            security: None,
         };
         let m = hook_message(&info);
         assert!(m.untrusted);

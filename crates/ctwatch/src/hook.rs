@@ -102,6 +102,9 @@ pub struct HookInfo {
 }
 
 /// What the hook sends the tracker loop.
+// A precreate is sent once per container create, itself boxed into the
+// source message: its size is not worth another allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookMessage {
     /// A runtime is about to create a container (the exec is being answered).
