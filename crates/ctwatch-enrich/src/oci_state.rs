@@ -22,6 +22,9 @@ use crate::metadata::Metadata;
 
 /// The largest state.json or config.json read (the one cap for runtime files).
 pub const MAX_FILE: u64 = MAX_RUNTIME_FILE;
+/// How long to go on waiting for runc's state.json once `stop` is set (the
+/// daemons answered): long enough for runc to finish a create, never past `wait`.
+pub const SECURITY_GRACE: Duration = Duration::from_millis(300);
 /// How often to look for a state.json that runc has not written yet.
 const STATE_POLL: Duration = Duration::from_millis(20);
 
@@ -60,7 +63,9 @@ impl OciState {
     /// runc makes the state directory before the container's cgroups but
     /// writes `state.json` only after them, so when the directory exists and
     /// the file does not yet, this waits for it until `wait` has passed or
-    /// `stop` is set.
+    /// `stop` is set and [`SECURITY_GRACE`] has passed. Besides the
+    /// annotations it gives the container's security profile, derived from
+    /// the same read of `config.json`.
     pub fn lookup(
         &self,
         runtime: Runtime,
@@ -73,13 +78,19 @@ impl OciState {
             return None;
         }
         let candidates = self.state_files(runtime, id, namespace);
-        let give_up = Instant::now() + wait;
+        let started = Instant::now();
+        let give_up = started + wait;
         let state = loop {
             if let Some(found) = candidates.iter().find(|p| p.is_file()) {
                 break found;
             }
             let pending = candidates.iter().any(|p| p.parent().is_some_and(Path::is_dir));
-            if !pending || Instant::now() >= give_up || stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            // The daemons' answer ends the wait, but not before a short grace:
+            // the bundle's config.json is the only source of the security
+            // profile when the hook is off.
+            let stopped = stop.load(Ordering::Relaxed) && now >= started + SECURITY_GRACE;
+            if !pending || now >= give_up || stopped {
                 return None;
             }
             std::thread::sleep(STATE_POLL);
