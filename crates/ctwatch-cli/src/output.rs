@@ -203,3 +203,33 @@ fn age(ctime_ns: u64) -> String {
         _ => format!("{}d ago", secs / 86_400),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ctwatch::{Container, Runtime, SecurityProfile};
+
+    use super::*;
+
+    #[test]
+    fn the_table_marks_privileged_containers_only() {
+        let privileged = br#"{"process":{"capabilities":{"bounding":[]}},"linux":{"namespaces":[{"type":"pid"}],
+            "resources":{"devices":[{"allow":true,"access":"rwm"}]}}}"#;
+        let mut profile = SecurityProfile::from_config_bytes(privileged).unwrap();
+        profile.privileged = true;
+        let mut c = Container::new("a".repeat(64), Runtime::Docker);
+        c.name = "a-long-container-name-cut-by-the-table".into();
+        let plain = ContainerRecord::new(&c, None);
+        c.security = Some(Arc::new(profile.clone()));
+        let marked = ContainerRecord::new(&c, None);
+        c.security = Some(Arc::new(SecurityProfile { privileged: false, ..profile }));
+        let unprivileged = ContainerRecord::new(&c, None);
+        let mut out = Vec::new();
+        write_containers(&mut out, &[plain, marked, unprivileged], Format::Table, false, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let marks: Vec<bool> = text.lines().skip(1).map(|l| l.contains("[PRIV]")).collect();
+        assert_eq!(marks, [false, true, false], "{text}");
+        assert!(text.lines().nth(2).unwrap().contains("a-long-container-nam [PRIV]"), "cut, then marked: {text}");
+    }
+}
