@@ -204,6 +204,28 @@ mod tests {
     }
 
     #[test]
+    fn the_bundles_config_gives_the_security_profile_and_apply_to_keeps_the_hooks() {
+        let root = tempfile::tempdir().unwrap();
+        let config = br#"{"process":{"user":{"uid":0},"capabilities":{"bounding":["CAP_CHOWN","CAP_SYS_ADMIN"]}},
+            "linux":{"namespaces":[{"type":"mount"},{"type":"network"}]},
+            "mounts":[{"destination":"/var/run/docker.sock","source":"/var/run/docker.sock","type":"bind","options":["rbind"]}]}"#;
+        let oci = bundle_with(root.path(), "s1", config);
+        let m = oci.lookup(Runtime::Containerd, "s1", None, Duration::ZERO, &AtomicBool::new(false)).unwrap();
+        let profile = m.security.clone().expect("a profile from config.json");
+        assert_eq!(profile.capabilities_added, ["CAP_SYS_ADMIN"]);
+        assert!(profile.host_namespaces.iter().any(|n| n == "pid") && profile.run_as_root);
+        assert!(profile.host_mounts.iter().any(|h| h.sensitive), "{:?}", profile.host_mounts);
+        let mut c = ctwatch::Container::new("s1", Runtime::Containerd);
+        m.apply_to(&mut c);
+        assert_eq!(c.security.as_deref(), Some(&*profile));
+        // The hook's profile (read before the start) stays.
+        let hooks = std::sync::Arc::new(SecurityProfile::from_config_bytes(b"{}").unwrap());
+        c.security = Some(hooks.clone());
+        m.apply_to(&mut c);
+        assert_eq!(c.security, Some(hooks));
+    }
+
+    #[test]
     fn malformed_huge_or_hostile_files_are_skipped() {
         let root = tempfile::tempdir().unwrap();
         assert!(bundle_with(root.path(), "bad", b"{not json")
