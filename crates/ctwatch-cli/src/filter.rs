@@ -145,6 +145,25 @@ mod tests {
     }
 
     #[test]
+    fn security_keys_go_to_the_request_and_match_the_profile() {
+        let f = pairs(&[("cap", "SYS_ADMIN"), ("host_ns", "pid"), ("host_ns", "ipc")]);
+        assert_eq!(list_request(&f).security, ["cap=SYS_ADMIN"], "a repeated key is ORed by the filter, not sent");
+        let filter = EventFilter::new(&f).unwrap();
+        let mut e = event(EventKind::ContainerCreate, "x", Runtime::Docker);
+        assert!(!filter.matches(&e), "no profile: no match");
+        let config = br#"{"process":{"capabilities":{"bounding":["CAP_SYS_ADMIN"]}},
+            "linux":{"namespaces":[{"type":"mount"},{"type":"pid"},{"type":"network"}]}}"#;
+        let mut c = (*e.container).clone();
+        c.security = Some(Arc::new(ctwatch::SecurityProfile::from_config_bytes(config).unwrap()));
+        e.container = Arc::new(c.clone());
+        assert!(filter.matches(&e), "cap and host_ns=ipc");
+        assert!(!EventFilter::new(&pairs(&[("privileged", "true")])).unwrap().matches(&e));
+        assert!(check_security("privileged", "maybe").unwrap_err().contains("true or false"));
+        assert!(crate::cli::parse_filter("colour=red").unwrap_err().contains("host_ns"));
+        assert!(crate::cli::parse_filter("privileged=maybe").is_err());
+    }
+
+    #[test]
     fn events_by_kind_with_or_without_prefix() {
         let both = EventFilter::new(&pairs(&[("label", "tier=web"), ("label", "team")])).unwrap();
         assert!(!both.matches(&event(EventKind::ContainerCreate, "x", Runtime::Docker)), "labels are ANDed");
