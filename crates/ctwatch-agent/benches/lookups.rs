@@ -70,6 +70,7 @@ fn container(i: u64, path: String) -> Container {
             .collect(),
         annotations: Default::default(),
         hook: None,
+        security: None,
         state: ContainerState::Existing,
     }
 }

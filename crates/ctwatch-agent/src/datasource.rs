@@ -16,7 +16,8 @@ use ctwatch::cgroupfs::{self, Hierarchy};
 use ctwatch::hook::HookInfo;
 use ctwatch::proc::{self, Namespace, ProcError};
 use ctwatch::resolve::{self, ResolveError, ResolvedPath};
-use ctwatch::{Container, ContainerState, LookupError, PodInfo, Runtime, SharedStore};
+use ctwatch::{Container, ContainerState, LookupError, PodInfo, Runtime, SecurityProfile, SharedStore};
+use ctwatch_security::FilterError;
 use serde::Serialize;
 use thiserror::Error;
 
@@ -193,6 +194,9 @@ pub struct ContainerRecord {
     pub hook: Option<Arc<HookInfo>>,
     /// `existing`, `created` or `removed` (kept for the grace period).
     pub state: ContainerState,
+    /// What it may do, from its OCI config, when the hook or the bundle was read.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "security_profile")]
+    pub security: Option<Arc<SecurityProfile>>,
 }
 
 impl ContainerRecord {
@@ -213,6 +217,7 @@ impl ContainerRecord {
             hook,
             ctime_ns,
             state,
+            security,
         } = c;
         ContainerRecord {
             container_id: id.clone(),
@@ -235,8 +240,16 @@ impl ContainerRecord {
             annotations: annotations.clone(),
             hook: hook.clone(),
             state: *state,
+            security: security.clone(),
         }
     }
+}
+
+fn security_profile<S: serde::Serializer>(
+    security: &Option<Arc<SecurityProfile>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    security.as_deref().serialize(serializer)
 }
 
 fn hook_findings<S: serde::Serializer>(hook: &Option<Arc<HookInfo>>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -271,6 +284,11 @@ pub struct ContainerFilter {
     pub labels: Vec<(String, Option<String>)>,
     /// Also list removed containers still within their grace period.
     pub include_removed: bool,
+    /// Security filters `(key, value)` (`privileged`/`true`, `host_ns`/`pid`,
+    /// `cap`/`SYS_ADMIN`, ...; see [`SecurityProfile::matches_filter`]): a
+    /// container without a security profile matches none. Check the keys
+    /// with [`ContainerFilter::check_security`] first; an unknown key matches nothing.
+    pub security: Vec<(String, String)>,
 }
 
 impl ContainerFilter {
@@ -288,6 +306,17 @@ impl ContainerFilter {
                 (Some(_), None) => true,
                 (None, _) => false,
             })
+            && (self.security.is_empty()
+                || c.security
+                    .as_deref()
+                    .is_some_and(|p| self.security.iter().all(|(k, v)| p.matches_filter(k, v).unwrap_or(false))))
+    }
+
+    /// Whether every security filter's key and value are ones
+    /// [`SecurityProfile::matches_filter`] knows (the first error otherwise).
+    pub fn check_security(&self) -> Result<(), FilterError> {
+        let probe = SecurityProfile::from_config(&ctwatch_security::Config::default());
+        self.security.iter().try_for_each(|(k, v)| probe.matches_filter(k, v).map(drop))
     }
 }
 

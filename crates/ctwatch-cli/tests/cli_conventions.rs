@@ -156,8 +156,8 @@ fn ls_get_and_the_api_print_one_record() {
         "state",
     ]
     .into();
-    // `annotations` and `hook` only when the runtime hook saw the create.
-    let optional = ["annotations", "hook"];
+    // `annotations` and `hook` only when the runtime hook saw the create, `security` when its config was read.
+    let optional = ["annotations", "hook", "security"];
     let keys: BTreeSet<&str> =
         got.as_object().unwrap().keys().map(String::as_str).filter(|k| !optional.contains(k)).collect();
     assert_eq!(keys, api_fields);

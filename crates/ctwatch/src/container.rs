@@ -24,6 +24,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use ctwatch_security::SecurityProfile;
+
 use crate::hook::HookInfo;
 use crate::runtime::Runtime;
 
@@ -91,12 +93,26 @@ pub struct Container {
     /// did not see its create (off, not hooked, or the container predates ctwatch).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_hook")]
     pub hook: Option<Arc<HookInfo>>,
+    /// What the container may do (privileges, capabilities, host namespaces
+    /// and mounts, seccomp, limits), derived from its OCI config: read by the
+    /// runtime hook before it started, or for containers found otherwise from
+    /// runc's state → the bundle's `config.json` during enrichment; `None`
+    /// when neither could be read.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_security")]
+    pub security: Option<Arc<SecurityProfile>>,
 
     // --- lifecycle ---
     /// The earliest ctime seen for its root cgroup, in ns since the Unix epoch (0 if unknown).
     pub ctime_ns: u64,
     /// Where it is in its life.
     pub state: ContainerState,
+}
+
+fn serialize_security<S: serde::Serializer>(
+    security: &Option<Arc<SecurityProfile>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    security.as_deref().serialize(serializer)
 }
 
 fn serialize_hook<S: serde::Serializer>(hook: &Option<Arc<HookInfo>>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -119,16 +135,21 @@ impl Container {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             hook: None,
+            security: None,
             ctime_ns: 0,
             state: ContainerState::Created,
         }
     }
 
-    /// The hook's findings joined onto this container: `hook` kept, and the
-    /// OCI annotations copied into `annotations`.
+    /// The hook's findings joined onto this container: `hook` kept, the
+    /// OCI annotations copied into `annotations` and its security profile
+    /// (when it read one) into `security`.
     pub fn set_hook(&mut self, hook: Arc<HookInfo>) {
         if let Some(oci) = &hook.oci {
             self.annotations = oci.annotations.clone();
+        }
+        if let Some(security) = &hook.security {
+            self.security = Some(security.clone());
         }
         self.hook = Some(hook);
     }

@@ -97,6 +97,7 @@ impl Serialize for Args<'_> {
             hook: _,        // the event's own `hook`
             ctime_ns,
             state: _, // the event's kind says it
+            security,
         } = &*self.0.container;
         if self.0.kind == EventKind::ContainerRemove {
             let mut map = serializer.serialize_map(Some(2))?;
@@ -104,7 +105,7 @@ impl Serialize for Args<'_> {
             map.serialize_entry("container_id", id)?;
             return map.end();
         }
-        let mut map = serializer.serialize_map(Some(11))?;
+        let mut map = serializer.serialize_map(Some(11 + usize::from(security.is_some())))?;
         map.serialize_entry("runtime", runtime)?;
         map.serialize_entry("container_id", id)?;
         map.serialize_entry("ctime", ctime_ns)?;
@@ -116,6 +117,9 @@ impl Serialize for Args<'_> {
         map.serialize_entry("pod_uid", pod_uid)?;
         map.serialize_entry("pod_sandbox", pod_sandbox)?;
         map.serialize_entry("labels", labels)?;
+        if let Some(security) = security {
+            map.serialize_entry("security", security.as_ref())?;
+        }
         map.end()
     }
 }

@@ -58,6 +58,7 @@ impl HookJoin {
                 let info = Arc::new(*info);
                 let violation = info.trusted && info.verdict.is_some();
                 container.hook = Some(info.clone());
+                container.security = info.security.clone();
                 let event = ContainerEvent {
                     time,
                     kind: EventKind::ContainerPrecreate,
@@ -208,6 +209,7 @@ mod tests {
             init_pid: None,
             trusted,
             caller_uid: 0,
+            security: None,
         })
     }
 
@@ -302,6 +304,33 @@ mod tests {
         assert_eq!(kinds(&out), [EventKind::ContainerCreate]);
         assert_eq!(out[0].container.id, a);
         assert_eq!(out[0].container.hook.as_ref().unwrap().init_pid, None, "no PID: the create went without");
+    }
+
+    #[test]
+    fn the_hooks_security_profile_is_the_containers_from_the_precreate_on() {
+        let mut rig = Rig::new();
+        let id = "d".repeat(64);
+        let profile = ctwatch::SecurityProfile::from_config_bytes(
+            br#"{"process":{"capabilities":{"bounding":["CAP_SYS_ADMIN"]}},"linux":{"namespaces":[{"type":"mount"}]}}"#,
+        )
+        .unwrap();
+        let mut info = info(true);
+        info.security = Some(Arc::new(profile.clone()));
+        let message = HookMessage::Precreate {
+            container: Container::new(&id, Runtime::Docker),
+            info,
+            time: SystemTime::UNIX_EPOCH,
+        };
+        let out = rig.hook(message);
+        assert_eq!(out[0].container.security.as_deref(), Some(&profile), "the precreate carries it");
+        rig.hook(HookMessage::Started { id: id.clone(), init_pid: 42, cgroup: None });
+        let out = rig.cgroups(CgroupChange::Mkdir, &id, 8);
+        assert_eq!(kinds(&out), [EventKind::ContainerCreate], "the PID is known: no wait");
+        assert!(out[0].container.security.as_deref().is_some_and(|p| p.matches_filter("host_ns", "pid").unwrap()));
+        let json = serde_json::to_value(&out[0]).unwrap();
+        assert_eq!(json["args"]["security"]["capabilities_added"][0], "CAP_SYS_ADMIN");
+        assert!(json["hook"].get("security").is_none(), "printed once, in args");
+        assert_eq!(rig.store.read().get(&id).unwrap().security.as_deref(), Some(&profile), "and the store's");
     }
 
     #[test]
