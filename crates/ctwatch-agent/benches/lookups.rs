@@ -71,6 +71,7 @@ fn container(i: u64, path: String) -> Container {
         annotations: Default::default(),
         hook: None,
         state: ContainerState::Existing,
+        ..Container::new(String::new(), Runtime::Containerd)
     }
 }
 

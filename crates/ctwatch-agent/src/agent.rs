@@ -5,6 +5,7 @@
 //!                                                  tracker           hub (Watch, watch)
 //!                                                  enrichment gate   pinned BPF map
 //!                                                  hook join         metrics
+//!                                                  lifecycle
 //! ```
 //!
 //! The loop takes at most [`MAX_MESSAGES_PER_TURN`] messages from the inbox
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use ctwatch::cgroupfs::{self, CgroupVersion};
+use ctwatch::hook::HookMessage;
 use ctwatch::sources::inotify::InotifyError;
 use ctwatch::sources::SourceMessage;
 use ctwatch::{ContainerEvent, SharedStore, Store, Tracker};
@@ -39,6 +41,7 @@ use crate::sinks::{Output, Sink};
 use crate::sources::kernel::{self, KernelSource, Running};
 use crate::transforms::gate::{Enricher, EnrichmentGate};
 use crate::transforms::hook_join::HookJoin;
+use crate::transforms::lifecycle::{Lifecycle, Start, StartSource};
 use crate::transforms::tracker::TrackerStage;
 use crate::transforms::{Cx, Transform};
 
@@ -150,6 +153,7 @@ impl Agent {
             tracker: TrackerStage::new(tracker, metrics.clone()),
             gate: EnrichmentGate::new(enrichment, deadline, metrics.clone()),
             join: HookJoin::new(hook_only, metrics.clone()),
+            lifecycle: Lifecycle::new(config.proc_root.clone(), metrics.clone()),
             sinks,
             metrics,
             hook,
@@ -198,6 +202,7 @@ struct Loop {
     tracker: TrackerStage,
     gate: EnrichmentGate,
     join: HookJoin,
+    lifecycle: Lifecycle,
     sinks: Vec<Box<dyn Sink>>,
     metrics: Arc<Metrics>,
     /// The runtime hook; dropping it unmarks the runtime binaries.
@@ -237,7 +242,10 @@ impl Loop {
         while !stop.load(Ordering::Relaxed) {
             let now = self.tracker.tracker().clock().now();
             let next_due =
-                [self.gate.next_due(), self.join.next_due(), self.tracker.next_due()].into_iter().flatten().min();
+                [self.gate.next_due(), self.join.next_due(), self.lifecycle.next_due(), self.tracker.next_due()]
+                    .into_iter()
+                    .flatten()
+                    .min();
             let wait = next_due.map_or(IDLE_TICK, |due| due.saturating_duration_since(now).min(IDLE_TICK));
             let mut events = Vec::new();
             let mut outputs = Vec::new();
@@ -334,6 +342,10 @@ impl Loop {
         let mut cx = Cx::new(self.tracker.tracker());
         self.join.tick(&mut cx, &mut out);
         self.join.push(&mut cx, &mut ready, &mut out);
+        let mut started = Vec::new();
+        self.lifecycle.tick(&mut cx, &mut started);
+        self.lifecycle.push(&mut cx, &mut out, &mut started);
+        let out = started;
         let changes = self.tracker.take_changes();
         if !changes.is_empty() {
             outputs.push(Owned::Membership(changes));
@@ -362,7 +374,22 @@ impl Loop {
                 outputs.push(Owned::ScanComplete);
             }
             SourceMessage::Hook(message) => {
+                let start = match &*message {
+                    HookMessage::Started { id, init_pid, .. } if self.join.is_hooked(id) => {
+                        Some((id.clone(), *init_pid))
+                    }
+                    _ => None,
+                };
                 self.join.on_hook(&mut Cx::new(self.tracker.tracker()), *message, events);
+                if let Some((id, init_pid)) = start {
+                    let start =
+                        Start { init_pid, exe: None, argv0: None, kernel_time: None, source: StartSource::Hook };
+                    let mut started = Vec::new();
+                    self.lifecycle.on_start(&mut Cx::new(self.tracker.tracker()), &id, start, &mut started);
+                    if !started.is_empty() {
+                        outputs.push(Owned::Events(started));
+                    }
+                }
             }
             SourceMessage::Ended { source, why } => return self.source_ended(source, why),
         }

@@ -193,6 +193,30 @@ pub struct ContainerRecord {
     pub hook: Option<Arc<HookInfo>>,
     /// `existing`, `created` or `removed` (kept for the grace period).
     pub state: ContainerState,
+    /// When its own process started, ns since the Unix epoch (RFC 3339 in JSON), when known.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
+    pub started_at: Option<u64>,
+    /// When it ended, ns since the Unix epoch (RFC 3339 in JSON), when known.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
+    pub finished_at: Option<u64>,
+    /// Its init's exit code, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that killed its init, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<i32>,
+    /// Whether the OOM killer killed its init, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_killed: Option<bool>,
+    /// OOM kills inside it during its life, when counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    /// The executable its own process started with, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// That process's `argv[0]`, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv0: Option<String>,
 }
 
 impl ContainerRecord {
@@ -213,6 +237,15 @@ impl ContainerRecord {
             hook,
             ctime_ns,
             state,
+            started_at_ns,
+            finished_at_ns,
+            exit_code,
+            exit_signal,
+            oom_killed,
+            oom_kills,
+            init_pid,
+            start_exe,
+            start_argv0,
         } = c;
         ContainerRecord {
             container_id: id.clone(),
@@ -228,15 +261,27 @@ impl ContainerRecord {
             cgroup_id: *cgroup_id,
             cgroup_path: cgroup_path.clone(),
             cgroup_path_bytes: cgroup_path_bytes(cgroup_path),
-            init_pid: ns.map(|n| n.init_pid),
+            init_pid: ns.map(|n| n.init_pid).or(*init_pid),
             mount_ns: ns.map(|n| n.mount_ns),
             net_ns: ns.map(|n| n.net_ns),
             labels: labels.clone(),
             annotations: annotations.clone(),
             hook: hook.clone(),
             state: *state,
+            started_at: *started_at_ns,
+            finished_at: *finished_at_ns,
+            exit_code: *exit_code,
+            exit_signal: *exit_signal,
+            oom_killed: *oom_killed,
+            oom_kills: *oom_kills,
+            exe: start_exe.clone(),
+            argv0: start_argv0.clone(),
         }
     }
+}
+
+fn rfc3339_opt<S: serde::Serializer>(ns: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    ns.map(|ns| ctwatch::event::rfc3339_nanos(ctwatch::event::ns_to_time(ns))).serialize(serializer)
 }
 
 fn hook_findings<S: serde::Serializer>(hook: &Option<Arc<HookInfo>>, serializer: S) -> Result<S::Ok, S::Error> {

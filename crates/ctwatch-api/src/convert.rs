@@ -34,6 +34,14 @@ pub fn container_message(r: ContainerRecord) -> pb::Container {
         annotations,
         hook,
         state,
+        started_at,
+        finished_at,
+        exit_code,
+        exit_signal,
+        oom_killed,
+        oom_kills,
+        exe,
+        argv0,
     } = r;
     pb::Container {
         container_id,
@@ -55,6 +63,14 @@ pub fn container_message(r: ContainerRecord) -> pb::Container {
         state: state_message(state) as i32,
         annotations: annotations.into_iter().collect(),
         hook: hook.as_deref().map(hook_message),
+        started_at_unix_nano: started_at.map(|ns| i64::try_from(ns).unwrap_or(i64::MAX)),
+        finished_at_unix_nano: finished_at.map(|ns| i64::try_from(ns).unwrap_or(i64::MAX)),
+        exit_code,
+        exit_signal,
+        oom_killed,
+        oom_kills,
+        exe,
+        argv0,
     }
 }
 
@@ -89,6 +105,14 @@ pub fn container_from_message(m: &pb::Container) -> Container {
         state,
         annotations,
         hook,
+        started_at_unix_nano,
+        finished_at_unix_nano,
+        exit_code,
+        exit_signal,
+        oom_killed,
+        oom_kills,
+        exe,
+        argv0,
     } = m;
     let state = match pb::ContainerState::try_from(*state) {
         Ok(pb::ContainerState::Existing) => ContainerState::Existing,
@@ -114,6 +138,15 @@ pub fn container_from_message(m: &pb::Container) -> Container {
         hook: hook.as_ref().map(|h| Arc::new(hook_from_message(h))),
         ctime_ns: *container_ctime,
         state,
+        started_at_ns: started_at_unix_nano.map(|ns| ns.max(0) as u64),
+        finished_at_ns: finished_at_unix_nano.map(|ns| ns.max(0) as u64),
+        exit_code: *exit_code,
+        exit_signal: *exit_signal,
+        oom_killed: *oom_killed,
+        oom_kills: *oom_kills,
+        init_pid: None, // the record's (see `record_from_message`)
+        start_exe: exe.clone(),
+        start_argv0: argv0.clone(),
     }
 }
 

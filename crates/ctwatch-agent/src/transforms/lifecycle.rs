@@ -1,0 +1,350 @@
+//! The lifecycle: `container_start`, once per container, after its create.
+//!
+//! A start is what a source says about the container's own process: its
+//! init PID and, once that process has executed the entrypoint, the
+//! executable and `argv[0]`. Sources (see [`StartSource`]):
+//!
+//! - the runtime hook's init PID: the start goes out once `/proc/<pid>` no
+//!   longer shows the runtime's init (`runc:[2:INIT]` waits there between
+//!   `runc create` and `runc start`); checked again every [`PROBE_EVERY`];
+//! - the eBPF process events: the container's first exec (kernel time).
+//!
+//! A start seen before its container's create waits for the create (at most
+//! [`MAX_PENDING`] containers, overflow counted as `lifecycle`); a container
+//! that was running before ctwatch (`existing_container`) gets none; a create
+//! that failed (no init) gets none. The start's findings go into the store,
+//! so the remove and `get` carry them too.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ctwatch::{ContainerEvent, EventKind};
+
+use super::{Cx, Transform};
+use crate::metrics::Metrics;
+
+/// How often an init that has not executed its entrypoint yet is looked at again.
+pub const PROBE_EVERY: Duration = Duration::from_millis(20);
+
+/// The most containers whose start waits (for their create or their exec) at once.
+pub const MAX_PENDING: usize = 4096;
+
+/// The longest `argv[0]` or executable path kept, in bytes.
+const MAX_PATH: usize = 4096;
+
+/// Where a start came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartSource {
+    /// The runtime hook's init PID, the process read from `/proc`.
+    Hook,
+    /// The eBPF process events (the first exec in the container's cgroup).
+    Ebpf,
+}
+
+/// What a source knows of a container's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    /// The init PID (host PID namespace).
+    pub init_pid: u32,
+    /// The executable, when known.
+    pub exe: Option<String>,
+    /// Its `argv[0]`, when known.
+    pub argv0: Option<String>,
+    /// When the kernel ran the exec, if the source knows (eBPF).
+    pub kernel_time: Option<SystemTime>,
+    /// Where it came from.
+    pub source: StartSource,
+}
+
+/// A start still waiting.
+struct Pending {
+    start: Start,
+    /// Whether the init has executed the entrypoint (else it is probed again).
+    execed: bool,
+}
+
+/// What is known of a container whose create went out.
+struct Live {
+    cgroup_id: u64,
+    started: bool,
+}
+
+/// The lifecycle transform.
+pub struct Lifecycle {
+    proc_root: PathBuf,
+    live: HashMap<String, Live>,
+    pending: HashMap<String, Pending>,
+    next_probe: Option<Instant>,
+    metrics: Arc<Metrics>,
+}
+
+impl Lifecycle {
+    /// An empty lifecycle reading processes under `proc_root`.
+    pub fn new(proc_root: PathBuf, metrics: Arc<Metrics>) -> Self {
+        Lifecycle { proc_root, live: HashMap::new(), pending: HashMap::new(), next_probe: None, metrics }
+    }
+
+    /// A source's word on container `id`'s start; the `container_start`
+    /// goes into `out` when it is due (else it waits).
+    pub fn on_start(&mut self, cx: &mut Cx<'_>, id: &str, start: Start, out: &mut Vec<ContainerEvent>) {
+        if self.live.get(id).is_some_and(|l| l.started) {
+            return;
+        }
+        let mut pending = match self.pending.remove(id) {
+            // eBPF's exec is better than the hook's PID; the hook's PID does not replace eBPF's.
+            Some(p) if p.start.source == StartSource::Ebpf && start.source == StartSource::Hook => p,
+            _ => Pending { execed: start.source == StartSource::Ebpf, start },
+        };
+        if !pending.execed {
+            pending.execed = probe(&self.proc_root, &mut pending.start);
+        }
+        if pending.execed && self.live.contains_key(id) {
+            self.emit(cx, id, pending.start, out);
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.metrics.queue_overflow("lifecycle", 1);
+            return;
+        }
+        if !pending.execed {
+            self.next_probe.get_or_insert(cx.now + PROBE_EVERY);
+        }
+        self.pending.insert(id.to_string(), pending);
+    }
+
+    /// How many starts wait.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn emit(&mut self, cx: &mut Cx<'_>, id: &str, start: Start, out: &mut Vec<ContainerEvent>) {
+        let Some(live) = self.live.get_mut(id) else { return };
+        live.started = true;
+        let cgroup_id = live.cgroup_id;
+        let at = start.kernel_time.unwrap_or(cx.wall);
+        let started_at_ns = at.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
+        let Start { init_pid, exe, argv0, kernel_time, source: _ } = start;
+        let stored = cx.tracker.update_container(id, cgroup_id, |c| {
+            c.init_pid = Some(init_pid);
+            c.start_exe = exe;
+            c.start_argv0 = argv0;
+            c.started_at_ns = Some(started_at_ns);
+        });
+        // Gone from the store already (removed and forgotten): nothing to say.
+        let Some(container) = stored else { return };
+        out.push(ContainerEvent {
+            time: cx.wall,
+            kind: EventKind::ContainerStart,
+            cgroup_id,
+            container,
+            kernel_time,
+            enriched: None,
+        });
+    }
+
+    fn probe_pending(&mut self, cx: &mut Cx<'_>, out: &mut Vec<ContainerEvent>) {
+        let mut ready = Vec::new();
+        for (id, p) in self.pending.iter_mut() {
+            if !p.execed {
+                p.execed = probe(&self.proc_root, &mut p.start);
+            }
+            if p.execed && self.live.contains_key(id) {
+                ready.push(id.clone());
+            }
+        }
+        for id in ready {
+            if let Some(p) = self.pending.remove(&id) {
+                self.emit(cx, &id, p.start, out);
+            }
+        }
+        self.next_probe = self.pending.values().any(|p| !p.execed).then(|| cx.now + PROBE_EVERY);
+    }
+}
+
+impl Transform for Lifecycle {
+    fn push(&mut self, cx: &mut Cx<'_>, input: &mut Vec<ContainerEvent>, out: &mut Vec<ContainerEvent>) {
+        for event in input.drain(..) {
+            let id = event.container.id.clone();
+            let kind = event.kind;
+            let cgroup_id = event.cgroup_id;
+            out.push(event);
+            match kind {
+                EventKind::ContainerCreate => {
+                    self.live.insert(id.clone(), Live { cgroup_id, started: false });
+                    if self.pending.get(&id).is_some_and(|p| p.execed) {
+                        if let Some(p) = self.pending.remove(&id) {
+                            self.emit(cx, &id, p.start, out);
+                        }
+                    }
+                }
+                EventKind::ExistingContainer => {
+                    self.live.insert(id.clone(), Live { cgroup_id, started: true });
+                    self.pending.remove(&id);
+                }
+                EventKind::ContainerRemove => {
+                    self.live.remove(&id);
+                    self.pending.remove(&id);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn tick(&mut self, cx: &mut Cx<'_>, out: &mut Vec<ContainerEvent>) {
+        if self.next_probe.is_some_and(|due| due <= cx.now) {
+            self.probe_pending(cx, out);
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.next_probe
+    }
+}
+
+/// Whether `start.init_pid` has executed its entrypoint (it is no longer
+/// the runtime's init); fills `exe` and `argv0` when it has. A process that
+/// is gone counts as started (with what could be read: nothing).
+fn probe(proc_root: &Path, start: &mut Start) -> bool {
+    let dir = proc_root.join(start.init_pid.to_string());
+    let Ok(comm) = fs::read_to_string(dir.join("comm")) else { return true };
+    let comm = comm.trim_end();
+    if is_runtime_init(comm) {
+        return false;
+    }
+    if start.exe.is_none() {
+        start.exe = fs::read_link(dir.join("exe")).ok().map(|p| bounded(p.to_string_lossy().into_owned()));
+    }
+    if start.argv0.is_none() {
+        start.argv0 = fs::read(dir.join("cmdline")).ok().and_then(|b| {
+            let first = b.split(|c| *c == 0).next().filter(|a| !a.is_empty())?;
+            Some(bounded(String::from_utf8_lossy(first).into_owned()))
+        });
+    }
+    true
+}
+
+/// Whether a process name is a runtime's init waiting to exec the entrypoint.
+fn is_runtime_init(comm: &str) -> bool {
+    comm.starts_with("runc:[") || comm == "runc" || comm == "crun" || comm == "runc-init"
+}
+
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_PATH {
+        let mut end = MAX_PATH;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use ctwatch::sources::CgroupChange;
+    use ctwatch::state_dirs::PathOnly;
+    use ctwatch::{ManualClock, SharedStore, Store, Tracker};
+
+    use super::*;
+    use crate::transforms::tracker::tests::cgroup;
+
+    struct Rig {
+        tracker: Tracker,
+        life: Lifecycle,
+        store: SharedStore,
+        _proc: tempfile::TempDir,
+    }
+
+    fn fake_proc(pid: u32, comm: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(pid.to_string());
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("comm"), format!("{comm}\n")).unwrap();
+        fs::write(p.join("cmdline"), b"sleep\x0060\x00").unwrap();
+        std::os::unix::fs::symlink("/bin/sleep", p.join("exe")).unwrap();
+        dir
+    }
+
+    impl Rig {
+        fn new(proc: tempfile::TempDir) -> Rig {
+            let clock = ManualClock::new();
+            let store = SharedStore::new(Store::default());
+            let tracker = Tracker::new(store.clone(), Box::new(PathOnly)).with_clock(Arc::new(clock));
+            let life = Lifecycle::new(proc.path().to_path_buf(), Arc::new(Metrics::new()));
+            Rig { tracker, life, store, _proc: proc }
+        }
+
+        fn cgroups(&mut self, change: CgroupChange, id: &str, cgroup_id: u64) -> Vec<ContainerEvent> {
+            let mut events = Vec::new();
+            self.tracker.apply(&[cgroup(change, cgroup_id, &format!("/docker/{id}"))], &mut events);
+            let mut out = Vec::new();
+            self.life.push(&mut Cx::new(&mut self.tracker), &mut events, &mut out);
+            out
+        }
+
+        fn start(&mut self, id: &str, pid: u32) -> Vec<ContainerEvent> {
+            let mut out = Vec::new();
+            let start = Start { init_pid: pid, exe: None, argv0: None, kernel_time: None, source: StartSource::Hook };
+            self.life.on_start(&mut Cx::new(&mut self.tracker), id, start, &mut out);
+            out
+        }
+    }
+
+    fn kinds(events: &[ContainerEvent]) -> Vec<EventKind> {
+        events.iter().map(|e| e.kind).collect()
+    }
+
+    #[test]
+    fn a_start_before_the_create_follows_it_once_with_the_process() {
+        let mut rig = Rig::new(fake_proc(42, "sleep"));
+        let id = "a".repeat(64);
+        assert!(rig.start(&id, 42).is_empty(), "waits for the create");
+        let out = rig.cgroups(CgroupChange::Mkdir, &id, 5);
+        assert_eq!(kinds(&out), [EventKind::ContainerCreate, EventKind::ContainerStart]);
+        let c = &out[1].container;
+        assert_eq!(
+            (c.init_pid, c.start_exe.as_deref(), c.start_argv0.as_deref()),
+            (Some(42), Some("/bin/sleep"), Some("sleep"))
+        );
+        assert!(c.started_at_ns.is_some());
+        assert_eq!(rig.store.read().get(&id).unwrap().init_pid, Some(42), "in the store");
+        assert!(rig.start(&id, 42).is_empty(), "exactly once");
+        let out = rig.cgroups(CgroupChange::Rmdir, &id, 5);
+        assert_eq!(out[0].container.start_argv0.as_deref(), Some("sleep"), "the remove carries it");
+    }
+
+    #[test]
+    fn a_runtime_init_waiting_for_start_is_not_a_start() {
+        let proc = fake_proc(43, "runc:[2:INIT]");
+        let comm = proc.path().join("43/comm");
+        let mut rig = Rig::new(proc);
+        let id = "b".repeat(64);
+        assert_eq!(kinds(&rig.cgroups(CgroupChange::Mkdir, &id, 6)), [EventKind::ContainerCreate]);
+        assert!(rig.start(&id, 43).is_empty(), "runc create: not started yet");
+        assert!(rig.life.next_due().is_some());
+        fs::write(&comm, "sleep\n").unwrap(); // runc start: the entrypoint runs
+        let mut out = Vec::new();
+        let mut cx = Cx::new(&mut rig.tracker);
+        cx.now += PROBE_EVERY;
+        rig.life.tick(&mut cx, &mut out);
+        assert_eq!(kinds(&out), [EventKind::ContainerStart]);
+        assert!(rig.life.next_due().is_none() && rig.life.pending() == 0);
+    }
+
+    #[test]
+    fn an_existing_container_gets_no_start() {
+        let mut rig = Rig::new(fake_proc(44, "sleep"));
+        let id = "c".repeat(64);
+        let mut events = Vec::new();
+        let mut existing = cgroup(CgroupChange::Mkdir, 7, &format!("/docker/{id}"));
+        existing.origin = ctwatch::sources::Origin::Existing;
+        rig.tracker.apply(&[existing], &mut events);
+        let mut out = Vec::new();
+        rig.life.push(&mut Cx::new(&mut rig.tracker), &mut events, &mut out);
+        assert_eq!(kinds(&out), [EventKind::ExistingContainer]);
+        assert!(rig.start(&id, 44).is_empty());
+    }
+}
