@@ -1,4 +1,5 @@
-//! The lifecycle: `container_start`, once per container, after its create.
+//! The lifecycle: `container_start`, once per container, after its create;
+//! how it ended, on its `container_remove`.
 //!
 //! A start is what a source says about the container's own process: its
 //! init PID and, once that process has executed the entrypoint, the
@@ -14,6 +15,14 @@
 //! that was running before ctwatch (`existing_container`) gets none; a create
 //! that failed (no init) gets none. The start's findings go into the store,
 //! so the remove and `get` carry them too.
+//!
+//! A remove carries how the container ended: the OOM kills counted in its
+//! memory cgroup while it lived (`memory.events` `oom_kill` on v2, v1
+//! `memory.oom_control`; watched from its create, or from the scan at start),
+//! and, with enrichment on, what its runtime says of the exit
+//! ([`ctwatch_enrich::Enrichment::submit_exit`]: the exit code or signal,
+//! the runtime's OOM flag, start and end times). The remove is held for
+//! that answer at most [`EXIT_HOLD`]; what is not known by then is left out.
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,7 +30,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ctwatch::{ContainerEvent, EventKind};
+use crossbeam_channel::Sender;
+use ctwatch::{Container, ContainerEvent, EventKind};
+use ctwatch_enrich::oom::{MemoryCgroup, OomWatcher};
+use ctwatch_enrich::{Enrichment, ExitInfo};
 
 use super::{Cx, Transform};
 use crate::metrics::Metrics;
@@ -31,6 +43,15 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(20);
 
 /// The most containers whose start waits (for their create or their exec) at once.
 pub const MAX_PENDING: usize = 4096;
+
+/// How long the runtime is asked again for an exit it has not recorded yet.
+pub const EXIT_ASK: Duration = Duration::from_millis(1500);
+
+/// The longest a remove is held for its runtime's word on the exit.
+pub const EXIT_HOLD: Duration = Duration::from_secs(2);
+
+/// The most removes held at once (beyond this a remove goes out at once; counted as `exit_hold`).
+pub const MAX_HELD: usize = 4096;
 
 /// The longest `argv[0]` or executable path kept, in bytes.
 const MAX_PATH: usize = 4096;
@@ -59,6 +80,39 @@ pub struct Start {
     pub source: StartSource,
 }
 
+/// Who says how a container ended: its runtime ([`Enrichment`]), or a fake in tests.
+pub trait ExitAsker: Send {
+    /// Asks, in the background, how `container` ended; `reply` is called once.
+    fn ask(&self, container: &Container, wait: Duration, reply: Box<dyn FnOnce(ExitInfo) + Send>);
+}
+
+impl ExitAsker for Arc<Enrichment> {
+    fn ask(&self, c: &Container, wait: Duration, reply: Box<dyn FnOnce(ExitInfo) + Send>) {
+        self.submit_exit(&c.id, c.runtime, &c.cgroup_path, !c.pod.uid.is_empty(), wait, reply);
+    }
+}
+
+/// A runtime's answer on how a container ended, back to the agent's loop.
+#[derive(Debug, Clone)]
+pub struct ExitReply {
+    /// The container.
+    pub id: String,
+    /// Its root cgroup (the incarnation).
+    pub cgroup_id: u64,
+    /// What the runtime said.
+    pub info: ExitInfo,
+}
+
+/// Where containers' exits are asked and their OOM counters watched.
+pub struct ExitSources {
+    /// The runtime's word on exits (enrichment on), with where the answers go.
+    pub asker: Option<(Box<dyn ExitAsker>, Sender<ExitReply>)>,
+    /// The OOM counter watcher, when it could start.
+    pub oom: Option<OomWatcher>,
+    /// The memory controller's hierarchy: `(mount point, is v2)`.
+    pub memory: Option<(PathBuf, bool)>,
+}
+
 /// A start still waiting.
 struct Pending {
     start: Start,
@@ -78,13 +132,106 @@ pub struct Lifecycle {
     live: HashMap<String, Live>,
     pending: HashMap<String, Pending>,
     next_probe: Option<Instant>,
+    exits: ExitSources,
+    /// Removes waiting for their runtime's word, with when they go out regardless.
+    held: Vec<(Instant, ContainerEvent)>,
     metrics: Arc<Metrics>,
 }
 
 impl Lifecycle {
     /// An empty lifecycle reading processes under `proc_root`.
     pub fn new(proc_root: PathBuf, metrics: Arc<Metrics>) -> Self {
-        Lifecycle { proc_root, live: HashMap::new(), pending: HashMap::new(), next_probe: None, metrics }
+        let exits = ExitSources { asker: None, oom: None, memory: None };
+        Lifecycle::with_exits(proc_root, exits, metrics)
+    }
+
+    /// A lifecycle that also says how containers ended, from `exits`.
+    pub fn with_exits(proc_root: PathBuf, exits: ExitSources, metrics: Arc<Metrics>) -> Self {
+        Lifecycle {
+            proc_root,
+            live: HashMap::new(),
+            pending: HashMap::new(),
+            next_probe: None,
+            exits,
+            held: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// The runtime's answer on how a container ended: into the store and its held remove, which goes out.
+    pub fn on_exit(&mut self, cx: &mut Cx<'_>, reply: ExitReply, out: &mut Vec<ContainerEvent>) {
+        let Some(i) = self.held.iter().position(|(_, e)| e.container.id == reply.id && e.cgroup_id == reply.cgroup_id)
+        else {
+            return;
+        };
+        let (_, mut event) = self.held.remove(i);
+        let info = reply.info;
+        let stored = cx.tracker.update_container(&reply.id, reply.cgroup_id, |c| apply_exit(c, info));
+        event.container = stored.unwrap_or_else(|| {
+            let mut c = (*event.container).clone();
+            apply_exit(&mut c, info);
+            Arc::new(c)
+        });
+        out.push(event);
+    }
+
+    /// How many removes are held.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Starts watching a new container's OOM counter.
+    fn watch_oom(&self, c: &Container) {
+        let (Some(oom), Some((root, v2))) = (&self.exits.oom, &self.exits.memory) else { return };
+        let dir = root.join(c.cgroup_path.trim_start_matches('/'));
+        let cgroup = if *v2 { MemoryCgroup::V2(dir) } else { MemoryCgroup::V1(dir) };
+        oom.watch(&oom_key(c), cgroup);
+    }
+
+    /// A remove: its OOM count and end time into the store; held for the runtime's word when enrichment is on.
+    fn removed(&mut self, cx: &mut Cx<'_>, mut event: ContainerEvent, out: &mut Vec<ContainerEvent>) {
+        let c = &event.container;
+        let kills = self.exits.oom.as_ref().and_then(|oom| oom.finish(&oom_key(c)));
+        let ended = event.kernel_time.unwrap_or(event.time);
+        let finished = ended.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
+        let update = |c: &mut Container| {
+            c.oom_kills = c.oom_kills.max(kills);
+            c.finished_at_ns.get_or_insert(finished);
+        };
+        let stored = cx.tracker.update_container(&c.id, event.cgroup_id, update);
+        event.container = stored.unwrap_or_else(|| {
+            let mut c = (*event.container).clone();
+            update(&mut c);
+            Arc::new(c)
+        });
+        let Some((asker, tx)) = &self.exits.asker else {
+            out.push(event);
+            return;
+        };
+        if self.held.len() >= MAX_HELD {
+            self.metrics.queue_overflow("exit_hold", 1);
+            out.push(event);
+            return;
+        }
+        let (tx, id, cgroup_id) = (tx.clone(), event.container.id.clone(), event.cgroup_id);
+        let metrics = self.metrics.clone();
+        asker.ask(
+            &event.container,
+            EXIT_ASK,
+            Box::new(move |info| {
+                if tx.try_send(ExitReply { id, cgroup_id, info }).is_err() {
+                    metrics.queue_overflow("exit_replies", 1);
+                }
+            }),
+        );
+        self.held.push((cx.now + EXIT_HOLD, event));
+    }
+
+    /// Releases the held remove of `id` (a later event about it goes after it).
+    fn release(&mut self, id: &str, out: &mut Vec<ContainerEvent>) {
+        if let Some(i) = self.held.iter().position(|(_, e)| e.container.id == id) {
+            out.push(self.held.remove(i).1);
+        }
     }
 
     /// A source's word on container `id`'s start; the `container_start`
@@ -170,6 +317,16 @@ impl Transform for Lifecycle {
             let id = event.container.id.clone();
             let kind = event.kind;
             let cgroup_id = event.cgroup_id;
+            self.release(&id, out);
+            if kind == EventKind::ContainerRemove {
+                self.live.remove(&id);
+                self.pending.remove(&id);
+                self.removed(cx, event, out);
+                continue;
+            }
+            if matches!(kind, EventKind::ContainerCreate | EventKind::ExistingContainer) {
+                self.watch_oom(&event.container);
+            }
             out.push(event);
             match kind {
                 EventKind::ContainerCreate => {
@@ -184,23 +341,51 @@ impl Transform for Lifecycle {
                     self.live.insert(id.clone(), Live { cgroup_id, started: true });
                     self.pending.remove(&id);
                 }
-                EventKind::ContainerRemove => {
-                    self.live.remove(&id);
-                    self.pending.remove(&id);
-                }
                 _ => {}
             }
         }
     }
 
     fn tick(&mut self, cx: &mut Cx<'_>, out: &mut Vec<ContainerEvent>) {
+        if self.held.iter().any(|(due, _)| *due <= cx.now) {
+            let now = cx.now;
+            let (due, still): (Vec<_>, Vec<_>) = self.held.drain(..).partition(|(d, _)| *d <= now);
+            self.held = still;
+            out.extend(due.into_iter().map(|(_, e)| e));
+        }
         if self.next_probe.is_some_and(|due| due <= cx.now) {
             self.probe_pending(cx, out);
         }
     }
 
     fn next_due(&self) -> Option<Instant> {
-        self.next_probe
+        let held = self.held.iter().map(|(due, _)| *due).min();
+        [held, self.next_probe].into_iter().flatten().min()
+    }
+}
+
+/// The OOM watcher's key for one incarnation of a container.
+fn oom_key(c: &Container) -> String {
+    format!("{}@{}", c.id, c.cgroup_id)
+}
+
+/// The runtime's word on an exit, into the container (what it knows; ours where it knows nothing).
+fn apply_exit(c: &mut Container, info: ExitInfo) {
+    let ns = |t: SystemTime| t.duration_since(UNIX_EPOCH).ok().and_then(|d| u64::try_from(d.as_nanos()).ok());
+    if info.exit_code.is_some() || info.exit_signal.is_some() {
+        c.exit_code = info.exit_code;
+        c.exit_signal = info.exit_signal;
+    }
+    c.oom_killed = match (c.oom_killed, info.oom_killed) {
+        (Some(true), _) | (_, Some(true)) => Some(true),
+        (a, b) => a.or(b),
+    };
+    c.oom_kills = c.oom_kills.max(info.oom_kills);
+    if c.started_at_ns.is_none() {
+        c.started_at_ns = info.started_at.and_then(ns);
+    }
+    if let Some(finished) = info.finished_at.and_then(ns) {
+        c.finished_at_ns = Some(finished);
     }
 }
 
