@@ -161,7 +161,8 @@ impl Agent {
             tracker: TrackerStage::new(tracker, metrics.clone()),
             gate: EnrichmentGate::new(enrichment, deadline, metrics.clone()),
             join: HookJoin::new(hook_only, metrics.clone()),
-            lifecycle: Lifecycle::with_exits(config.proc_root.clone(), exits, metrics.clone()),
+            lifecycle: Lifecycle::with_exits(config.proc_root.clone(), exits, metrics.clone())
+                .with_cgroup_root(config.tree.hierarchy.mount_point.clone()),
             sinks,
             metrics,
             hook,

@@ -8,6 +8,9 @@
 //! - the runtime hook's init PID: the start goes out once `/proc/<pid>` no
 //!   longer shows the runtime's init (`runc:[2:INIT]` waits there between
 //!   `runc create` and `runc start`); checked again every [`PROBE_EVERY`];
+//! - without the hook's findings (hook off, or a runtime it does not hook):
+//!   the container's init found in its cgroup (`cgroup.procs`, the process
+//!   that is PID 1 of its namespace), then read from `/proc` as above;
 //! - the eBPF process events: the container's first exec (kernel time).
 //!
 //! A start seen before its container's create waits for the create (at most
@@ -61,6 +64,8 @@ const MAX_PATH: usize = 4096;
 pub enum StartSource {
     /// The runtime hook's init PID, the process read from `/proc`.
     Hook,
+    /// The container's cgroup (`cgroup.procs`), the process read from `/proc`.
+    Cgroup,
     /// The eBPF process events (the first exec in the container's cgroup).
     Ebpf,
 }
@@ -133,6 +138,10 @@ pub struct Lifecycle {
     pending: HashMap<String, Pending>,
     next_probe: Option<Instant>,
     exits: ExitSources,
+    /// The watched hierarchy's mount point, to find the init of containers the hook did not see.
+    cgroup_root: Option<PathBuf>,
+    /// Containers the hook did not see whose init is looked for in their cgroup.
+    unhooked: HashMap<String, PathBuf>,
     /// Removes waiting for their runtime's word, with when they go out regardless.
     held: Vec<(Instant, ContainerEvent)>,
     metrics: Arc<Metrics>,
@@ -153,9 +162,17 @@ impl Lifecycle {
             pending: HashMap::new(),
             next_probe: None,
             exits,
+            cgroup_root: None,
+            unhooked: HashMap::new(),
             held: Vec::new(),
             metrics,
         }
+    }
+
+    /// Finds the init of containers the hook did not see in their cgroup under `root` (the watched hierarchy).
+    pub fn with_cgroup_root(mut self, root: PathBuf) -> Self {
+        self.cgroup_root = Some(root);
+        self
     }
 
     /// The runtime's answer on how a container ended: into the store and its held remove, which goes out.
@@ -268,6 +285,7 @@ impl Lifecycle {
     }
 
     fn emit(&mut self, cx: &mut Cx<'_>, id: &str, start: Start, out: &mut Vec<ContainerEvent>) {
+        self.unhooked.remove(id);
         let Some(live) = self.live.get_mut(id) else { return };
         live.started = true;
         let cgroup_id = live.cgroup_id;
@@ -293,6 +311,18 @@ impl Lifecycle {
     }
 
     fn probe_pending(&mut self, cx: &mut Cx<'_>, out: &mut Vec<ContainerEvent>) {
+        let found: Vec<(String, u32)> = self
+            .unhooked
+            .iter()
+            .filter_map(|(id, dir)| {
+                ctwatch::proc::container_init_pid(&self.proc_root, dir).map(|pid| (id.clone(), pid))
+            })
+            .collect();
+        for (id, init_pid) in found {
+            self.unhooked.remove(&id);
+            let start = Start { init_pid, exe: None, argv0: None, kernel_time: None, source: StartSource::Cgroup };
+            self.on_start(cx, &id, start, out);
+        }
         let mut ready = Vec::new();
         for (id, p) in self.pending.iter_mut() {
             if !p.execed {
@@ -307,7 +337,8 @@ impl Lifecycle {
                 self.emit(cx, &id, p.start, out);
             }
         }
-        self.next_probe = self.pending.values().any(|p| !p.execed).then(|| cx.now + PROBE_EVERY);
+        let waiting = self.pending.values().any(|p| !p.execed) || !self.unhooked.is_empty();
+        self.next_probe = waiting.then(|| cx.now + PROBE_EVERY);
     }
 }
 
@@ -317,10 +348,12 @@ impl Transform for Lifecycle {
             let id = event.container.id.clone();
             let kind = event.kind;
             let cgroup_id = event.cgroup_id;
+            let (hook, path) = (event.container.hook.clone(), event.container.cgroup_path.clone());
             self.release(&id, out);
             if kind == EventKind::ContainerRemove {
                 self.live.remove(&id);
                 self.pending.remove(&id);
+                self.unhooked.remove(&id);
                 self.removed(cx, event, out);
                 continue;
             }
@@ -331,6 +364,14 @@ impl Transform for Lifecycle {
             match kind {
                 EventKind::ContainerCreate => {
                     self.live.insert(id.clone(), Live { cgroup_id, started: false });
+                    if let (Some(root), None) = (&self.cgroup_root, &hook) {
+                        if self.unhooked.len() < MAX_PENDING {
+                            self.unhooked.insert(id.clone(), root.join(path.trim_start_matches('/')));
+                            self.next_probe.get_or_insert(cx.now + PROBE_EVERY);
+                        } else {
+                            self.metrics.queue_overflow("lifecycle", 1);
+                        }
+                    }
                     if self.pending.get(&id).is_some_and(|p| p.execed) {
                         if let Some(p) = self.pending.remove(&id) {
                             self.emit(cx, &id, p.start, out);
@@ -381,6 +422,11 @@ fn apply_exit(c: &mut Container, info: ExitInfo) {
         (a, b) => a.or(b),
     };
     c.oom_kills = c.oom_kills.max(info.oom_kills);
+    if c.oom_killed == Some(true) {
+        // The runtime's flag is an OOM kill in the container: at least one,
+        // whatever a counter read after the cgroup went missed.
+        c.oom_kills = c.oom_kills.max(Some(1));
+    }
     if c.started_at_ns.is_none() {
         c.started_at_ns = info.started_at.and_then(ns);
     }
