@@ -98,7 +98,7 @@ pub fn container_from_message(m: &pb::Container) -> Container {
         k8s_pod_sandbox,
         cgroup_id,
         cgroup_path,
-        init_pid: _, // the record's, read from /proc by the agent (see `record_from_message`)
+        init_pid, // the record's (from /proc, else the container_start's)
         mount_ns: _,
         net_ns: _,
         labels,
@@ -144,7 +144,7 @@ pub fn container_from_message(m: &pb::Container) -> Container {
         exit_signal: *exit_signal,
         oom_killed: *oom_killed,
         oom_kills: *oom_kills,
-        init_pid: None, // the record's (see `record_from_message`)
+        init_pid: *init_pid,
         start_exe: exe.clone(),
         start_argv0: argv0.clone(),
     }
@@ -404,6 +404,15 @@ mod tests {
             labels: BTreeMap::from([("team".into(), "blue".into())]),
             ctime_ns: 5,
             state: ContainerState::Removed,
+            started_at_ns: Some(6),
+            finished_at_ns: Some(7),
+            exit_code: Some(3),
+            exit_signal: Some(9),
+            oom_killed: Some(true),
+            oom_kills: Some(2),
+            init_pid: Some(77),
+            start_exe: Some("/bin/sleep".into()),
+            start_argv0: Some("sleep".into()),
             ..Container::new("abc", Runtime::Podman)
         };
         c.set_hook(Arc::new(hook));
