@@ -44,6 +44,9 @@ use crate::metrics::Metrics;
 /// How often an init that has not executed its entrypoint yet is looked at again.
 pub const PROBE_EVERY: Duration = Duration::from_millis(20);
 
+/// How long a container the hook did not see is looked for a process in its cgroup.
+pub const CGROUP_LOOK_FOR: Duration = Duration::from_secs(30);
+
 /// The most containers whose start waits (for their create or their exec) at once.
 pub const MAX_PENDING: usize = 4096;
 
@@ -141,7 +144,7 @@ pub struct Lifecycle {
     /// The watched hierarchy's mount point, to find the init of containers the hook did not see.
     cgroup_root: Option<PathBuf>,
     /// Containers the hook did not see whose init is looked for in their cgroup.
-    unhooked: HashMap<String, PathBuf>,
+    unhooked: HashMap<String, (PathBuf, Instant)>,
     /// Removes waiting for their runtime's word, with when they go out regardless.
     held: Vec<(Instant, ContainerEvent)>,
     metrics: Arc<Metrics>,
@@ -314,10 +317,12 @@ impl Lifecycle {
         let found: Vec<(String, u32)> = self
             .unhooked
             .iter()
-            .filter_map(|(id, dir)| {
+            .filter_map(|(id, (dir, _))| {
                 ctwatch::proc::container_init_pid(&self.proc_root, dir).map(|pid| (id.clone(), pid))
             })
             .collect();
+        let now = cx.now;
+        self.unhooked.retain(|_, (_, since)| now.saturating_duration_since(*since) < CGROUP_LOOK_FOR);
         for (id, init_pid) in found {
             self.unhooked.remove(&id);
             let start = Start { init_pid, exe: None, argv0: None, kernel_time: None, source: StartSource::Cgroup };
@@ -366,7 +371,7 @@ impl Transform for Lifecycle {
                     self.live.insert(id.clone(), Live { cgroup_id, started: false });
                     if let (Some(root), None) = (&self.cgroup_root, &hook) {
                         if self.unhooked.len() < MAX_PENDING {
-                            self.unhooked.insert(id.clone(), root.join(path.trim_start_matches('/')));
+                            self.unhooked.insert(id.clone(), (root.join(path.trim_start_matches('/')), cx.now));
                             self.next_probe.get_or_insert(cx.now + PROBE_EVERY);
                         } else {
                             self.metrics.queue_overflow("lifecycle", 1);
