@@ -72,6 +72,7 @@ fn container(i: u64, path: String) -> Container {
         hook: None,
         security: None,
         state: ContainerState::Existing,
+        ..Container::new(String::new(), Runtime::Containerd)
     }
 }
 

@@ -197,6 +197,30 @@ pub struct ContainerRecord {
     /// What it may do, from its OCI config, when the hook or the bundle was read.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "security_profile")]
     pub security: Option<Arc<SecurityProfile>>,
+    /// When its own process started, ns since the Unix epoch (RFC 3339 in JSON), when known.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
+    pub started_at: Option<u64>,
+    /// When it ended, ns since the Unix epoch (RFC 3339 in JSON), when known.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
+    pub finished_at: Option<u64>,
+    /// Its init's exit code, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that killed its init, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<i32>,
+    /// Whether the OOM killer killed its init, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_killed: Option<bool>,
+    /// OOM kills inside it during its life, when counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    /// The executable its own process started with, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// That process's `argv[0]`, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv0: Option<String>,
 }
 
 impl ContainerRecord {
@@ -218,6 +242,15 @@ impl ContainerRecord {
             ctime_ns,
             state,
             security,
+            started_at_ns,
+            finished_at_ns,
+            exit_code,
+            exit_signal,
+            oom_killed,
+            oom_kills,
+            init_pid,
+            start_exe,
+            start_argv0,
         } = c;
         ContainerRecord {
             container_id: id.clone(),
@@ -233,7 +266,7 @@ impl ContainerRecord {
             cgroup_id: *cgroup_id,
             cgroup_path: cgroup_path.clone(),
             cgroup_path_bytes: cgroup_path_bytes(cgroup_path),
-            init_pid: ns.map(|n| n.init_pid),
+            init_pid: ns.map(|n| n.init_pid).or(*init_pid),
             mount_ns: ns.map(|n| n.mount_ns),
             net_ns: ns.map(|n| n.net_ns),
             labels: labels.clone(),
@@ -241,6 +274,14 @@ impl ContainerRecord {
             hook: hook.clone(),
             state: *state,
             security: security.clone(),
+            started_at: *started_at_ns,
+            finished_at: *finished_at_ns,
+            exit_code: *exit_code,
+            exit_signal: *exit_signal,
+            oom_killed: *oom_killed,
+            oom_kills: *oom_kills,
+            exe: start_exe.clone(),
+            argv0: start_argv0.clone(),
         }
     }
 }
@@ -250,6 +291,10 @@ fn security_profile<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     security.as_deref().serialize(serializer)
+}
+
+fn rfc3339_opt<S: serde::Serializer>(ns: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    ns.map(|ns| ctwatch::event::rfc3339_nanos(ctwatch::event::ns_to_time(ns))).serialize(serializer)
 }
 
 fn hook_findings<S: serde::Serializer>(hook: &Option<Arc<HookInfo>>, serializer: S) -> Result<S::Ok, S::Error> {

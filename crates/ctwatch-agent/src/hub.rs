@@ -36,7 +36,7 @@ pub const MAX_SUBSCRIBER_BUFFER: usize = 65_536;
 
 /// The most bytes of events (their approximate size in memory) a subscriber
 /// may fall behind, whatever its buffer in events.
-pub const MAX_SUBSCRIBER_BYTES: usize = 32 << 20;
+pub const MAX_SUBSCRIBER_BYTES: usize = 64 << 20;
 
 /// Why a subscription ended early.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -193,7 +193,7 @@ impl Hub {
                         self.metrics.privilege_gone(&old.container);
                     }
                 }
-                EventKind::ContainerUpdate => {
+                EventKind::ContainerUpdate | EventKind::ContainerStart => {
                     if let Some(slot) = inner.view.get_mut(id) {
                         self.metrics.container_gone(slot.container.runtime);
                         self.metrics.container_seen(event.container.runtime);

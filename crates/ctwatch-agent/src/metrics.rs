@@ -80,13 +80,14 @@ struct BuildLabels {
 }
 
 /// The event kinds, in the order of `Metrics::events_by_kind`.
-const KINDS: [EventKind; 6] = [
+const KINDS: [EventKind; 7] = [
     EventKind::ContainerCreate,
     EventKind::ContainerRemove,
     EventKind::ExistingContainer,
     EventKind::ContainerUpdate,
     EventKind::ContainerPrecreate,
     EventKind::ContainerPolicyViolation,
+    EventKind::ContainerStart,
 ];
 
 /// Every metric the agent keeps.
@@ -114,7 +115,7 @@ pub struct Metrics {
     /// Their values as last copied into the counters above.
     hook_seen: Mutex<[u64; 6]>,
     /// The per-kind and per-runtime series, made once (no label allocation per event).
-    events_by_kind: [Counter; 6],
+    events_by_kind: [Counter; 7],
     containers_by_runtime: [Gauge; Runtime::ALL.len()],
     /// Live containers by privilege class ([`PRIVILEGE_CLASSES`]).
     containers_by_privilege: [Gauge; PRIVILEGE_CLASSES.len()],

@@ -37,6 +37,14 @@ pub fn container_message(r: ContainerRecord) -> pb::Container {
         hook,
         state,
         security,
+        started_at,
+        finished_at,
+        exit_code,
+        exit_signal,
+        oom_killed,
+        oom_kills,
+        exe,
+        argv0,
     } = r;
     pb::Container {
         container_id,
@@ -59,6 +67,14 @@ pub fn container_message(r: ContainerRecord) -> pb::Container {
         annotations: annotations.into_iter().collect(),
         hook: hook.as_deref().map(hook_message),
         security: security.as_deref().map(security_message),
+        started_at_unix_nano: started_at.map(|ns| i64::try_from(ns).unwrap_or(i64::MAX)),
+        finished_at_unix_nano: finished_at.map(|ns| i64::try_from(ns).unwrap_or(i64::MAX)),
+        exit_code,
+        exit_signal,
+        oom_killed,
+        oom_kills,
+        exe,
+        argv0,
     }
 }
 
@@ -212,7 +228,7 @@ pub fn container_from_message(m: &pb::Container) -> Container {
         k8s_pod_sandbox,
         cgroup_id,
         cgroup_path,
-        init_pid: _, // the record's, read from /proc by the agent (see `record_from_message`)
+        init_pid, // the record's (from /proc, else the container_start's)
         mount_ns: _,
         net_ns: _,
         labels,
@@ -220,6 +236,14 @@ pub fn container_from_message(m: &pb::Container) -> Container {
         annotations,
         hook,
         security,
+        started_at_unix_nano,
+        finished_at_unix_nano,
+        exit_code,
+        exit_signal,
+        oom_killed,
+        oom_kills,
+        exe,
+        argv0,
     } = m;
     let state = match pb::ContainerState::try_from(*state) {
         Ok(pb::ContainerState::Existing) => ContainerState::Existing,
@@ -246,6 +270,15 @@ pub fn container_from_message(m: &pb::Container) -> Container {
         security: security.as_ref().map(|s| Arc::new(security_from_message(s))),
         ctime_ns: *container_ctime,
         state,
+        started_at_ns: started_at_unix_nano.map(|ns| ns.max(0) as u64),
+        finished_at_ns: finished_at_unix_nano.map(|ns| ns.max(0) as u64),
+        exit_code: *exit_code,
+        exit_signal: *exit_signal,
+        oom_killed: *oom_killed,
+        oom_kills: *oom_kills,
+        init_pid: *init_pid,
+        start_exe: exe.clone(),
+        start_argv0: argv0.clone(),
     }
 }
 
@@ -515,6 +548,15 @@ mod tests {
             labels: BTreeMap::from([("team".into(), "blue".into())]),
             ctime_ns: 5,
             state: ContainerState::Removed,
+            started_at_ns: Some(6),
+            finished_at_ns: Some(7),
+            exit_code: Some(3),
+            exit_signal: Some(9),
+            oom_killed: Some(true),
+            oom_kills: Some(2),
+            init_pid: Some(77),
+            start_exe: Some("/bin/sleep".into()),
+            start_argv0: Some("sleep".into()),
             ..Container::new("abc", Runtime::Podman)
         };
         c.set_hook(Arc::new(hook));

@@ -612,7 +612,8 @@ impl Worker {
         };
         // The event goes out before the answer, so it is ahead of the cgroup's mkdir.
         if first || info.verdict.is_some() {
-            let message = HookMessage::Precreate { container, info: Box::new(info), time: job.time };
+            let message =
+                HookMessage::Precreate { container: Box::new(container), info: Box::new(info), time: job.time };
             let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
         }
         if let Some(p) = claimed {
@@ -689,7 +690,7 @@ impl Worker {
             caller_uid: finding.caller_uid,
             security: None,
         };
-        let message = HookMessage::Precreate { container, info: Box::new(info), time: job.time };
+        let message = HookMessage::Precreate { container: Box::new(container), info: Box::new(info), time: job.time };
         let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
     }
 

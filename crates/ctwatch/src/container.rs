@@ -106,6 +106,24 @@ pub struct Container {
     pub ctime_ns: u64,
     /// Where it is in its life.
     pub state: ContainerState,
+    /// When its own process started (its `container_start`), ns since the Unix epoch.
+    pub started_at_ns: Option<u64>,
+    /// When its init exited or its root cgroup went away, ns since the Unix epoch.
+    pub finished_at_ns: Option<u64>,
+    /// Its init's exit code, when it exited normally and a source saw it.
+    pub exit_code: Option<i32>,
+    /// The signal that killed its init, when one did and a source saw it.
+    pub exit_signal: Option<i32>,
+    /// Whether its init was killed by the OOM killer, when a source knows.
+    pub oom_killed: Option<bool>,
+    /// How many OOM kills happened inside it during its life, when a source counted them.
+    pub oom_kills: Option<u64>,
+    /// Its init's PID (host PID namespace), once known.
+    pub init_pid: Option<u32>,
+    /// The executable its own process started with (`/proc/<pid>/exe` or the exec's filename).
+    pub start_exe: Option<String>,
+    /// That process's `argv[0]`.
+    pub start_argv0: Option<String>,
 }
 
 fn serialize_security<S: serde::Serializer>(
@@ -138,6 +156,15 @@ impl Container {
             security: None,
             ctime_ns: 0,
             state: ContainerState::Created,
+            started_at_ns: None,
+            finished_at_ns: None,
+            exit_code: None,
+            exit_signal: None,
+            oom_killed: None,
+            oom_kills: None,
+            init_pid: None,
+            start_exe: None,
+            start_argv0: None,
         }
     }
 

@@ -109,8 +109,8 @@ pub struct HookInfo {
 pub enum HookMessage {
     /// A runtime is about to create a container (the exec is being answered).
     Precreate {
-        /// The container as far as the hook knows it (ID, runtime, name, image, pod).
-        container: Container,
+        /// The container as far as the hook knows it (ID, runtime, name, image, pod; boxed: it is large).
+        container: Box<Container>,
         /// The rest of what the hook learned (boxed: it is most of the message).
         info: Box<HookInfo>,
         /// When the permission event was read.
