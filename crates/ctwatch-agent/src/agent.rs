@@ -33,6 +33,7 @@ use crate::config::{AgentConfig, PinConfig, SourceChoice, WatchedTree};
 use crate::datasource::{DataSource, HostView};
 use crate::metrics::Metrics;
 use crate::sinks::hub::HubSink;
+use crate::sinks::journal::JournalStage;
 use crate::sinks::metrics::MetricsSink;
 use crate::sinks::pinned_map::PinnedMapSink;
 use crate::sinks::{Output, Sink};
@@ -120,7 +121,13 @@ impl Agent {
                 .map_err(|source| AgentError::Io { what: "cannot start the pinned map's thread", source })?;
             sinks.push(Box::new(sink));
         }
-        // The journal and NATS sinks go here.
+        // The journal stamps every event before the sinks below see it (see `Loop::run`).
+        let journal = config.journal.clone().map(JournalStage::new);
+        if let Some(j) = &config.journal {
+            metrics.follow_journal(j.clone());
+            data_source.set_journal(j.clone());
+        }
+        // The NATS sink goes here.
         sinks.push(Box::new(HubSink::new(data_source.clone())));
 
         // Sources.
@@ -150,6 +157,7 @@ impl Agent {
             tracker: TrackerStage::new(tracker, metrics.clone()),
             gate: EnrichmentGate::new(enrichment, deadline, metrics.clone()),
             join: HookJoin::new(hook_only, metrics.clone()),
+            journal,
             sinks,
             metrics,
             hook,
@@ -198,6 +206,8 @@ struct Loop {
     tracker: TrackerStage,
     gate: EnrichmentGate,
     join: HookJoin,
+    /// At the head of the sinks: numbers and journals every event.
+    journal: Option<JournalStage>,
     sinks: Vec<Box<dyn Sink>>,
     metrics: Arc<Metrics>,
     /// The runtime hook; dropping it unmarks the runtime binaries.
@@ -274,6 +284,13 @@ impl Loop {
             }
             for sink in &mut self.sinks {
                 sink.flush();
+            }
+            if let Some(journal) = &mut self.journal {
+                for output in &mut outputs {
+                    if let Owned::Events(events) = output {
+                        journal.stamp(events);
+                    }
+                }
             }
             for output in &outputs {
                 self.send(output.as_output());

@@ -214,6 +214,19 @@ impl ContainersService {
     /// the connection takes every message already queued in one write.
     pub async fn watch_encoded(&self, request: pb::WatchRequest) -> Result<EncodedWatchStream, Status> {
         self.scanned().await;
+        if request.after_seq.is_some() || request.since_unix_nano.is_some() {
+            let Some(journal) = self.data_source.journal().cloned() else {
+                let status = Status::failed_precondition("the agent keeps no journal (--no-journal): nothing to replay");
+                return self.counted("Watch", Err(status)).map(Response::into_inner);
+            };
+            let range = match crate::replay::ReplayRange::of(&journal, &request) {
+                Ok(range) => range.unwrap_or_default(),
+                Err(status) => return self.counted("Watch", Err(status)).map(Response::into_inner),
+            };
+            let rx = crate::replay::replay(journal, range);
+            let stream = EncodedWatchStream::replaying(rx, self.data_source.clone());
+            return self.counted("Watch", Ok(stream)).map(Response::into_inner);
+        }
         let buffer = if request.buffer == 0 { self.default_buffer } else { request.buffer as usize };
         let subscription = self.data_source.subscribe_bounded(buffer, self.max_bytes);
         let stream = EncodedWatchStream::new(subscription, self.data_source.clone(), request.skip_current);

@@ -436,6 +436,23 @@ pub struct ServeArgs {
     /// Bytes of queued events a Watch client may fall behind before it is dropped, whatever its buffer.
     #[arg(long, value_name = "BYTES", default_value_t = ctwatch_agent::MAX_SUBSCRIBER_BYTES)]
     pub client_buffer_bytes: usize,
+
+    /// The journal's directory: every event is numbered (`seq`) and kept there, for
+    /// `watch --since`, `history` and `ls --all`.
+    #[arg(long, value_name = "DIR", env = "CTWATCH_JOURNAL", default_value = "/var/lib/ctwatch/journal")]
+    pub journal: PathBuf,
+
+    /// Keep no journal (events go out with no `seq`; no replay, history or `ls --all`).
+    #[arg(long, conflicts_with = "journal")]
+    pub no_journal: bool,
+
+    /// Retention by size: the oldest events are dropped while the journal is larger.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    pub journal_max_bytes: u64,
+
+    /// Retention by age: events older than this are dropped (0s: keep whatever their age).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub journal_max_age: Duration,
 }
 
 /// Where `get` and `pid` find their answer: a running agent, else a scan here.

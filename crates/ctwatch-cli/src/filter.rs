@@ -116,6 +116,7 @@ mod tests {
             container: Arc::new(c),
             kernel_time: None,
             enriched: None,
+            seq: 0,
         }
     }
 

@@ -151,6 +151,7 @@ mod tests {
             container: Arc::new(container),
             kernel_time: None,
             enriched: None,
+            seq: 0,
         }
     }
 

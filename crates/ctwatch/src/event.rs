@@ -60,6 +60,10 @@ pub struct ContainerEvent {
     /// Whether runtime enrichment finished before the event went out
     /// (`None` when enrichment is off, or for removals).
     pub enriched: Option<bool>,
+    /// The event's number in the agent's journal (strictly increasing for the
+    /// journal's life, across restarts); 0 when it was not journaled
+    /// (`--no-journal`, or the journal refused it).
+    pub seq: u64,
 }
 
 impl ContainerEvent {
@@ -123,6 +127,9 @@ impl Serialize for Args<'_> {
 impl Serialize for ContainerEvent {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
+        if self.seq != 0 {
+            map.serialize_entry("seq", &self.seq)?;
+        }
         map.serialize_entry("time", &rfc3339_nanos(self.time))?;
         if let Some(kernel_time) = self.kernel_time {
             map.serialize_entry("kernel_time", &rfc3339_nanos(kernel_time))?;

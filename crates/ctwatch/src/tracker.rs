@@ -345,6 +345,7 @@ impl Ctx<'_> {
             container,
             kernel_time: event.kernel_time,
             enriched: None,
+            seq: 0,
         });
     }
 
@@ -372,6 +373,7 @@ impl Ctx<'_> {
                 container,
                 kernel_time: event.kernel_time,
                 enriched: None,
+                seq: 0,
             });
         }
     }

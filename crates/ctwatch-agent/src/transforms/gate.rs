@@ -81,6 +81,7 @@ impl EnrichmentGate {
                 container,
                 kernel_time: None,
                 enriched: Some(result.complete),
+                seq: 0,
             });
         }
     }

@@ -65,6 +65,7 @@ impl HookJoin {
                     container: Arc::new(container),
                     kernel_time: None,
                     enriched: None,
+                    seq: 0,
                 };
                 events.push(event.clone());
                 if violation {

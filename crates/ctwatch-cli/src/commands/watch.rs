@@ -66,7 +66,7 @@ fn watch_agent(remote: &remote::Remote, args: &WatchArgs, writer: &mut Filtered<
         signal_hook::flag::register(signal, stop.clone()).context("cannot handle signals")?;
     }
     let mut client = remote.client();
-    let request = pb::WatchRequest { skip_current: args.no_existing, buffer: 0 };
+    let request = pb::WatchRequest { skip_current: args.no_existing, buffer: 0, ..Default::default() };
     let mut stream = remote.block_on(async { client.watch(request).await }).map_err(remote::status_error)?.into_inner();
     while !stop.load(Ordering::Relaxed) {
         // Wake at least once a second to notice a signal.
