@@ -402,6 +402,41 @@ pub struct WatchArgs {
     /// are ORed, different keys ANDed, every `label=` required (as docker's).
     #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_watch_filter)]
     pub filter: Vec<(String, String)>,
+
+    /// Replay from the agent's journal first (then go on live): the events after seq SEQ, or
+    /// from a time (RFC 3339, e.g. 2026-12-01T10:00:00Z) or from DURATION ago (e.g. 10m).
+    #[arg(long, value_name = "SEQ|RFC3339|DURATION", value_parser = parse_position)]
+    pub since: Option<Position>,
+
+    /// With --since: stop after the event with seq SEQ, or at the first event after the time.
+    #[arg(long, value_name = "SEQ|RFC3339|DURATION", value_parser = parse_position, requires = "since")]
+    pub until: Option<Position>,
+}
+
+/// A place in the journal: a seq or a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// A seq.
+    Seq(u64),
+    /// A time, ns since the Unix epoch.
+    Time(i64),
+}
+
+/// `SEQ`, an RFC 3339 time, or a duration before now.
+fn parse_position(s: &str) -> Result<Position, String> {
+    if let Ok(seq) = s.parse::<u64>() {
+        return Ok(Position::Seq(seq));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return t.timestamp_nanos_opt().map(Position::Time).ok_or_else(|| format!("{s}: out of range"));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => {
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            Ok(Position::Time(now.saturating_sub(d.as_nanos().min(i64::MAX as u128) as i64)))
+        }
+        Err(_) => Err(format!("{s}: give a seq (1234), an RFC 3339 time (2026-12-01T10:00:00Z) or a duration (10m)")),
+    }
 }
 
 /// Options of `ctwatch serve`.
