@@ -53,7 +53,10 @@ impl ReplayRange {
 /// The messages of a replay: a `gap` first if retention dropped events after
 /// `after_seq`, then every event from the journal, then the live ones as they
 /// are appended, until the range ends, the journal closes or the client goes.
-pub fn replay(journal: Arc<Journal>, range: ReplayRange) -> tokio::sync::mpsc::Receiver<Result<EncodedMessage, Status>> {
+pub fn replay(
+    journal: Arc<Journal>,
+    range: ReplayRange,
+) -> tokio::sync::mpsc::Receiver<Result<EncodedMessage, Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
     tokio::spawn(async move {
         let mut follower = journal.follow(range.after_seq);

@@ -216,7 +216,8 @@ impl ContainersService {
         self.scanned().await;
         if request.after_seq.is_some() || request.since_unix_nano.is_some() {
             let Some(journal) = self.data_source.journal().cloned() else {
-                let status = Status::failed_precondition("the agent keeps no journal (--no-journal): nothing to replay");
+                let status =
+                    Status::failed_precondition("the agent keeps no journal (--no-journal): nothing to replay");
                 return self.counted("Watch", Err(status)).map(Response::into_inner);
             };
             let range = match crate::replay::ReplayRange::of(&journal, &request) {

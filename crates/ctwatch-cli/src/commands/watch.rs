@@ -31,7 +31,9 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         return watch_agent(&remote, args, &mut writer);
     }
     if args.since.is_some() {
-        return Err(anyhow!("--since replays the agent's journal: no agent answers on the socket (start ctwatch serve)"));
+        return Err(anyhow!(
+            "--since replays the agent's journal: no agent answers on the socket (start ctwatch serve)"
+        ));
     }
     host::require_root()?;
     let agent = host::start_agent(host::agent_config(&args.pipeline)?)?;

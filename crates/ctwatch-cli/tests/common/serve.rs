@@ -144,7 +144,7 @@ impl Watched {
                 assert!(self.synced, "an event before synced");
                 self.events.push(e);
             }
-            None => {}
+            Some(pb::watch_response::Item::Gap(_)) | None => {}
         }
     }
 
