@@ -117,12 +117,12 @@ impl Agent {
         };
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(MetricsSink::new(metrics.clone(), ebpf_stats))];
         if let Some(map) = containers_map {
-            let sink = PinnedMapSink::start(map, store, metrics.clone())
+            let sink = PinnedMapSink::start(map, store.clone(), metrics.clone())
                 .map_err(|source| AgentError::Io { what: "cannot start the pinned map's thread", source })?;
             sinks.push(Box::new(sink));
         }
         // The journal stamps every event before the sinks below see it (see `Loop::run`).
-        let journal = config.journal.clone().map(JournalStage::new);
+        let journal = config.journal.clone().map(|j| JournalStage::new(j, store.clone()));
         if let Some(j) = &config.journal {
             metrics.follow_journal(j.clone());
             data_source.set_journal(j.clone());
@@ -286,10 +286,23 @@ impl Loop {
                 sink.flush();
             }
             if let Some(journal) = &mut self.journal {
-                for output in &mut outputs {
-                    if let Owned::Events(events) = output {
-                        journal.stamp(events);
+                let mut i = 0;
+                while i < outputs.len() {
+                    match &mut outputs[i] {
+                        Owned::Events(events) => {
+                            journal.drop_repeated(events);
+                            journal.stamp(events);
+                        }
+                        Owned::ScanComplete => {
+                            let late = journal.scan_complete();
+                            if !late.is_empty() {
+                                outputs.insert(i, Owned::Events(late));
+                                i += 1;
+                            }
+                        }
+                        _ => {}
                     }
+                    i += 1;
                 }
             }
             for output in &outputs {

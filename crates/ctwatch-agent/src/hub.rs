@@ -392,6 +392,7 @@ mod tests {
             kernel_time: None,
             enriched: None,
             seq: 0,
+            late: false,
         }
     }
 

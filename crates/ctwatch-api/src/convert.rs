@@ -144,6 +144,7 @@ pub fn event_message(e: &ContainerEvent, record: ContainerRecord) -> pb::Event {
         container: Some(container),
         hook: e.hook().map(|h| hook_message(h)),
         seq: e.seq,
+        late: e.late,
     }
 }
 
@@ -248,6 +249,7 @@ pub fn event_from_message(m: &pb::Event) -> Option<ContainerEvent> {
         kernel_time: m.kernel_time_unix_nano.map(from_unix_nanos),
         enriched: m.enriched,
         seq: m.seq,
+        late: m.late,
     })
 }
 
@@ -394,6 +396,7 @@ mod tests {
             kernel_time: Some(UNIX_EPOCH + Duration::from_nanos(66)),
             enriched: Some(true),
             seq: 0,
+            late: false,
         };
         let m = event_message(&event, ContainerRecord::new(&c, None));
         assert!(m.hook.is_some() && m.container.as_ref().unwrap().hook.is_none());

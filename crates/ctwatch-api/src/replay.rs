@@ -147,6 +147,7 @@ pub fn event_from_record(record: &Record) -> Option<pb::Event> {
         enriched: v.get("enriched").and_then(Value::as_bool),
         container: Some(container),
         seq: record.seq,
+        late: v.get("late").and_then(Value::as_bool).unwrap_or_default(),
         ..Default::default()
     })
 }

@@ -289,6 +289,7 @@ mod tests {
             kernel_time: None,
             enriched: None,
             seq: 0,
+            late: false,
         }
     }
 

@@ -26,6 +26,8 @@ struct Resumed {
     /// (kind, container ID) → times seen.
     seen: HashMap<(String, String), usize>,
     gaps: Vec<pb::Gap>,
+    /// Containers whose remove came with `late`.
+    late: HashSet<String>,
 }
 
 impl Resumed {
@@ -36,6 +38,10 @@ impl Resumed {
                 self.last_seq = e.seq;
                 self.seqs.push(e.seq);
                 let id = e.container.map(|c| c.container_id).unwrap_or_default();
+                if e.late {
+                    assert_eq!(e.event, "container_remove", "only removes are late");
+                    self.late.insert(id.clone());
+                }
                 *self.seen.entry((e.event, id)).or_default() += 1;
             }
             Some(Item::Gap(g)) => self.gaps.push(g),
@@ -192,4 +198,44 @@ fn resuming_from_before_the_retention_says_so_and_starts_at_the_oldest() {
     let first: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert!(first["seq"].as_u64().is_some_and(|s| s >= gap.oldest_seq), "{first}");
+}
+
+#[test]
+fn a_restart_reconciles_the_journal_with_the_scan() {
+    require_root();
+    let rt = runtime();
+    let mut serve = Serve::start(&["--no-enrich"]);
+    let dir = serve.take_dir().unwrap();
+    let socket = serve.socket.clone();
+    let tag = unique("journal-reconcile");
+    let [gone, kept, new] = ["gone", "kept", "new"].map(|w| hex_id(&format!("{tag}-{w}")));
+    let mut tree = CgroupTree::new();
+    let gone_dir = tree.mkdir_p(&default_hierarchy(), &format!("docker/{gone}"));
+    tree.mkdir_p(&default_hierarchy(), &format!("docker/{kept}"));
+    let mut r = Resumed::default();
+    let told = |r: &Resumed, id: &str| r.count("container_create", id) + r.count("existing_container", id);
+    r.read(&rt, &serve, Duration::from_secs(30), |r| told(r, &gone) == 1 && told(r, &kept) == 1);
+    assert!(told(&r, &gone) == 1 && told(&r, &kept) == 1, "both journaled before the kill");
+    serve.kill();
+    // While the agent is down: one goes, one comes.
+    tree.rmdir(&gone_dir);
+    tree.mkdir_p(&default_hierarchy(), &format!("docker/{new}"));
+    let serve = Serve::start_at(&socket, &["--no-enrich"]);
+    r.read(&rt, &serve, Duration::from_secs(30), |r| {
+        r.count("container_remove", &gone) == 1 && r.count("existing_container", &new) == 1
+    });
+    // Anything still queued for `kept` would come within the same read.
+    r.read(&rt, &serve, Duration::from_millis(500), |_| false);
+    assert_eq!(r.count("container_remove", &gone), 1, "the vanished one is removed once");
+    assert!(r.late.contains(&gone), "its remove says late");
+    assert_eq!(r.count("existing_container", &new), 1, "the new one is existing_container");
+    assert_eq!(told(&r, &kept), 1, "the one still running is not repeated");
+    assert_eq!(r.count("container_remove", &kept), 0);
+    // It is still listed.
+    let mut client = rt.block_on(serve.client());
+    let got = rt.block_on(client.get(pb::GetRequest { id: kept.clone() })).unwrap().into_inner();
+    assert_eq!(got.container_id, kept);
+    drop(serve);
+    drop(tree);
+    drop(dir);
 }

@@ -64,6 +64,10 @@ pub struct ContainerEvent {
     /// journal's life, across restarts); 0 when it was not journaled
     /// (`--no-journal`, or the journal refused it).
     pub seq: u64,
+    /// A `container_remove` made at the agent's start for a container the
+    /// journal last saw alive and the scan no longer finds: it went while the
+    /// agent was down (its `time` is the restart's, not the removal's).
+    pub late: bool,
 }
 
 impl ContainerEvent {
@@ -138,6 +142,9 @@ impl Serialize for ContainerEvent {
         map.serialize_entry("cgroup_id", &self.cgroup_id)?;
         if let Some(enriched) = self.enriched {
             map.serialize_entry("enriched", &enriched)?;
+        }
+        if self.late {
+            map.serialize_entry("late", &true)?;
         }
         map.serialize_entry("args", &Args(self))?;
         if let Some(hook) = self.hook() {

@@ -346,6 +346,7 @@ impl Ctx<'_> {
             kernel_time: event.kernel_time,
             enriched: None,
             seq: 0,
+            late: false,
         });
     }
 
@@ -374,6 +375,7 @@ impl Ctx<'_> {
                 kernel_time: event.kernel_time,
                 enriched: None,
                 seq: 0,
+                late: false,
             });
         }
     }

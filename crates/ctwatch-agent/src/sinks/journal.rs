@@ -13,24 +13,132 @@
 //! (`ctwatch_journal_append_errors_total`) and logged once per run of
 //! refusals, and the recovery is logged too.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use ctwatch::ContainerEvent;
-use ctwatch_journal::Journal;
+use ctwatch::{Container, ContainerEvent, EventKind, Runtime, SharedStore};
+use ctwatch_journal::{Journal, JournalError};
 use tracing::{info, warn};
 
+/// Records read at a time when the journal's last state is rebuilt.
+const READ_BATCH: usize = 4096;
+
 /// Appends events to the journal and stamps their seq.
+///
+/// Restart reconciliation: at start it reads the journal's last state (every
+/// container whose last event is not a `container_remove`). During the scan
+/// at start, an `existing_container` for one of those is dropped (it was
+/// journaled and sent before; the store still has it, so List, Get and a new
+/// Watch's current state show it); one for any other container goes out as
+/// usual. When the scan is complete, each container the journal last saw
+/// alive that the scan did not find gets a `container_remove` with
+/// `"late": true` (timed at the restart: the real time is unknown).
 pub struct JournalStage {
     journal: Arc<Journal>,
     /// Refusals since the last accepted append (logged once, at the first).
     refusing: u64,
+    /// Until the scan at start is complete: the containers the journal last
+    /// saw alive, by ID, with the runtime and cgroup ID it said.
+    alive: Option<HashMap<String, (Runtime, u64)>>,
+    /// Of those, the ones whose `existing_container` has not come yet.
+    repeated: HashSet<String>,
+    /// What the scan found (the tracker's store).
+    store: SharedStore,
+}
+
+/// The containers whose last journaled event is not a removal.
+fn last_state(journal: &Journal) -> Result<HashMap<String, (Runtime, u64)>, JournalError> {
+    let mut alive: HashMap<String, (Runtime, u64)> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let records = match journal.read_from(after, READ_BATCH) {
+            Ok(r) => r,
+            Err(JournalError::Expired { oldest_seq, .. }) => {
+                after = oldest_seq.saturating_sub(1);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(last) = records.last() else { break };
+        after = last.seq;
+        for r in records {
+            if r.container_id.is_empty() {
+                continue;
+            }
+            if r.kind == EventKind::ContainerRemove.as_str() {
+                alive.remove(&r.container_id);
+            } else if r.kind != EventKind::ContainerPrecreate.as_str() && !alive.contains_key(&r.container_id) {
+                let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap_or_default();
+                let runtime = v["args"]["runtime"].as_str().and_then(Runtime::from_name).unwrap_or(Runtime::Unknown);
+                let cgroup_id = v["cgroup_id"].as_u64().unwrap_or_default();
+                alive.insert(r.container_id, (runtime, cgroup_id));
+            }
+        }
+    }
+    Ok(alive)
 }
 
 impl JournalStage {
-    /// A stage appending to `journal`.
-    pub fn new(journal: Arc<Journal>) -> Self {
-        JournalStage { journal, refusing: 0 }
+    /// A stage appending to `journal`, which reads the journal's last state
+    /// for the restart's reconciliation.
+    /// `store` is the tracker's (what the scan at start found).
+    pub fn new(journal: Arc<Journal>, store: SharedStore) -> Self {
+        let alive = match last_state(&journal) {
+            Ok(alive) => Some(alive),
+            Err(e) => {
+                warn!("cannot read the journal's last state; no reconciliation at start: {e}");
+                None
+            }
+        };
+        let repeated = alive.iter().flat_map(|a| a.keys().cloned()).collect();
+        JournalStage { journal, refusing: 0, alive, repeated, store }
+    }
+
+    /// During the scan at start: drops the `existing_container` events of
+    /// containers the journal already shows alive (see the type's doc).
+    pub fn drop_repeated(&mut self, events: &mut Vec<ContainerEvent>) {
+        if self.repeated.is_empty() {
+            return;
+        }
+        let repeated = &mut self.repeated;
+        // Only the scan makes `existing_container`: the journal has said these already.
+        events.retain(|e| e.kind != EventKind::ExistingContainer || !repeated.remove(&e.container.id));
+    }
+
+    /// The scan at start is complete: a late `container_remove` (stamped)
+    /// for each container the journal last saw alive that the scan did not
+    /// find. Only the first call returns any.
+    pub fn scan_complete(&mut self) -> Vec<ContainerEvent> {
+        let Some(alive) = self.alive.take() else { return Vec::new() };
+        let found: HashSet<String> = self.store.read().live().map(|c| c.id.clone()).collect();
+        let now = SystemTime::now();
+        let mut late: Vec<ContainerEvent> = alive
+            .into_iter()
+            .filter(|(id, _)| !found.contains(id))
+            .map(|(id, (runtime, cgroup_id))| {
+                let mut container = Container::new(id, runtime);
+                container.cgroup_id = cgroup_id;
+                ContainerEvent {
+                    time: now,
+                    kind: EventKind::ContainerRemove,
+                    cgroup_id,
+                    container: Arc::new(container),
+                    kernel_time: None,
+                    enriched: None,
+                    seq: 0,
+                    late: true,
+                }
+            })
+            .collect();
+        if !late.is_empty() {
+            info!(containers = late.len(), "removed while the agent was down: late container_remove events");
+        }
+        for e in &late {
+            self.repeated.remove(&e.container.id);
+        }
+        self.stamp(&mut late);
+        late
     }
 
     /// The journal.

@@ -82,6 +82,7 @@ impl EnrichmentGate {
                 kernel_time: None,
                 enriched: Some(result.complete),
                 seq: 0,
+                late: false,
             });
         }
     }

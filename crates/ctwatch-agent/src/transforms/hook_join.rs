@@ -66,6 +66,7 @@ impl HookJoin {
                     kernel_time: None,
                     enriched: None,
                     seq: 0,
+                    late: false,
                 };
                 events.push(event.clone());
                 if violation {
