@@ -151,3 +151,83 @@ pub fn event_from_record(record: &Record) -> Option<pb::Event> {
         ..Default::default()
     })
 }
+
+/// What the journal says of one container: its last describing event and its removal.
+#[derive(Debug, Default)]
+struct Known {
+    last_known: Option<pb::Event>,
+    remove: Option<pb::Event>,
+}
+
+/// Reads the whole journal into what it says of each container (for
+/// `History` by name and prefix, and `ListRemoved`). Blocking.
+fn known_containers(journal: &Journal) -> Result<HashMap<String, Known>, Status> {
+    let mut known: HashMap<String, Known> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let records = match journal.read_from(after, 4096) {
+            Ok(r) => r,
+            Err(JournalError::Expired { oldest_seq, .. }) => {
+                after = oldest_seq.saturating_sub(1);
+                continue;
+            }
+            Err(e) => return Err(Status::unavailable(format!("journal: {e}"))),
+        };
+        let Some(last) = records.last() else { break };
+        after = last.seq;
+        for r in records {
+            if r.container_id.is_empty() {
+                continue;
+            }
+            let Some(event) = event_from_record(&r) else { continue };
+            let k = known.entry(r.container_id).or_default();
+            if event.event == "container_remove" {
+                k.remove = Some(event);
+            } else {
+                k.remove = None; // an ID seen again (not expected): alive again
+                k.last_known = Some(event);
+            }
+        }
+    }
+    Ok(known)
+}
+
+/// The container ID `key` names in the journal: a full ID, a unique ID prefix or an exact name.
+pub fn resolve(journal: &Journal, key: &str) -> Result<String, Status> {
+    let known = known_containers(journal)?;
+    if known.contains_key(key) {
+        return Ok(key.to_string());
+    }
+    let mut ids: Vec<&String> = known.keys().filter(|id| id.starts_with(key)).collect();
+    if ids.is_empty() {
+        ids = known
+            .iter()
+            .filter(|(_, k)| {
+                k.last_known.as_ref().and_then(|e| e.container.as_ref()).is_some_and(|c| c.container_name == key)
+            })
+            .map(|(id, _)| id)
+            .collect();
+    }
+    match ids.as_slice() {
+        [id] => Ok((*id).clone()),
+        [] => Err(Status::not_found(format!("the journal knows no container {key:?}"))),
+        many => Err(Status::invalid_argument(format!("{key:?} is ambiguous: {} containers match", many.len()))),
+    }
+}
+
+/// Every event the journal keeps about the container `key` names, oldest first. Blocking.
+pub fn history(journal: &Journal, key: &str) -> Result<pb::HistoryResponse, Status> {
+    let id = resolve(journal, key)?;
+    let records = journal.history(&id).map_err(|e| Status::unavailable(format!("journal: {e}")))?;
+    Ok(pb::HistoryResponse { events: records.iter().filter_map(event_from_record).collect() })
+}
+
+/// The containers the journal saw removed, newest removal first. Blocking.
+pub fn list_removed(journal: &Journal) -> Result<pb::ListRemovedResponse, Status> {
+    let mut containers: Vec<pb::RemovedContainer> = known_containers(journal)?
+        .into_values()
+        .filter_map(|k| Some(pb::RemovedContainer { remove: Some(k.remove?), last_known: k.last_known }))
+        .collect();
+    containers.sort_by_key(|c| std::cmp::Reverse(c.remove.as_ref().map_or(0, |e| e.seq)));
+    Ok(pb::ListRemovedResponse { containers })
+}

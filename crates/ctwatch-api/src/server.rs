@@ -288,6 +288,31 @@ impl Containers for ContainersService {
         self.counted("List", result)
     }
 
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let key = request.into_inner().container;
+        let result = match self.data_source.journal().cloned() {
+            None => Err(Status::failed_precondition("the agent keeps no journal (--no-journal)")),
+            Some(_) if key.is_empty() => Err(Status::invalid_argument("give a container ID, prefix or name")),
+            Some(journal) => tokio::task::spawn_blocking(move || crate::replay::history(&journal, &key))
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(format!("history failed: {e}")))),
+        };
+        self.counted("History", result)
+    }
+
+    async fn list_removed(
+        &self,
+        _request: Request<pb::ListRemovedRequest>,
+    ) -> Result<Response<pb::ListRemovedResponse>, Status> {
+        let result = match self.data_source.journal().cloned() {
+            None => Err(Status::failed_precondition("the agent keeps no journal (--no-journal)")),
+            Some(journal) => tokio::task::spawn_blocking(move || crate::replay::list_removed(&journal))
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(format!("list failed: {e}")))),
+        };
+        self.counted("ListRemoved", result)
+    }
+
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
     /// The same stream as [`ContainersService::watch_encoded`], each message

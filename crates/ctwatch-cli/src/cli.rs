@@ -94,6 +94,9 @@ pub enum Command {
     Get(GetArgs),
     /// Show the container a process is in (exit status 1 if it is in none).
     Pid(PidArgs),
+    /// Every event of one container (ID, ID prefix or name) from the agent's
+    /// journal, from its precreate to its remove, long after it is gone.
+    History(HistoryArgs),
     /// Resolve a path as a container sees it to the host path that reaches it,
     /// following symlinks and `..` inside the container's root only, with the
     /// file's device and inode (check them after opening the path).
@@ -439,6 +442,26 @@ fn parse_position(s: &str) -> Result<Position, String> {
     }
 }
 
+/// Options of `ctwatch history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// A container ID, unique ID prefix or exact name (removed containers too).
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+
+    /// Show full container IDs, names and images in the table.
+    #[arg(long)]
+    pub no_trunc: bool,
+
+    /// The agent's socket. Default: /run/ctwatch/ctwatch.sock.
+    #[arg(long, value_name = "PATH", env = "CTWATCH_SOCKET")]
+    pub socket: Option<PathBuf>,
+}
+
 /// Options of `ctwatch serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -595,6 +618,10 @@ pub struct LsArgs {
     /// Print only container IDs.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+
+    /// Also the removed containers the agent's journal still holds (state `removed`).
+    #[arg(long, short = 'a')]
+    pub all: bool,
 
     /// Only containers that match (repeatable): `name=` (a substring of the
     /// name, like docker), `image=`, `runtime=`, `pod=`, `namespace=`,

@@ -235,6 +235,39 @@ fn a_restart_reconciles_the_journal_with_the_scan() {
     let mut client = rt.block_on(serve.client());
     let got = rt.block_on(client.get(pb::GetRequest { id: kept.clone() })).unwrap().into_inner();
     assert_eq!(got.container_id, kept);
+
+    // history: the removed one's whole life, by ID prefix, through the CLI.
+    let sock = serve.socket.to_str().unwrap().to_string();
+    let out =
+        std::process::Command::new(ctwatch_bin()).args(["history", "--socket", &sock, &gone[..20]]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(kinds[0] == "container_create" || kinds[0] == "existing_container", "{kinds:?}");
+    assert_eq!(kinds[1], "container_remove");
+    assert_eq!(events[1]["late"], serde_json::Value::Bool(true));
+    assert!(events[0]["seq"].as_u64() < events[1]["seq"].as_u64());
+    // ls --all: the removed one is listed (ls alone does not list it).
+    let ls = |all: bool| {
+        let mut args = vec!["ls", "--socket", &sock, "-q", "--no-trunc"];
+        if all {
+            args.push("--all");
+        }
+        let out = std::process::Command::new(ctwatch_bin()).args(&args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(!ls(false).contains(&gone));
+    let all = ls(true);
+    assert!(all.contains(&gone) && all.contains(&kept), "{all}");
+    // An unknown one is NOT_FOUND.
+    let out = std::process::Command::new(ctwatch_bin())
+        .args(["history", "--socket", &sock, "no-such-container-anywhere"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
     drop(serve);
     drop(tree);
     drop(dir);
