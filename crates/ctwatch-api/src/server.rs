@@ -120,6 +120,8 @@ const EXPECTED_CODES: &[(&str, &[Code])] = &[
     ("Watch", &[Code::Ok]),
     ("ResolvePath", &[Code::Ok, Code::NotFound, Code::InvalidArgument]),
     ("ReadFile", &[Code::Ok, Code::NotFound, Code::InvalidArgument]),
+    ("History", &[Code::Ok, Code::NotFound, Code::InvalidArgument]),
+    ("ListRemoved", &[Code::Ok]),
 ];
 
 /// A status code's canonical gRPC name (`OK`, `NOT_FOUND`...), as gRPC's own
