@@ -289,10 +289,7 @@ impl Loop {
                 let mut i = 0;
                 while i < outputs.len() {
                     match &mut outputs[i] {
-                        Owned::Events(events) => {
-                            journal.drop_repeated(events);
-                            journal.stamp(events);
-                        }
+                        Owned::Events(events) => journal.stamp(events),
                         Owned::ScanComplete => {
                             let late = journal.scan_complete();
                             if !late.is_empty() {

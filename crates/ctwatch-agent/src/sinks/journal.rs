@@ -28,9 +28,10 @@ const READ_BATCH: usize = 4096;
 ///
 /// Restart reconciliation: at start it reads the journal's last state (every
 /// container whose last event is not a `container_remove`). During the scan
-/// at start, an `existing_container` for one of those is dropped (it was
-/// journaled and sent before; the store still has it, so List, Get and a new
-/// Watch's current state show it); one for any other container goes out as
+/// at start, an `existing_container` for one of those is not journaled (the
+/// journal said it before, so a resuming client does not get it twice); it
+/// still goes to the hub with `seq` 0, so a new Watch's current state, List
+/// and Get show the container. One for any other container is journaled as
 /// usual. When the scan is complete, each container the journal last saw
 /// alive that the scan did not find gets a `container_remove` with
 /// `"late": true` (timed at the restart: the real time is unknown).
@@ -95,15 +96,11 @@ impl JournalStage {
         JournalStage { journal, refusing: 0, alive, repeated, store }
     }
 
-    /// During the scan at start: drops the `existing_container` events of
-    /// containers the journal already shows alive (see the type's doc).
-    pub fn drop_repeated(&mut self, events: &mut Vec<ContainerEvent>) {
-        if self.repeated.is_empty() {
-            return;
-        }
-        let repeated = &mut self.repeated;
-        // Only the scan makes `existing_container`: the journal has said these already.
-        events.retain(|e| e.kind != EventKind::ExistingContainer || !repeated.remove(&e.container.id));
+    /// Whether `event` is the scan's `existing_container` for a container the
+    /// journal already shows alive (see the type's doc): not journaled again.
+    fn repeated(&mut self, event: &ContainerEvent) -> bool {
+        // Only the scan makes `existing_container`.
+        event.kind == EventKind::ExistingContainer && self.repeated.remove(&event.container.id)
     }
 
     /// The scan at start is complete: a late `container_remove` (stamped)
@@ -150,6 +147,10 @@ impl JournalStage {
     /// an event the journal refuses keeps `seq` 0 and goes on.
     pub fn stamp(&mut self, events: &mut [ContainerEvent]) {
         for event in events {
+            if self.repeated(event) {
+                event.seq = 0;
+                continue;
+            }
             let time_ns = event
                 .time
                 .duration_since(UNIX_EPOCH)
