@@ -231,3 +231,53 @@ pub fn list_removed(journal: &Journal) -> Result<pb::ListRemovedResponse, Status
     containers.sort_by_key(|c| std::cmp::Reverse(c.remove.as_ref().map_or(0, |e| e.seq)));
     Ok(pb::ListRemovedResponse { containers })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use ctwatch::{Container, ContainerEvent, EventKind, Runtime};
+    use ctwatch_agent::ContainerRecord;
+
+    use super::*;
+    use crate::convert::event_message;
+
+    #[test]
+    fn a_journaled_event_replays_as_the_live_message_said_it() {
+        let mut c = Container::new(format!("{:064x}", 7), Runtime::Docker);
+        c.name = "web".into();
+        c.image = "local/busybox:1".into();
+        c.cgroup_id = 42;
+        c.labels.insert("app".into(), "shop".into());
+        let event = ContainerEvent {
+            time: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            kind: EventKind::ContainerCreate,
+            cgroup_id: 42,
+            container: Arc::new(c.clone()),
+            kernel_time: Some(UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_001)),
+            enriched: Some(true),
+            seq: 9,
+            late: false,
+        };
+        let record = Record {
+            seq: 9,
+            time_ns: 1_700_000_000_123_456_789,
+            container_id: c.id.clone(),
+            kind: "container_create".into(),
+            payload: serde_json::to_vec(&event).unwrap(),
+        };
+        let replayed = event_from_record(&record).unwrap();
+        let live = event_message(&event, ContainerRecord::new(&c, None));
+        assert_eq!(replayed.seq, 9);
+        assert_eq!(replayed.event, live.event);
+        assert_eq!(replayed.time_unix_nano, live.time_unix_nano);
+        assert_eq!(replayed.kernel_time_unix_nano, live.kernel_time_unix_nano);
+        assert_eq!(replayed.enriched, live.enriched);
+        let (r, l) = (replayed.container.unwrap(), live.container.unwrap());
+        assert_eq!(
+            (&r.container_id, &r.container_name, &r.container_image, &r.runtime, &r.labels, r.cgroup_id),
+            (&l.container_id, &l.container_name, &l.container_image, &l.runtime, &l.labels, l.cgroup_id)
+        );
+        assert!(event_from_record(&Record { payload: b"not json".to_vec(), ..record }).is_none());
+    }
+}
