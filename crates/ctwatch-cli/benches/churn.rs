@@ -153,6 +153,18 @@ fn start_serve(dir: &Path, source: &str, root: &str, journal: bool) -> (std::pro
         assert!(Instant::now() < deadline, "ctwatch serve did not start");
         thread::sleep(Duration::from_millis(50));
     }
+    // The socket is bound before the agent starts: let the API come up.
+    while !Command::new(env!("CARGO_BIN_EXE_ctwatch"))
+        .args(["health", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(Instant::now() < deadline, "ctwatch serve did not become ready");
+        thread::sleep(Duration::from_millis(100));
+    }
     (child, socket)
 }
 
