@@ -5,11 +5,7 @@
 //!
 //! Run as root: `cargo bench -p ctwatch-cli --bench churn`.
 //! Environment: `CHURN_N` (default 20000), `CHURN_SOURCES` (default: every
-//! source this build has, comma-separated). A source written `ebpf+serve` or
-//! `ebpf+journal` runs `ctwatch serve --no-journal` or `ctwatch serve` with a
-//! fresh journal, read by `ctwatch watch --socket` (CPU is the agent's): the
-//! journal's cost is `ebpf+journal` against `ebpf+serve` in the same run,
-//! plus the journal's bytes on disk per event.
+//! source this build has, comma-separated).
 
 use std::collections::HashMap;
 use std::fs;
@@ -136,63 +132,19 @@ fn churn(parent: &Path, ids: &[String], mut on_mkdir: impl FnMut(usize)) -> Dura
     start.elapsed()
 }
 
-/// `ctwatch serve` (with a journal in `dir`, or `--no-journal`) on a socket in `dir`.
-fn start_serve(dir: &Path, source: &str, root: &str, journal: bool) -> (std::process::Child, PathBuf) {
-    let socket = dir.join("s.sock");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctwatch"));
-    cmd.args(["serve", "--no-pin", "--hook", "off", "--no-enrich", "--source", source, "--cgroup-root", root]);
-    cmd.arg("--socket").arg(&socket);
-    if journal {
-        cmd.arg("--journal").arg(dir.join("journal"));
-    } else {
-        cmd.arg("--no-journal");
-    }
-    let child = cmd.env("CTWATCH_LOG", "warn").stderr(Stdio::inherit()).spawn().expect("start ctwatch serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "ctwatch serve did not start");
-        thread::sleep(Duration::from_millis(50));
-    }
-    // The socket is bound before the agent starts: let the API come up.
-    while !Command::new(env!("CARGO_BIN_EXE_ctwatch"))
-        .args(["health", "--socket"])
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        assert!(Instant::now() < deadline, "ctwatch serve did not become ready");
-        thread::sleep(Duration::from_millis(100));
-    }
-    (child, socket)
-}
-
-/// Bytes of the files in `dir`.
-fn dir_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
-}
-
 fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
     let root = parent.display().to_string();
-    let (source, mode) = source.split_once('+').unwrap_or((source, ""));
-    let tmp = std::env::temp_dir().join(format!("ctwatch-churn-{}-{source}-{mode}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).unwrap();
-    let mut serve = None;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctwatch"));
-    if mode.is_empty() {
-        // The kernel source alone: enrichment has its own bench (enrich_latency),
-        // and the synthetic IDs here belong to no runtime.
-        cmd.args(["watch", "--no-pin", "--no-enrich", "--source", source, "--cgroup-root", &root]);
-    } else {
-        let (child, socket) = start_serve(&tmp, source, &root, mode == "journal");
-        cmd.args(["watch", "--no-existing", "--socket"]).arg(socket);
-        serve = Some(child);
-    }
-    let mut child =
-        cmd.env("CTWATCH_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start ctwatch");
-    let pid = serve.as_ref().map_or(child.id(), |s| s.id());
+    // The kernel source alone: enrichment has its own bench (enrich_latency),
+    // and the synthetic IDs here belong to no runtime.
+    let args = ["watch", "--no-pin", "--no-enrich", "--source", source, "--cgroup-root", &root];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ctwatch"))
+        .args(args)
+        .env("CTWATCH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ctwatch");
+    let pid = child.id();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel::<(String, bool, SystemTime)>();
     thread::spawn(move || {
@@ -238,15 +190,6 @@ fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
     let cpu = process_cpu(pid).saturating_sub(cpu_before);
     let _ = child.kill();
     let _ = child.wait();
-    if let Some(mut serve) = serve {
-        let _ = serve.kill();
-        let _ = serve.wait();
-    }
-    if mode == "journal" {
-        let bytes = dir_bytes(&tmp.join("journal"));
-        println!("  ({source}+journal: {bytes} bytes on disk, {:.0} bytes/event)", bytes as f64 / events.max(1) as f64);
-    }
-    let _ = fs::remove_dir_all(&tmp);
     Run { churn: churn_time, until_last_event: last - start, events, cpu, latencies_us }
 }
 
