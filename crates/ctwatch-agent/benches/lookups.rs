@@ -70,7 +70,9 @@ fn container(i: u64, path: String) -> Container {
             .collect(),
         annotations: Default::default(),
         hook: None,
+        security: None,
         state: ContainerState::Existing,
+        ..Container::new(String::new(), Runtime::Containerd)
     }
 }
 

@@ -5,6 +5,7 @@
 //!                                                  tracker           hub (Watch, watch)
 //!                                                  enrichment gate   pinned BPF map
 //!                                                  hook join         metrics
+//!                                                  lifecycle
 //! ```
 //!
 //! The loop takes at most [`MAX_MESSAGES_PER_TURN`] messages from the inbox
@@ -20,10 +21,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use ctwatch::cgroupfs::{self, CgroupVersion};
+use ctwatch::hook::HookMessage;
 use ctwatch::sources::inotify::InotifyError;
 use ctwatch::sources::SourceMessage;
 use ctwatch::{ContainerEvent, SharedStore, Store, Tracker};
 use ctwatch_ebpf::{ContainersMap, EbpfUnavailable};
+use ctwatch_enrich::oom::OomWatcher;
 use ctwatch_enrich::{EnrichResult, Enrichment};
 use ctwatch_hook::{Hook, HookError};
 use thiserror::Error;
@@ -40,6 +43,7 @@ use crate::sinks::{Output, Sink};
 use crate::sources::kernel::{self, KernelSource, Running};
 use crate::transforms::gate::{Enricher, EnrichmentGate};
 use crate::transforms::hook_join::HookJoin;
+use crate::transforms::lifecycle::{ExitAsker, ExitReply, ExitSources, Lifecycle, Start, StartSource};
 use crate::transforms::tracker::TrackerStage;
 use crate::transforms::{Cx, Transform};
 
@@ -51,6 +55,9 @@ pub const MAX_MESSAGES_PER_TURN: usize = 64;
 
 /// How many enrichment answers may wait for the loop (the engine's tasks wait beyond that).
 const ENRICH_QUEUE: usize = 1024;
+
+/// The most containers whose OOM counters are watched at once.
+const OOM_WATCHES: usize = 65_536;
 
 /// Why the agent could not start or stopped.
 #[derive(Debug, Error)]
@@ -141,16 +148,20 @@ impl Agent {
         let kernel = kernel::spawn(source, &config.tree, tx.clone())?;
 
         // Transforms.
-        let (enrichment, enriched_rx) = match config.enrich.clone() {
+        let (exit_tx, exit_rx) = crossbeam_channel::bounded(ENRICH_QUEUE);
+        let (enrichment, enriched_rx, exit_rx, asker) = match config.enrich.clone() {
             Some(c) => {
                 let (tx, rx) = crossbeam_channel::bounded(ENRICH_QUEUE);
                 let enrichment =
-                    Enrichment::start(c, tx).map_err(|source| AgentError::Io { what: "enrichment", source })?;
-                (Some(Box::new(enrichment) as Box<dyn Enricher>), rx)
+                    Arc::new(Enrichment::start(c, tx).map_err(|source| AgentError::Io { what: "enrichment", source })?);
+                let asker = Box::new(enrichment.clone()) as Box<dyn ExitAsker>;
+                (Some(Box::new(enrichment) as Box<dyn Enricher>), rx, exit_rx, Some((asker, exit_tx)))
             }
             // Never ready (a dropped sender would make the loop spin on "disconnected").
-            None => (None, crossbeam_channel::never()),
+            None => (None, crossbeam_channel::never(), crossbeam_channel::never(), None),
         };
+        let oom = OomWatcher::start(OOM_WATCHES).map_err(|e| warn!("no OOM counters on removes: {e}")).ok();
+        let exits = ExitSources { asker, oom, memory: memory_hierarchy() };
         let deadline = config.enrich.as_ref().map_or(Duration::ZERO, |c| c.deadline);
         let stop = Arc::new(AtomicBool::new(false));
         let run = Loop {
@@ -158,6 +169,8 @@ impl Agent {
             gate: EnrichmentGate::new(enrichment, deadline, metrics.clone()),
             join: HookJoin::new(hook_only, metrics.clone()),
             journal,
+            lifecycle: Lifecycle::with_exits(config.proc_root.clone(), exits, metrics.clone())
+                .with_cgroup_root(config.tree.hierarchy.mount_point.clone()),
             sinks,
             metrics,
             hook,
@@ -170,7 +183,7 @@ impl Agent {
         let data_source_for_loop = data_source.clone();
         let thread = thread::Builder::new()
             .name("tracker".into())
-            .spawn(move || run.run(rx, enriched_rx, thread_stop, data_source_for_loop))
+            .spawn(move || run.run(rx, enriched_rx, exit_rx, thread_stop, data_source_for_loop))
             .map_err(|source| AgentError::Io { what: "cannot start the tracker thread", source })?;
         Ok(Agent { data_source, stop, thread: Some(thread) })
     }
@@ -208,6 +221,7 @@ struct Loop {
     join: HookJoin,
     /// At the head of the sinks: numbers and journals every event.
     journal: Option<JournalStage>,
+    lifecycle: Lifecycle,
     sinks: Vec<Box<dyn Sink>>,
     metrics: Arc<Metrics>,
     /// The runtime hook; dropping it unmarks the runtime binaries.
@@ -238,6 +252,7 @@ impl Loop {
         mut self,
         rx: Receiver<SourceMessage>,
         enriched_rx: Receiver<EnrichResult>,
+        exit_rx: Receiver<ExitReply>,
         stop: Arc<AtomicBool>,
         data_source: DataSource,
     ) -> Result<(), AgentError> {
@@ -247,7 +262,10 @@ impl Loop {
         while !stop.load(Ordering::Relaxed) {
             let now = self.tracker.tracker().clock().now();
             let next_due =
-                [self.gate.next_due(), self.join.next_due(), self.tracker.next_due()].into_iter().flatten().min();
+                [self.gate.next_due(), self.join.next_due(), self.lifecycle.next_due(), self.tracker.next_due()]
+                    .into_iter()
+                    .flatten()
+                    .min();
             let wait = next_due.map_or(IDLE_TICK, |due| due.saturating_duration_since(now).min(IDLE_TICK));
             let mut events = Vec::new();
             let mut outputs = Vec::new();
@@ -271,6 +289,15 @@ impl Loop {
                         let mut ready = Vec::new();
                         self.gate.answer(&mut Cx::new(self.tracker.tracker()), answer, &mut ready);
                         self.after_gate(ready, &mut outputs);
+                    }
+                },
+                recv(exit_rx) -> reply => {
+                    if let Ok(reply) = reply {
+                        let mut ready = Vec::new();
+                        self.lifecycle.on_exit(&mut Cx::new(self.tracker.tracker()), reply, &mut ready);
+                        if !ready.is_empty() {
+                            outputs.push(Owned::Events(ready));
+                        }
                     }
                 },
                 default(wait) => {},
@@ -329,6 +356,7 @@ impl Loop {
         // A source blocked on the full inbox is released before it is joined.
         drop(rx);
         drop(enriched_rx);
+        drop(exit_rx);
         drop(self.hook.take());
         if let Some(kernel) = self.kernel.take() {
             kernel.stop()?;
@@ -361,6 +389,10 @@ impl Loop {
         let mut cx = Cx::new(self.tracker.tracker());
         self.join.tick(&mut cx, &mut out);
         self.join.push(&mut cx, &mut ready, &mut out);
+        let mut started = Vec::new();
+        self.lifecycle.tick(&mut cx, &mut started);
+        self.lifecycle.push(&mut cx, &mut out, &mut started);
+        let out = started;
         let changes = self.tracker.take_changes();
         if !changes.is_empty() {
             outputs.push(Owned::Membership(changes));
@@ -389,7 +421,22 @@ impl Loop {
                 outputs.push(Owned::ScanComplete);
             }
             SourceMessage::Hook(message) => {
+                let start = match &*message {
+                    HookMessage::Started { id, init_pid, .. } if self.join.is_hooked(id) => {
+                        Some((id.clone(), *init_pid))
+                    }
+                    _ => None,
+                };
                 self.join.on_hook(&mut Cx::new(self.tracker.tracker()), *message, events);
+                if let Some((id, init_pid)) = start {
+                    let start =
+                        Start { init_pid, exe: None, argv0: None, kernel_time: None, source: StartSource::Hook };
+                    let mut started = Vec::new();
+                    self.lifecycle.on_start(&mut Cx::new(self.tracker.tracker()), &id, start, &mut started);
+                    if !started.is_empty() {
+                        outputs.push(Owned::Events(started));
+                    }
+                }
             }
             SourceMessage::Ended { source, why } => return self.source_ended(source, why),
         }
@@ -441,6 +488,15 @@ fn mirror_hierarchy(tree: &WatchedTree) -> Option<(u32, PathBuf)> {
     }
     let hierarchies = cgroupfs::mounted_hierarchies().ok()?;
     hierarchies.into_iter().find(|h| h.version == CgroupVersion::V2).map(|h| (h.hierarchy_id, h.mount_point))
+}
+
+/// The memory controller's hierarchy, for OOM counters: `(mount point, is v2)`
+/// (the v1 `memory` hierarchy where there is one, else the unified one).
+fn memory_hierarchy() -> Option<(PathBuf, bool)> {
+    let hierarchies = cgroupfs::mounted_hierarchies().ok()?;
+    let v1 = hierarchies.iter().find(|h| h.version == CgroupVersion::V1 && h.controllers.iter().any(|c| c == "memory"));
+    let v2 = hierarchies.iter().find(|h| h.version == CgroupVersion::V2);
+    v1.map(|h| (h.mount_point.clone(), false)).or_else(|| v2.map(|h| (h.mount_point.clone(), true)))
 }
 
 fn open_containers_map(pin: &PinConfig, mirror_root: Option<PathBuf>) -> Option<ContainersMap> {

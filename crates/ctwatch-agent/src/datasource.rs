@@ -16,7 +16,8 @@ use ctwatch::cgroupfs::{self, Hierarchy};
 use ctwatch::hook::HookInfo;
 use ctwatch::proc::{self, Namespace, ProcError};
 use ctwatch::resolve::{self, ResolveError, ResolvedPath};
-use ctwatch::{Container, ContainerState, LookupError, PodInfo, Runtime, SharedStore};
+use ctwatch::{Container, ContainerState, LookupError, PodInfo, Runtime, SecurityProfile, SharedStore};
+use ctwatch_security::FilterError;
 use serde::Serialize;
 use thiserror::Error;
 
@@ -193,6 +194,33 @@ pub struct ContainerRecord {
     pub hook: Option<Arc<HookInfo>>,
     /// `existing`, `created` or `removed` (kept for the grace period).
     pub state: ContainerState,
+    /// What it may do, from its OCI config, when the hook or the bundle was read.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "security_profile")]
+    pub security: Option<Arc<SecurityProfile>>,
+    /// When its own process started, ns since the Unix epoch (RFC 3339 in JSON), when known.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
+    pub started_at: Option<u64>,
+    /// When it ended, ns since the Unix epoch (RFC 3339 in JSON), when known.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
+    pub finished_at: Option<u64>,
+    /// Its init's exit code, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that killed its init, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<i32>,
+    /// Whether the OOM killer killed its init, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_killed: Option<bool>,
+    /// OOM kills inside it during its life, when counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    /// The executable its own process started with, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// That process's `argv[0]`, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv0: Option<String>,
 }
 
 impl ContainerRecord {
@@ -213,6 +241,16 @@ impl ContainerRecord {
             hook,
             ctime_ns,
             state,
+            security,
+            started_at_ns,
+            finished_at_ns,
+            exit_code,
+            exit_signal,
+            oom_killed,
+            oom_kills,
+            init_pid,
+            start_exe,
+            start_argv0,
         } = c;
         ContainerRecord {
             container_id: id.clone(),
@@ -228,15 +266,35 @@ impl ContainerRecord {
             cgroup_id: *cgroup_id,
             cgroup_path: cgroup_path.clone(),
             cgroup_path_bytes: cgroup_path_bytes(cgroup_path),
-            init_pid: ns.map(|n| n.init_pid),
+            init_pid: ns.map(|n| n.init_pid).or(*init_pid),
             mount_ns: ns.map(|n| n.mount_ns),
             net_ns: ns.map(|n| n.net_ns),
             labels: labels.clone(),
             annotations: annotations.clone(),
             hook: hook.clone(),
             state: *state,
+            security: security.clone(),
+            started_at: *started_at_ns,
+            finished_at: *finished_at_ns,
+            exit_code: *exit_code,
+            exit_signal: *exit_signal,
+            oom_killed: *oom_killed,
+            oom_kills: *oom_kills,
+            exe: start_exe.clone(),
+            argv0: start_argv0.clone(),
         }
     }
+}
+
+fn security_profile<S: serde::Serializer>(
+    security: &Option<Arc<SecurityProfile>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    security.as_deref().serialize(serializer)
+}
+
+fn rfc3339_opt<S: serde::Serializer>(ns: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    ns.map(|ns| ctwatch::event::rfc3339_nanos(ctwatch::event::ns_to_time(ns))).serialize(serializer)
 }
 
 fn hook_findings<S: serde::Serializer>(hook: &Option<Arc<HookInfo>>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -271,6 +329,11 @@ pub struct ContainerFilter {
     pub labels: Vec<(String, Option<String>)>,
     /// Also list removed containers still within their grace period.
     pub include_removed: bool,
+    /// Security filters `(key, value)` (`privileged`/`true`, `host_ns`/`pid`,
+    /// `cap`/`SYS_ADMIN`, ...; see [`SecurityProfile::matches_filter`]): a
+    /// container without a security profile matches none. Check the keys
+    /// with [`ContainerFilter::check_security`] first; an unknown key matches nothing.
+    pub security: Vec<(String, String)>,
 }
 
 impl ContainerFilter {
@@ -288,6 +351,17 @@ impl ContainerFilter {
                 (Some(_), None) => true,
                 (None, _) => false,
             })
+            && (self.security.is_empty()
+                || c.security
+                    .as_deref()
+                    .is_some_and(|p| self.security.iter().all(|(k, v)| p.matches_filter(k, v).unwrap_or(false))))
+    }
+
+    /// Whether every security filter's key and value are ones
+    /// [`SecurityProfile::matches_filter`] knows (the first error otherwise).
+    pub fn check_security(&self) -> Result<(), FilterError> {
+        let probe = SecurityProfile::from_config(&ctwatch_security::Config::default());
+        self.security.iter().try_for_each(|(k, v)| probe.matches_filter(k, v).map(drop))
     }
 }
 

@@ -36,7 +36,7 @@ pub const MAX_SUBSCRIBER_BUFFER: usize = 65_536;
 
 /// The most bytes of events (their approximate size in memory) a subscriber
 /// may fall behind, whatever its buffer in events.
-pub const MAX_SUBSCRIBER_BYTES: usize = 32 << 20;
+pub const MAX_SUBSCRIBER_BYTES: usize = 64 << 20;
 
 /// Why a subscription ended early.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -190,12 +190,15 @@ impl Hub {
                 EventKind::ContainerRemove => {
                     if let Some(old) = inner.view.remove(id) {
                         self.metrics.container_gone(old.container.runtime);
+                        self.metrics.privilege_gone(&old.container);
                     }
                 }
-                EventKind::ContainerUpdate => {
+                EventKind::ContainerUpdate | EventKind::ContainerStart => {
                     if let Some(slot) = inner.view.get_mut(id) {
                         self.metrics.container_gone(slot.container.runtime);
                         self.metrics.container_seen(event.container.runtime);
+                        self.metrics.privilege_gone(&slot.container);
+                        self.metrics.privilege_seen(&event.container);
                         // Keep the kind that introduced it, with the new record.
                         let kind = slot.kind;
                         *slot = ContainerEvent { kind, ..event.clone() };
@@ -204,8 +207,10 @@ impl Hub {
                 EventKind::ContainerCreate | EventKind::ExistingContainer => {
                     if let Some(old) = inner.view.insert(Arc::from(id), event.clone()) {
                         self.metrics.container_gone(old.container.runtime);
+                        self.metrics.privilege_gone(&old.container);
                     }
                     self.metrics.container_seen(event.container.runtime);
+                    self.metrics.privilege_seen(&event.container);
                 }
                 // Before the container exists: not part of the current state.
                 EventKind::ContainerPrecreate | EventKind::ContainerPolicyViolation => {}

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use ctwatch::{EventKind, Runtime};
+use ctwatch::{Container, EventKind, Runtime};
 use ctwatch_hook::HookStats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +49,15 @@ struct RuntimeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+/// The `class` labels of `ctwatch_containers_by_privilege`: the
+/// [`ctwatch_security::PrivilegeClass`] names, then `unknown` (no security profile read).
+const PRIVILEGE_CLASSES: [&str; 5] = ["privileged", "elevated", "baseline", "restricted", "unknown"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -72,13 +81,14 @@ struct BuildLabels {
 }
 
 /// The event kinds, in the order of `Metrics::events_by_kind`.
-const KINDS: [EventKind; 6] = [
+const KINDS: [EventKind; 7] = [
     EventKind::ContainerCreate,
     EventKind::ContainerRemove,
     EventKind::ExistingContainer,
     EventKind::ContainerUpdate,
     EventKind::ContainerPrecreate,
     EventKind::ContainerPolicyViolation,
+    EventKind::ContainerStart,
 ];
 
 /// Every metric the agent keeps.
@@ -106,8 +116,10 @@ pub struct Metrics {
     /// Their values as last copied into the counters above.
     hook_seen: Mutex<[u64; 6]>,
     /// The per-kind and per-runtime series, made once (no label allocation per event).
-    events_by_kind: [Counter; 6],
+    events_by_kind: [Counter; 7],
     containers_by_runtime: [Gauge; Runtime::ALL.len()],
+    /// Live containers by privilege class ([`PRIVILEGE_CLASSES`]).
+    containers_by_privilege: [Gauge; PRIVILEGE_CLASSES.len()],
     /// Serialises encoding (the registry is read-only after setup).
     encode_lock: Mutex<()>,
     /// The journal, whose own stats are read when the metrics are encoded.
@@ -230,6 +242,14 @@ impl Metrics {
         let hook_argv_reads = ["ebpf", "proc"].map(|reader| argv_reads.get_or_create(&ReaderLabel { reader }).clone());
         let events_by_kind = KINDS.map(|k| events.get_or_create(&KindLabel { kind: k.as_str() }).clone());
         let containers_by_runtime = Runtime::ALL.map(|r| containers.get_or_create(&runtime_label(r)).clone());
+        let by_privilege = Family::<ClassLabel, Gauge>::default();
+        registry.register(
+            "containers_by_privilege",
+            "Live containers by privilege class (privileged, elevated, baseline, restricted; unknown: no OCI config read)",
+            by_privilege.clone(),
+        );
+        let containers_by_privilege =
+            PRIVILEGE_CLASSES.map(|class| by_privilege.get_or_create(&ClassLabel { class }).clone());
         for r in Runtime::ALL {
             let _ = enrichment_seconds.get_or_create(&runtime_label(r));
             let _ = enrichment_failures.get_or_create(&runtime_label(r));
@@ -237,6 +257,7 @@ impl Metrics {
         Metrics {
             events_by_kind,
             containers_by_runtime,
+            containers_by_privilege,
             registry: root,
             enrichment_seconds,
             enrichment_failures,
@@ -276,6 +297,22 @@ impl Metrics {
     /// One live container of `runtime` fewer.
     pub fn container_gone(&self, runtime: Runtime) {
         self.runtime_gauge(runtime).dec();
+    }
+
+    /// One more live container of `c`'s privilege class.
+    pub fn privilege_seen(&self, c: &Container) {
+        self.privilege_gauge(c).inc();
+    }
+
+    /// One live container of `c`'s privilege class fewer.
+    pub fn privilege_gone(&self, c: &Container) {
+        self.privilege_gauge(c).dec();
+    }
+
+    fn privilege_gauge(&self, c: &Container) -> &Gauge {
+        let class = c.security.as_deref().map_or("unknown", |p| p.privilege_class().as_str());
+        let i = PRIVILEGE_CLASSES.iter().position(|k| *k == class).unwrap_or(PRIVILEGE_CLASSES.len() - 1);
+        &self.containers_by_privilege[i]
     }
 
     fn runtime_gauge(&self, runtime: Runtime) -> &Gauge {
@@ -449,6 +486,8 @@ mod tests {
             "ctwatch_events_total{kind=\"container_create\"} 0",
             "ctwatch_events_total{kind=\"container_policy_violation\"} 0",
             "ctwatch_containers{runtime=\"podman\"} 0",
+            "ctwatch_containers_by_privilege{class=\"privileged\"} 0",
+            "ctwatch_containers_by_privilege{class=\"unknown\"} 0",
             "ctwatch_enrichment_failures_total{runtime=\"docker\"} 0",
             "ctwatch_enrichment_duration_seconds_count{runtime=\"containerd\"} 0",
             "ctwatch_api_requests_total{method=\"Get\",code=\"OK\"} 0",

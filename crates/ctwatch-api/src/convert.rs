@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ctwatch::hook::{HookInfo, OciSummary, PolicyVerdict};
 use ctwatch::{Container, ContainerEvent, ContainerState, EventKind, PodInfo, Runtime};
 use ctwatch_agent::{ContainerFilter, ContainerRecord, DataSourceError, SubscriptionError};
+use ctwatch_security::profile::DeviceNode;
+use ctwatch_security::{HostMount, Limits, Seccomp, SecurityProfile};
 use tonic::Status;
 
 use crate::pb;
@@ -34,6 +36,15 @@ pub fn container_message(r: ContainerRecord) -> pb::Container {
         annotations,
         hook,
         state,
+        security,
+        started_at,
+        finished_at,
+        exit_code,
+        exit_signal,
+        oom_killed,
+        oom_kills,
+        exe,
+        argv0,
     } = r;
     pb::Container {
         container_id,
@@ -55,6 +66,141 @@ pub fn container_message(r: ContainerRecord) -> pb::Container {
         state: state_message(state) as i32,
         annotations: annotations.into_iter().collect(),
         hook: hook.as_deref().map(hook_message),
+        security: security.as_deref().map(security_message),
+        started_at_unix_nano: started_at.map(|ns| i64::try_from(ns).unwrap_or(i64::MAX)),
+        finished_at_unix_nano: finished_at.map(|ns| i64::try_from(ns).unwrap_or(i64::MAX)),
+        exit_code,
+        exit_signal,
+        oom_killed,
+        oom_kills,
+        exe,
+        argv0,
+    }
+}
+
+/// A security profile as a message (every field named: one added to the profile fails to compile here).
+pub fn security_message(p: &SecurityProfile) -> pb::Security {
+    let SecurityProfile {
+        privileged,
+        capabilities_added,
+        capabilities_dropped,
+        capabilities_bounding,
+        capabilities_effective,
+        host_namespaces,
+        joined_namespaces,
+        run_as_uid,
+        run_as_gid,
+        additional_gids,
+        run_as_root,
+        root_remapped,
+        no_new_privileges,
+        read_only_rootfs,
+        seccomp,
+        apparmor,
+        selinux,
+        proc_unmasked,
+        host_mounts,
+        devices,
+        all_devices_allowed,
+        sysctls,
+        limits: Limits { memory_bytes, cpu_millis, cpu_shares, cpuset, pids },
+    } = p;
+    pb::Security {
+        privileged: *privileged,
+        capabilities_added: capabilities_added.clone(),
+        capabilities_dropped: capabilities_dropped.clone(),
+        capabilities_bounding: capabilities_bounding.clone(),
+        capabilities_effective: capabilities_effective.clone(),
+        host_namespaces: host_namespaces.clone(),
+        joined_namespaces: joined_namespaces.clone().into_iter().collect(),
+        run_as_uid: *run_as_uid,
+        run_as_gid: *run_as_gid,
+        additional_gids: additional_gids.clone(),
+        run_as_root: *run_as_root,
+        root_remapped: *root_remapped,
+        no_new_privileges: *no_new_privileges,
+        read_only_rootfs: *read_only_rootfs,
+        seccomp: seccomp.as_str().to_string(),
+        apparmor: apparmor.clone(),
+        selinux: selinux.clone(),
+        proc_unmasked: *proc_unmasked,
+        host_mounts: host_mounts
+            .iter()
+            .map(|m| pb::SecurityHostMount {
+                source: m.source.clone(),
+                destination: m.destination.clone(),
+                read_only: m.read_only,
+                sensitive: m.sensitive,
+            })
+            .collect(),
+        devices: devices
+            .iter()
+            .map(|d| pb::SecurityDevice { path: d.path.clone(), kind: d.kind.clone(), major: d.major, minor: d.minor })
+            .collect(),
+        all_devices_allowed: *all_devices_allowed,
+        sysctls: sysctls.clone().into_iter().collect(),
+        limits: Some(pb::SecurityLimits {
+            memory_bytes: *memory_bytes,
+            cpu_millis: *cpu_millis,
+            cpu_shares: *cpu_shares,
+            cpuset: cpuset.clone(),
+            pids: *pids,
+        }),
+    }
+}
+
+/// A message back as a security profile. An unknown seccomp name from a
+/// newer agent reads as `custom` (a filter, of a kind this client does not name).
+pub fn security_from_message(m: &pb::Security) -> SecurityProfile {
+    let seccomp = match m.seccomp.as_str() {
+        "unconfined" => Seccomp::Unconfined,
+        "runtime_default" => Seccomp::RuntimeDefault,
+        _ => Seccomp::Custom,
+    };
+    let limits = m.limits.as_ref().map_or_else(Limits::default, |l| Limits {
+        memory_bytes: l.memory_bytes,
+        cpu_millis: l.cpu_millis,
+        cpu_shares: l.cpu_shares,
+        cpuset: l.cpuset.clone(),
+        pids: l.pids,
+    });
+    SecurityProfile {
+        privileged: m.privileged,
+        capabilities_added: m.capabilities_added.clone(),
+        capabilities_dropped: m.capabilities_dropped.clone(),
+        capabilities_bounding: m.capabilities_bounding.clone(),
+        capabilities_effective: m.capabilities_effective.clone(),
+        host_namespaces: m.host_namespaces.clone(),
+        joined_namespaces: m.joined_namespaces.clone().into_iter().collect(),
+        run_as_uid: m.run_as_uid,
+        run_as_gid: m.run_as_gid,
+        additional_gids: m.additional_gids.clone(),
+        run_as_root: m.run_as_root,
+        root_remapped: m.root_remapped,
+        no_new_privileges: m.no_new_privileges,
+        read_only_rootfs: m.read_only_rootfs,
+        seccomp,
+        apparmor: m.apparmor.clone(),
+        selinux: m.selinux.clone(),
+        proc_unmasked: m.proc_unmasked,
+        host_mounts: m
+            .host_mounts
+            .iter()
+            .map(|h| HostMount {
+                source: h.source.clone(),
+                destination: h.destination.clone(),
+                read_only: h.read_only,
+                sensitive: h.sensitive,
+            })
+            .collect(),
+        devices: m
+            .devices
+            .iter()
+            .map(|d| DeviceNode { path: d.path.clone(), kind: d.kind.clone(), major: d.major, minor: d.minor })
+            .collect(),
+        all_devices_allowed: m.all_devices_allowed,
+        sysctls: m.sysctls.clone().into_iter().collect(),
+        limits,
     }
 }
 
@@ -82,13 +228,22 @@ pub fn container_from_message(m: &pb::Container) -> Container {
         k8s_pod_sandbox,
         cgroup_id,
         cgroup_path,
-        init_pid: _, // the record's, read from /proc by the agent (see `record_from_message`)
+        init_pid, // the record's (from /proc, else the container_start's)
         mount_ns: _,
         net_ns: _,
         labels,
         state,
         annotations,
         hook,
+        security,
+        started_at_unix_nano,
+        finished_at_unix_nano,
+        exit_code,
+        exit_signal,
+        oom_killed,
+        oom_kills,
+        exe,
+        argv0,
     } = m;
     let state = match pb::ContainerState::try_from(*state) {
         Ok(pb::ContainerState::Existing) => ContainerState::Existing,
@@ -112,8 +267,18 @@ pub fn container_from_message(m: &pb::Container) -> Container {
         labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         annotations: annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         hook: hook.as_ref().map(|h| Arc::new(hook_from_message(h))),
+        security: security.as_ref().map(|s| Arc::new(security_from_message(s))),
         ctime_ns: *container_ctime,
         state,
+        started_at_ns: started_at_unix_nano.map(|ns| ns.max(0) as u64),
+        finished_at_ns: finished_at_unix_nano.map(|ns| ns.max(0) as u64),
+        exit_code: *exit_code,
+        exit_signal: *exit_signal,
+        oom_killed: *oom_killed,
+        oom_kills: *oom_kills,
+        init_pid: *init_pid,
+        start_exe: exe.clone(),
+        start_argv0: argv0.clone(),
     }
 }
 
@@ -223,6 +388,7 @@ pub fn hook_from_message(m: &pb::HookInfo) -> HookInfo {
         init_pid: m.init_pid,
         trusted: !m.untrusted,
         caller_uid: m.caller_uid,
+        security: None, // sent as Container.security
     }
 }
 
@@ -273,6 +439,14 @@ pub fn filter_from_request(r: &pb::ListRequest) -> Result<ContainerFilter, Statu
             None => (l.clone(), None),
         })
         .collect();
+    let security = r
+        .security
+        .iter()
+        .map(|f| match f.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => Err(Status::invalid_argument(format!("security filter {f:?} is not key=value"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ContainerFilter {
         name: set(&r.name),
         image: set(&r.image),
@@ -281,7 +455,9 @@ pub fn filter_from_request(r: &pb::ListRequest) -> Result<ContainerFilter, Statu
         pod_namespace: set(&r.pod_namespace),
         labels,
         include_removed: r.include_removed,
+        security,
     })
+    .and_then(|f| f.check_security().map(|()| f).map_err(|e| Status::invalid_argument(e.to_string())))
 }
 
 /// A data source error as a gRPC status.
@@ -364,6 +540,7 @@ mod tests {
             init_pid: Some(99),
             trusted: true,
             caller_uid: 0,
+            security: None,
         };
         let mut c = Container {
             cgroup_id: 1234,
@@ -375,10 +552,93 @@ mod tests {
             labels: BTreeMap::from([("team".into(), "blue".into())]),
             ctime_ns: 5,
             state: ContainerState::Removed,
+            started_at_ns: Some(6),
+            finished_at_ns: Some(7),
+            exit_code: Some(3),
+            exit_signal: Some(9),
+            oom_killed: Some(true),
+            oom_kills: Some(2),
+            init_pid: Some(77),
+            start_exe: Some("/bin/sleep".into()),
+            start_argv0: Some("sleep".into()),
             ..Container::new("abc", Runtime::Podman)
         };
         c.set_hook(Arc::new(hook));
+        c.security = Some(Arc::new(full_security()));
         c
+    }
+
+    /// A security profile with every field set to something other than its default.
+    fn full_security() -> SecurityProfile {
+        SecurityProfile {
+            privileged: true,
+            capabilities_added: vec!["CAP_SYS_ADMIN".into()],
+            capabilities_dropped: vec!["CAP_MKNOD".into()],
+            capabilities_bounding: vec!["CAP_CHOWN".into(), "CAP_SYS_ADMIN".into()],
+            capabilities_effective: vec!["CAP_CHOWN".into()],
+            host_namespaces: vec!["pid".into(), "network".into()],
+            joined_namespaces: BTreeMap::from([("ipc".into(), "/proc/7/ns/ipc".into())]),
+            run_as_uid: 1000,
+            run_as_gid: 1001,
+            additional_gids: vec![10, 20],
+            run_as_root: true,
+            root_remapped: true,
+            no_new_privileges: true,
+            read_only_rootfs: true,
+            seccomp: Seccomp::RuntimeDefault,
+            apparmor: "docker-default".into(),
+            selinux: "system_u:system_r:container_t:s0".into(),
+            proc_unmasked: true,
+            host_mounts: vec![HostMount {
+                source: "/var/run/docker.sock".into(),
+                destination: "/var/run/docker.sock".into(),
+                read_only: true,
+                sensitive: true,
+            }],
+            devices: vec![DeviceNode { path: "/dev/null".into(), kind: "c".into(), major: 1, minor: 3 }],
+            all_devices_allowed: true,
+            sysctls: BTreeMap::from([("net.ipv4.ip_forward".into(), "1".into())]),
+            limits: Limits {
+                memory_bytes: Some(64 << 20),
+                cpu_millis: Some(500),
+                cpu_shares: Some(512),
+                cpuset: "0-1".into(),
+                pids: Some(100),
+            },
+        }
+    }
+
+    #[test]
+    fn the_security_message_round_trips_every_field() {
+        for seccomp in [Seccomp::Unconfined, Seccomp::RuntimeDefault, Seccomp::Custom] {
+            let p = SecurityProfile { seccomp, ..full_security() };
+            assert_eq!(security_from_message(&security_message(&p)), p);
+        }
+        let bare = SecurityProfile::from_config(&ctwatch_security::Config::default());
+        assert_eq!(security_from_message(&security_message(&bare)), bare);
+        // Through the wire bytes too, as a client decodes it.
+        use prost::Message;
+        let c = full_container();
+        let bytes = container_message(ContainerRecord::new(&c, None)).encode_to_vec();
+        let decoded = pb::Container::decode(bytes.as_slice()).unwrap();
+        assert_eq!(container_from_message(&decoded).security, c.security);
+    }
+
+    #[test]
+    fn list_requests_carry_security_filters_and_refuse_unknown_ones() {
+        let r =
+            pb::ListRequest { security: vec!["privileged=true".into(), "cap=SYS_ADMIN".into()], ..Default::default() };
+        let f = filter_from_request(&r).unwrap();
+        assert_eq!(f.security, vec![("privileged".into(), "true".into()), ("cap".into(), "SYS_ADMIN".into())]);
+        let c = full_container();
+        assert!(f.matches(&Container { state: ContainerState::Created, ..c.clone() }));
+        let none = Container { security: None, state: ContainerState::Created, ..c };
+        assert!(!f.matches(&none), "no profile matches no security filter");
+        for bad in ["privileged=maybe", "colour=red", "privileged"] {
+            let r = pb::ListRequest { security: vec![bad.into()], ..Default::default() };
+            let e = filter_from_request(&r).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
     }
 
     #[test]
@@ -426,6 +686,7 @@ mod tests {
             init_pid: None,
             trusted: false,
             caller_uid: 1000,
+            security: None,
         };
         let m = hook_message(&info);
         assert!(m.untrusted);

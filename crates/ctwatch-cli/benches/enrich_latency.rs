@@ -1,7 +1,10 @@
 //! Enrichment latency, per runtime, from the kernel's cgroup mkdir to the
 //! enriched `container_create` leaving ctwatch, next to Docker's own `start`
-//! event for the same containers (same run); then 100 docker containers
-//! started at once: all enriched, none missed, time to the last one.
+//! event for the same containers (same run); for Docker with three ctwatch
+//! instances watching the same containers at once: the default flags (hook
+//! auto), `--hook off`, and `--hook off --no-enrich` (issue 14's table: the
+//! default must be ≥ 5× ahead of Docker's `start` at p50). Then 100 docker
+//! containers started at once: all enriched, none missed, time to the last one.
 //!
 //! Run as root with the daemons up (scripts/setup-host.sh):
 //! `cargo bench -p ctwatch-cli --bench enrich_latency` (`ENRICH_N`, default 20).
@@ -24,7 +27,9 @@ fn main() {
     }
     assert!(nix::unistd::geteuid().is_root(), "run as root, with the daemons up");
     let n: usize = std::env::var("ENRICH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let ctwatch = Watcher::start();
+    let ctwatch = Watcher::start(&[]);
+    let hook_off = Watcher::start(&["--hook", "off"]);
+    let no_enrich = Watcher::start(&["--hook", "off", "--no-enrich"]);
 
     // Docker's own event stream, for the same containers.
     let mut events = Command::new(DOCKER)
@@ -62,8 +67,22 @@ fn main() {
         .iter()
         .filter_map(|id| Some((docker_start.get(id)? / 1000) as f64 / 1000.0 - ctwatch.kernel_ms(id)?))
         .collect();
-    report("docker: ctwatch", &docker);
+    report("docker: ctwatch (default)", &docker);
+    report("docker: --hook off", &hook_off.latencies(&docker_ids));
+    report("docker: --hook off --no-enrich", &no_enrich.latencies(&docker_ids));
     report("docker: docker events start", &(docker_own.clone(), docker_own.len()));
+    let p50 = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "default flags: p50 {:.1} ms, {:.1}x ahead of docker's start (goal: ≤ 25 ms, ≥ 5x)",
+        p50(&docker.0),
+        p50(&docker_own) / p50(&docker.0)
+    );
+    drop(hook_off);
+    drop(no_enrich);
     let podman_ids: Vec<String> = (0..n)
         .map(|i| {
             run(
@@ -139,9 +158,11 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start() -> Self {
+    /// `ctwatch watch` with its default flags plus `extra`.
+    fn start(extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ctwatch"))
-            .args(["watch", "--no-existing", "--no-pin", "--enrich-deadline", "10s"])
+            .args(["watch", "--standalone", "--no-existing", "--no-pin"])
+            .args(extra)
             .env("CTWATCH_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

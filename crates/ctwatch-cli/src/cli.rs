@@ -625,8 +625,13 @@ pub struct LsArgs {
 
     /// Only containers that match (repeatable): `name=` (a substring of the
     /// name, like docker), `image=`, `runtime=`, `pod=`, `namespace=`,
-    /// `label=KEY` or `label=KEY=VALUE`. Values of one key are ORed,
-    /// different keys ANDed, every `label=` required (as docker's).
+    /// `label=KEY` or `label=KEY=VALUE`; and by what the container may do
+    /// (its `security` profile; a container without one matches none):
+    /// `privileged=true|false`, `host_ns=pid` (any namespace type), `cap=SYS_ADMIN`,
+    /// `run_as_root=true|false`, `seccomp=unconfined|runtime_default|custom`,
+    /// `class=privileged|elevated|baseline|restricted`, `host_mount=PATH|sensitive`.
+    /// Values of one key are ORed, different keys ANDed, every `label=`
+    /// required (as docker's).
     #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
     pub filter: Vec<(String, String)>,
 
@@ -639,7 +644,13 @@ pub(crate) fn parse_filter(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KEY=VALUE (for example name=web)"))?;
     match k {
         "name" | "image" | "runtime" | "pod" | "namespace" | "label" => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("unknown filter {k:?} (name, image, runtime, pod, namespace, label)")),
+        k if crate::filter::SECURITY_KEYS.contains(&k) => {
+            crate::filter::check_security(k, v).map(|()| (k.to_string(), v.to_string()))
+        }
+        _ => Err(format!(
+            "unknown filter {k:?} (name, image, runtime, pod, namespace, {}, label)",
+            crate::filter::SECURITY_KEYS.join(", ")
+        )),
     }
 }
 

@@ -30,6 +30,17 @@ pub fn event_kind(name: &str) -> Result<EventKind, String> {
         })
 }
 
+/// The `--filter` keys about a container's security profile (see
+/// `ctwatch_security::SecurityProfile::matches_filter`).
+pub const SECURITY_KEYS: [&str; 7] = ["privileged", "host_ns", "cap", "run_as_root", "seccomp", "class", "host_mount"];
+
+/// Whether `key=value` is a security filter the profile knows (a bad
+/// boolean, for one, is refused before anything is asked).
+pub fn check_security(key: &str, value: &str) -> Result<(), String> {
+    let filter = ContainerFilter { security: vec![(key.to_string(), value.to_string())], ..ContainerFilter::default() };
+    filter.check_security().map_err(|e| e.to_string())
+}
+
 /// `--filter` pairs as the API's list request. The request holds one value
 /// per key but labels, so a key given more than once is left out of it (the
 /// caller applies [`EventFilter`], which ORs such values, to the answer);
@@ -47,6 +58,7 @@ pub fn list_request(filters: &[(String, String)]) -> pb::ListRequest {
             "pod" => request.pod_name = value,
             "namespace" => request.pod_namespace = value,
             "label" => request.labels.push(value),
+            k if SECURITY_KEYS.contains(&k) => request.security.push(format!("{k}={value}")),
             _ => {}
         }
     }
@@ -132,6 +144,25 @@ mod tests {
         assert!(f.matches(&event(EventKind::ContainerCreate, "db", Runtime::Docker)));
         assert!(!f.matches(&event(EventKind::ContainerCreate, "db", Runtime::Podman)));
         assert!(!f.matches(&event(EventKind::ContainerCreate, "cache", Runtime::Docker)));
+    }
+
+    #[test]
+    fn security_keys_go_to_the_request_and_match_the_profile() {
+        let f = pairs(&[("cap", "SYS_ADMIN"), ("host_ns", "pid"), ("host_ns", "ipc")]);
+        assert_eq!(list_request(&f).security, ["cap=SYS_ADMIN"], "a repeated key is ORed by the filter, not sent");
+        let filter = EventFilter::new(&f).unwrap();
+        let mut e = event(EventKind::ContainerCreate, "x", Runtime::Docker);
+        assert!(!filter.matches(&e), "no profile: no match");
+        let config = br#"{"process":{"capabilities":{"bounding":["CAP_SYS_ADMIN"]}},
+            "linux":{"namespaces":[{"type":"mount"},{"type":"pid"},{"type":"network"}]}}"#;
+        let mut c = (*e.container).clone();
+        c.security = Some(Arc::new(ctwatch::SecurityProfile::from_config_bytes(config).unwrap()));
+        e.container = Arc::new(c.clone());
+        assert!(filter.matches(&e), "cap and host_ns=ipc");
+        assert!(!EventFilter::new(&pairs(&[("privileged", "true")])).unwrap().matches(&e));
+        assert!(check_security("privileged", "maybe").unwrap_err().contains("true or false"));
+        assert!(crate::cli::parse_filter("colour=red").unwrap_err().contains("host_ns"));
+        assert!(crate::cli::parse_filter("privileged=maybe").is_err());
     }
 
     #[test]

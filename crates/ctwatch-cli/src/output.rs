@@ -112,7 +112,7 @@ pub fn write_containers(
                     [
                         cell(&c.container_id, widths.id),
                         c.runtime.as_str().to_string(),
-                        cell(&c.container_name, widths.name),
+                        name_with_marker(c, widths.name),
                         cell(&c.container_image, widths.image),
                         cell(&pod_text(&c.k8s_pod_namespace, &c.k8s_pod_name, &c.k8s_pod_id), widths.pod),
                         age(c.container_ctime),
@@ -135,6 +135,17 @@ pub fn write_containers(
         }
     }
     Ok(())
+}
+
+/// The NAME cell, ending in ` [PRIV]` when the container is privileged
+/// (its security profile says so; no marker when none was read).
+fn name_with_marker(c: &ContainerRecord, width: usize) -> String {
+    let name = cell(&c.container_name, width);
+    if c.security.as_deref().is_some_and(|s| s.privileged) {
+        format!("{} [PRIV]", name.trim_end())
+    } else {
+        name
+    }
 }
 
 /// How many characters of each column a table shows.
@@ -190,5 +201,35 @@ fn age(ctime_ns: u64) -> String {
         60..=3599 => format!("{}m ago", secs / 60),
         3600..=86_399 => format!("{}h ago", secs / 3600),
         _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ctwatch::{Container, Runtime, SecurityProfile};
+
+    use super::*;
+
+    #[test]
+    fn the_table_marks_privileged_containers_only() {
+        let privileged = br#"{"process":{"capabilities":{"bounding":[]}},"linux":{"namespaces":[{"type":"pid"}],
+            "resources":{"devices":[{"allow":true,"access":"rwm"}]}}}"#;
+        let mut profile = SecurityProfile::from_config_bytes(privileged).unwrap();
+        profile.privileged = true;
+        let mut c = Container::new("a".repeat(64), Runtime::Docker);
+        c.name = "a-long-container-name-cut-by-the-table".into();
+        let plain = ContainerRecord::new(&c, None);
+        c.security = Some(Arc::new(profile.clone()));
+        let marked = ContainerRecord::new(&c, None);
+        c.security = Some(Arc::new(SecurityProfile { privileged: false, ..profile }));
+        let unprivileged = ContainerRecord::new(&c, None);
+        let mut out = Vec::new();
+        write_containers(&mut out, &[plain, marked, unprivileged], Format::Table, false, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let marks: Vec<bool> = text.lines().skip(1).map(|l| l.contains("[PRIV]")).collect();
+        assert_eq!(marks, [false, true, false], "{text}");
+        assert!(text.lines().nth(2).unwrap().contains("a-long-container-nam [PRIV]"), "cut, then marked: {text}");
     }
 }

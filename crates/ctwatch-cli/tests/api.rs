@@ -106,7 +106,7 @@ fn every_method_answers_for_docker_and_cri_containers() {
     let pod = rt.block_on(cri::run_pod(&mut cri, "apipod"));
     let app = pod.containers[0].1.clone();
     rt.block_on(watch_until(&mut stream, &mut watched, Duration::from_secs(30), "the pod's creates", |w| {
-        w.has("container_create", &pod.sandbox_id) && w.has("container_create", &app)
+        w.has("container_create", &pod.sandbox_id) && pod.containers.iter().all(|(_, id)| w.has("container_create", id))
     }));
     let in_pod = list(pb::ListRequest {
         pod_name: pod.name.clone(),

@@ -308,7 +308,10 @@ fn every_layout_with(source: &str) {
         assert!(create["args"]["ctime"].as_u64().unwrap() > 1_600_000_000_000_000_000, "ctime of {}", case.rel);
         assert_eq!(create["args"]["pod_sandbox"], false);
         let remove = watch.about(&case.id).into_iter().find(|e| e["event"] == "container_remove").unwrap();
-        assert_eq!(remove["args"].as_object().unwrap().len(), 2, "remove args: runtime and container_id only");
+        // The remove carries the record it had: the create's arguments (plus how it ended, when known).
+        for (key, value) in create["args"].as_object().unwrap() {
+            assert_eq!(&remove["args"][key], value, "remove's {key} of {}", case.rel);
+        }
         assert_eq!(remove["args"]["runtime"], case.runtime);
         assert_eq!(remove["cgroup_id"], create["cgroup_id"], "remove names the same cgroup");
     }

@@ -156,8 +156,23 @@ fn ls_get_and_the_api_print_one_record() {
         "state",
     ]
     .into();
-    // `annotations` and `hook` only when the runtime hook saw the create.
-    let optional = ["annotations", "hook"];
+    // `annotations` and `hook` only when the runtime hook saw the create, `security`
+    // when its config was read; the
+    // lifecycle only when known (`started_at`/`finished_at` in RFC 3339, the
+    // API's `*_unix_nano`).
+    let optional = [
+        "annotations",
+        "hook",
+        "security",
+        "started_at",
+        "finished_at",
+        "exit_code",
+        "exit_signal",
+        "oom_killed",
+        "oom_kills",
+        "exe",
+        "argv0",
+    ];
     let keys: BTreeSet<&str> =
         got.as_object().unwrap().keys().map(String::as_str).filter(|k| !optional.contains(k)).collect();
     assert_eq!(keys, api_fields);

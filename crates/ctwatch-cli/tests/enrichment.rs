@@ -112,7 +112,11 @@ fn a_container_removed_at_once_still_gets_its_create_first() {
     let _ = fs::remove_file(&cidfile);
     watch.wait_for("container_remove", &id);
     watch.drain_for(Duration::from_millis(300));
-    let events = watch.about(&id);
+    // A container_start may come between (its process ran), exactly once.
+    let all = watch.about(&id);
+    let starts: Vec<usize> = (0..all.len()).filter(|i| all[*i]["event"] == "container_start").collect();
+    assert!(starts.len() <= 1 && starts.iter().all(|i| *i == 1), "{all:#?}");
+    let events: Vec<&&serde_json::Value> = all.iter().filter(|e| e["event"] != "container_start").collect();
     assert_eq!(events.len(), 2, "{events:#?}");
     assert_eq!(
         (events[0]["event"].as_str(), events[1]["event"].as_str()),
@@ -138,7 +142,7 @@ fn fifty_docker_containers_started_at_once_are_all_enriched() {
     }
     let elapsed = started.elapsed();
     let mut by_id = std::collections::HashMap::new();
-    for e in &watch.seen {
+    for e in watch.seen.iter().filter(|e| e["event"] == "container_create") {
         by_id.insert(e["args"]["container_id"].as_str().unwrap().to_string(), e.clone());
     }
     run(DOCKER, &[&["rm", "-f"][..], &names.iter().map(String::as_str).collect::<Vec<_>>()].concat());

@@ -258,7 +258,9 @@ fn a_squatted_id_does_not_take_over_roots_create() {
     let create = watch.event("container_create", &id);
     assert_eq!(create["hook"]["bundle"], bundle.to_str().unwrap(), "root's bundle: {create}");
     assert_eq!(create["hook"]["trusted"], true, "{create}");
-    assert!(create["hook"]["init_pid"].as_u64().is_some_and(|p| p > 0), "{create}");
+    watch.wait_for("container_start", &id);
+    let start = watch.event("container_start", &id);
+    assert!(start["args"]["init_pid"].as_u64().is_some_and(|p| p > 0), "{start}");
     assert_never_seen(&watch.seen, &["EVIL-"]);
 }
 

@@ -48,7 +48,10 @@ impl Gate {
                 self.held.insert(id, Held { event, seq: self.next_seq });
                 true
             }
-            EventKind::ContainerUpdate | EventKind::ContainerPrecreate | EventKind::ContainerPolicyViolation => {
+            EventKind::ContainerUpdate
+            | EventKind::ContainerPrecreate
+            | EventKind::ContainerPolicyViolation
+            | EventKind::ContainerStart => {
                 out.push(event);
                 false
             }

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ctwatch::{Container, Runtime};
+use std::sync::Arc;
+
+use ctwatch::{Container, Runtime, SecurityProfile};
 
 /// Longest container or pod name kept (Kubernetes names are at most 253).
 pub const MAX_NAME: usize = 253;
@@ -40,6 +42,8 @@ pub struct Metadata {
     pub pod_sandbox: Option<bool>,
     /// The runtime's labels for the container (cleaned, at most [`MAX_LABELS`]).
     pub labels: BTreeMap<String, String>,
+    /// The security profile derived from the bundle's `config.json`, when it was read.
+    pub security: Option<Arc<SecurityProfile>>,
 }
 
 impl Metadata {
@@ -61,6 +65,7 @@ impl Metadata {
             self.labels = other.labels;
         }
         self.runtime = other.runtime.or(self.runtime);
+        self.security = other.security.or(self.security.take());
     }
 
     /// Writes what is known into `container`; a known runtime replaces `unknown` only.
@@ -84,6 +89,10 @@ impl Metadata {
         }
         if let (Runtime::Unknown, Some(runtime)) = (container.runtime, self.runtime) {
             container.runtime = runtime;
+        }
+        // The hook's profile (read before the start) is kept over the bundle's.
+        if let (None, Some(security)) = (&container.security, &self.security) {
+            container.security = Some(security.clone());
         }
     }
 

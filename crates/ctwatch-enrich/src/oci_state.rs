@@ -8,18 +8,23 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ctwatch::state_dirs::HostStateDirs;
 use ctwatch::untrusted::{is_safe_name, MAX_RUNTIME_FILE};
 pub use ctwatch::untrusted::{read_capped, read_json_capped, RecordFileError};
 use ctwatch::Runtime;
+use ctwatch_security::{joins_host_namespace, SecurityProfile};
 use serde::Deserialize;
 
 use crate::metadata::Metadata;
 
 /// The largest state.json or config.json read (the one cap for runtime files).
 pub const MAX_FILE: u64 = MAX_RUNTIME_FILE;
+/// How long to go on waiting for runc's state.json once `stop` is set (the
+/// daemons answered): long enough for runc to finish a create, never past `wait`.
+pub const SECURITY_GRACE: Duration = Duration::from_millis(300);
 /// How often to look for a state.json that runc has not written yet.
 const STATE_POLL: Duration = Duration::from_millis(20);
 
@@ -58,7 +63,9 @@ impl OciState {
     /// runc makes the state directory before the container's cgroups but
     /// writes `state.json` only after them, so when the directory exists and
     /// the file does not yet, this waits for it until `wait` has passed or
-    /// `stop` is set.
+    /// `stop` is set and [`SECURITY_GRACE`] has passed. Besides the
+    /// annotations it gives the container's security profile, derived from
+    /// the same read of `config.json`.
     pub fn lookup(
         &self,
         runtime: Runtime,
@@ -71,22 +78,39 @@ impl OciState {
             return None;
         }
         let candidates = self.state_files(runtime, id, namespace);
-        let give_up = Instant::now() + wait;
+        let started = Instant::now();
+        let give_up = started + wait;
         let state = loop {
             if let Some(found) = candidates.iter().find(|p| p.is_file()) {
                 break found;
             }
             let pending = candidates.iter().any(|p| p.parent().is_some_and(Path::is_dir));
-            if !pending || Instant::now() >= give_up || stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            // The daemons' answer ends the wait, but not before a short grace:
+            // the bundle's config.json is the only source of the security
+            // profile when the hook is off.
+            let stopped = stop.load(Ordering::Relaxed) && now >= started + SECURITY_GRACE;
+            if !pending || now >= give_up || stopped {
                 return None;
             }
             std::thread::sleep(STATE_POLL);
         };
         let state: State = read_json(state)?;
         let bundle = state.config.labels.iter().find_map(|l| l.strip_prefix("bundle="))?;
-        let spec: Spec = read_json(&Path::new(bundle).join("config.json"))?;
+        let bytes = read_capped(&Path::new(bundle).join("config.json"), MAX_FILE).ok()?;
+        let spec: Spec = serde_json::from_slice(&bytes).ok()?;
         let mut metadata = Metadata::default();
         metadata.add_annotations(&spec.annotations);
+        metadata.security = match SecurityProfile::from_config_bytes(&bytes) {
+            Ok(mut profile) => {
+                profile.resolve_joined_namespaces(|kind, path| joins_host_namespace(Path::new("/proc"), kind, path));
+                Some(Arc::new(profile))
+            }
+            Err(e) => {
+                tracing::debug!(%id, error = %e, "the bundle's config.json gives no security profile");
+                None
+            }
+        };
         Some(metadata)
     }
 
@@ -177,6 +201,28 @@ mod tests {
             oci.lookup(Runtime::Unknown, "c1", None, Duration::ZERO, &AtomicBool::new(false)).unwrap().pod_namespace,
             "prod"
         );
+    }
+
+    #[test]
+    fn the_bundles_config_gives_the_security_profile_and_apply_to_keeps_the_hooks() {
+        let root = tempfile::tempdir().unwrap();
+        let config = br#"{"process":{"user":{"uid":0},"capabilities":{"bounding":["CAP_CHOWN","CAP_SYS_ADMIN"]}},
+            "linux":{"namespaces":[{"type":"mount"},{"type":"network"}]},
+            "mounts":[{"destination":"/var/run/docker.sock","source":"/var/run/docker.sock","type":"bind","options":["rbind"]}]}"#;
+        let oci = bundle_with(root.path(), "s1", config);
+        let m = oci.lookup(Runtime::Containerd, "s1", None, Duration::ZERO, &AtomicBool::new(false)).unwrap();
+        let profile = m.security.clone().expect("a profile from config.json");
+        assert_eq!(profile.capabilities_added, ["CAP_SYS_ADMIN"]);
+        assert!(profile.host_namespaces.iter().any(|n| n == "pid") && profile.run_as_root);
+        assert!(profile.host_mounts.iter().any(|h| h.sensitive), "{:?}", profile.host_mounts);
+        let mut c = ctwatch::Container::new("s1", Runtime::Containerd);
+        m.apply_to(&mut c);
+        assert_eq!(c.security.as_deref(), Some(&*profile));
+        // The hook's profile (read before the start) stays.
+        let hooks = std::sync::Arc::new(SecurityProfile::from_config_bytes(b"{}").unwrap());
+        c.security = Some(hooks.clone());
+        m.apply_to(&mut c);
+        assert_eq!(c.security, Some(hooks));
     }
 
     #[test]

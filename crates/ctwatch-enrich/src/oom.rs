@@ -67,7 +67,17 @@ impl MemoryCgroup {
 }
 
 /// Re-reads after a v1 OOM notification (it comes before the kill is counted).
-const REREAD_AFTER: [Duration; 3] = [Duration::from_millis(20), Duration::from_millis(200), Duration::from_secs(1)];
+const REREAD_AFTER: [Duration; 9] = [
+    Duration::from_millis(2),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(150),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+];
 
 /// Why the watcher could not start.
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +199,10 @@ impl OomWatcher {
         }
         state.by_token.insert(token, key.to_string());
         state.entries.insert(key.to_string(), Entry { cgroup, last: now, wd, v1_fds, token });
-        now
+        drop(state);
+        // Read again now that the notification is registered: a kill between
+        // the first read and the registration would otherwise go unseen.
+        sample(&self.shared, key).or(now)
     }
 
     /// Reads container `key`'s counter now (while its cgroup exists) and

@@ -23,7 +23,7 @@ const CONTAINERD: &str = "/run/containerd/containerd.sock";
 /// The v1 memory hierarchy on this kind of host (hybrid cgroups).
 const MEMORY_V1: &str = "/sys/fs/cgroup/memory";
 /// Grows a shell variable until the memory limit kills the shell (works offline, busybox only).
-const EAT_MEMORY: &str = "sleep 1; x=a; while :; do x=$x$x; done";
+const EAT_MEMORY: &str = "sleep 1; tail /dev/zero";
 const PODMAN_FLAGS: &[&str] = &["--runtime", "runc", "--cgroup-manager", "cgroupfs"];
 
 fn unique(tag: &str) -> String {

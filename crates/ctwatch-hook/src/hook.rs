@@ -600,6 +600,7 @@ impl Worker {
             bundle,
             pid_file: pid_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             state_root: call.root.clone().unwrap_or_default(),
+            security: config.as_ref().map(|c| Arc::new(c.security.clone())),
             oci: config.map(|c| c.summary),
             oci_error,
             verdict,
@@ -611,7 +612,8 @@ impl Worker {
         };
         // The event goes out before the answer, so it is ahead of the cgroup's mkdir.
         if first || info.verdict.is_some() {
-            let message = HookMessage::Precreate { container, info: Box::new(info), time: job.time };
+            let message =
+                HookMessage::Precreate { container: Box::new(container), info: Box::new(info), time: job.time };
             let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
         }
         if let Some(p) = claimed {
@@ -686,8 +688,9 @@ impl Worker {
             init_pid: None,
             trusted: false,
             caller_uid: finding.caller_uid,
+            security: None,
         };
-        let message = HookMessage::Precreate { container, info: Box::new(info), time: job.time };
+        let message = HookMessage::Precreate { container: Box::new(container), info: Box::new(info), time: job.time };
         let _ = self.tx.send(SourceMessage::Hook(Box::new(message)));
     }
 

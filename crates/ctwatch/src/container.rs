@@ -24,6 +24,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use ctwatch_security::SecurityProfile;
+
 use crate::hook::HookInfo;
 use crate::runtime::Runtime;
 
@@ -91,12 +93,44 @@ pub struct Container {
     /// did not see its create (off, not hooked, or the container predates ctwatch).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_hook")]
     pub hook: Option<Arc<HookInfo>>,
+    /// What the container may do (privileges, capabilities, host namespaces
+    /// and mounts, seccomp, limits), derived from its OCI config: read by the
+    /// runtime hook before it started, or for containers found otherwise from
+    /// runc's state → the bundle's `config.json` during enrichment; `None`
+    /// when neither could be read.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_security")]
+    pub security: Option<Arc<SecurityProfile>>,
 
     // --- lifecycle ---
     /// The earliest ctime seen for its root cgroup, in ns since the Unix epoch (0 if unknown).
     pub ctime_ns: u64,
     /// Where it is in its life.
     pub state: ContainerState,
+    /// When its own process started (its `container_start`), ns since the Unix epoch.
+    pub started_at_ns: Option<u64>,
+    /// When its init exited or its root cgroup went away, ns since the Unix epoch.
+    pub finished_at_ns: Option<u64>,
+    /// Its init's exit code, when it exited normally and a source saw it.
+    pub exit_code: Option<i32>,
+    /// The signal that killed its init, when one did and a source saw it.
+    pub exit_signal: Option<i32>,
+    /// Whether its init was killed by the OOM killer, when a source knows.
+    pub oom_killed: Option<bool>,
+    /// How many OOM kills happened inside it during its life, when a source counted them.
+    pub oom_kills: Option<u64>,
+    /// Its init's PID (host PID namespace), once known.
+    pub init_pid: Option<u32>,
+    /// The executable its own process started with (`/proc/<pid>/exe` or the exec's filename).
+    pub start_exe: Option<String>,
+    /// That process's `argv[0]`.
+    pub start_argv0: Option<String>,
+}
+
+fn serialize_security<S: serde::Serializer>(
+    security: &Option<Arc<SecurityProfile>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    security.as_deref().serialize(serializer)
 }
 
 fn serialize_hook<S: serde::Serializer>(hook: &Option<Arc<HookInfo>>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -119,16 +153,30 @@ impl Container {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             hook: None,
+            security: None,
             ctime_ns: 0,
             state: ContainerState::Created,
+            started_at_ns: None,
+            finished_at_ns: None,
+            exit_code: None,
+            exit_signal: None,
+            oom_killed: None,
+            oom_kills: None,
+            init_pid: None,
+            start_exe: None,
+            start_argv0: None,
         }
     }
 
-    /// The hook's findings joined onto this container: `hook` kept, and the
-    /// OCI annotations copied into `annotations`.
+    /// The hook's findings joined onto this container: `hook` kept, the
+    /// OCI annotations copied into `annotations` and its security profile
+    /// (when it read one) into `security`.
     pub fn set_hook(&mut self, hook: Arc<HookInfo>) {
         if let Some(oci) = &hook.oci {
             self.annotations = oci.annotations.clone();
+        }
+        if let Some(security) = &hook.security {
+            self.security = Some(security.clone());
         }
         self.hook = Some(hook);
     }

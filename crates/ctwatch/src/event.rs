@@ -28,6 +28,11 @@ pub enum EventKind {
     /// A container broke the policy (`--policy`): reported in audit mode,
     /// refused in enforce mode. Same arguments as a create; `hook.verdict` says why.
     ContainerPolicyViolation,
+    /// The container's own process started (its entrypoint's first exec;
+    /// `runc start` for `runc create` + `runc start`): once per container,
+    /// after its create. Same arguments as a create plus `init_pid`, `exe`,
+    /// `argv0` and `started_at`.
+    ContainerStart,
 }
 
 impl EventKind {
@@ -40,6 +45,7 @@ impl EventKind {
             EventKind::ContainerUpdate => "container_update",
             EventKind::ContainerPrecreate => "container_precreate",
             EventKind::ContainerPolicyViolation => "container_policy_violation",
+            EventKind::ContainerStart => "container_start",
         }
     }
 }
@@ -79,12 +85,18 @@ impl ContainerEvent {
     }
 }
 
+/// A time in ns since the Unix epoch as a `SystemTime`.
+pub fn ns_to_time(ns: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns)
+}
+
 /// Formats a time as RFC 3339 with nanoseconds, in UTC.
 pub fn rfc3339_nanos(time: SystemTime) -> String {
     DateTime::<Utc>::from(time).to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
-/// The `args` object: all creation arguments, or just runtime and ID for a removal.
+/// The `args` object: the creation arguments, then what is known of the
+/// container's start and end (each only when known).
 struct Args<'a>(&'a ContainerEvent);
 
 impl Serialize for Args<'_> {
@@ -105,14 +117,18 @@ impl Serialize for Args<'_> {
             hook: _,        // the event's own `hook`
             ctime_ns,
             state: _, // the event's kind says it
+            security,
+            started_at_ns,
+            finished_at_ns,
+            exit_code,
+            exit_signal,
+            oom_killed,
+            oom_kills,
+            init_pid,
+            start_exe,
+            start_argv0,
         } = &*self.0.container;
-        if self.0.kind == EventKind::ContainerRemove {
-            let mut map = serializer.serialize_map(Some(2))?;
-            map.serialize_entry("runtime", runtime)?;
-            map.serialize_entry("container_id", id)?;
-            return map.end();
-        }
-        let mut map = serializer.serialize_map(Some(11))?;
+        let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("runtime", runtime)?;
         map.serialize_entry("container_id", id)?;
         map.serialize_entry("ctime", ctime_ns)?;
@@ -124,6 +140,36 @@ impl Serialize for Args<'_> {
         map.serialize_entry("pod_uid", pod_uid)?;
         map.serialize_entry("pod_sandbox", pod_sandbox)?;
         map.serialize_entry("labels", labels)?;
+        if let Some(pid) = init_pid {
+            map.serialize_entry("init_pid", pid)?;
+        }
+        if let Some(exe) = start_exe {
+            map.serialize_entry("exe", exe)?;
+        }
+        if let Some(argv0) = start_argv0 {
+            map.serialize_entry("argv0", argv0)?;
+        }
+        if let Some(ns) = started_at_ns {
+            map.serialize_entry("started_at", &rfc3339_nanos(ns_to_time(*ns)))?;
+        }
+        if let Some(ns) = finished_at_ns {
+            map.serialize_entry("finished_at", &rfc3339_nanos(ns_to_time(*ns)))?;
+        }
+        if let Some(code) = exit_code {
+            map.serialize_entry("exit_code", code)?;
+        }
+        if let Some(signal) = exit_signal {
+            map.serialize_entry("exit_signal", signal)?;
+        }
+        if let Some(killed) = oom_killed {
+            map.serialize_entry("oom_killed", killed)?;
+        }
+        if let Some(kills) = oom_kills {
+            map.serialize_entry("oom_kills", kills)?;
+        }
+        if let Some(security) = security {
+            map.serialize_entry("security", security.as_ref())?;
+        }
         map.end()
     }
 }
@@ -135,6 +181,9 @@ impl Serialize for ContainerEvent {
             map.serialize_entry("seq", &self.seq)?;
         }
         map.serialize_entry("time", &rfc3339_nanos(self.time))?;
+        // When the line goes out: `emitted - time` is how long ctwatch held it
+        // (enrichment), `emitted - kernel_time` the whole delay.
+        map.serialize_entry("emitted", &rfc3339_nanos(SystemTime::now()))?;
         if let Some(kernel_time) = self.kernel_time {
             map.serialize_entry("kernel_time", &rfc3339_nanos(kernel_time))?;
         }

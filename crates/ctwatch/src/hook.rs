@@ -6,6 +6,7 @@
 //! on it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -93,15 +94,23 @@ pub struct HookInfo {
     pub trusted: bool,
     /// The caller's effective UID when it executed the runtime.
     pub caller_uid: u32,
+    /// The security profile derived from the same parse of `config.json`
+    /// (copied to [`Container::security`] by [`Container::set_hook`], and
+    /// shown there, not here).
+    #[serde(skip)]
+    pub security: Option<Arc<ctwatch_security::SecurityProfile>>,
 }
 
 /// What the hook sends the tracker loop.
+// A precreate is sent once per container create, itself boxed into the
+// source message: its size is not worth another allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookMessage {
     /// A runtime is about to create a container (the exec is being answered).
     Precreate {
-        /// The container as far as the hook knows it (ID, runtime, name, image, pod).
-        container: Container,
+        /// The container as far as the hook knows it (ID, runtime, name, image, pod; boxed: it is large).
+        container: Box<Container>,
         /// The rest of what the hook learned (boxed: it is most of the message).
         info: Box<HookInfo>,
         /// When the permission event was read.

@@ -42,6 +42,7 @@ pub mod untrusted;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use container::{Container, ContainerState, PodInfo};
+pub use ctwatch_security::SecurityProfile;
 pub use event::{ContainerEvent, EventKind};
 pub use runtime::Runtime;
 pub use store::{LookupError, Store};

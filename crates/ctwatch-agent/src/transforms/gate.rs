@@ -35,6 +35,17 @@ impl Enricher for Enrichment {
     }
 }
 
+/// A shared enricher (the lifecycle asks the same engine how containers ended).
+impl<E: Enricher + Sync> Enricher for Arc<E> {
+    fn submit(&self, container: &Container) {
+        (**self).submit(container)
+    }
+
+    fn cancel(&self, id: &str, cgroup_id: u64) {
+        (**self).cancel(id, cgroup_id)
+    }
+}
+
 /// The gate as a transform.
 pub struct EnrichmentGate {
     enricher: Option<Box<dyn Enricher>>,

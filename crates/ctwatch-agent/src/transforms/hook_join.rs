@@ -4,24 +4,22 @@
 //! and in its events.
 //!
 //! A precreate goes out as it is (with a policy violation after it when a
-//! rule matched). A hooked container's create waits (at most
-//! [`INIT_PID_WAIT`]) for its runtime to write the init PID, so the create
-//! carries it; a later event about the same container releases it first,
-//! keeping the order. An untrusted caller's findings are its own event and
-//! nothing more: never kept, never joined.
+//! rule matched). A hooked container's create is never held here: it goes
+//! out with what the hook learned before the mkdir (the OCI config; and the
+//! name, image and pod the hook found, where enrichment has not filled
+//! them); the init PID comes later, in `container_start` (see
+//! [`super::lifecycle`]). An untrusted caller's findings are its own event
+//! and nothing more: never kept, never joined.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ctwatch::hook::{HookInfo, HookMessage};
-use ctwatch::{ContainerEvent, EventKind};
+use ctwatch::{Container, ContainerEvent, EventKind, PodInfo};
 
 use super::{Cx, Transform};
 use crate::metrics::Metrics;
-
-/// How long a hooked container's create may wait for its runtime to write the init PID.
-pub const INIT_PID_WAIT: Duration = Duration::from_secs(1);
 
 /// The most containers whose findings wait for their cgroup at once (beyond
 /// this, new findings are not joined; counted as `hook_join`).
@@ -36,15 +34,45 @@ pub struct HookJoin {
     /// The cgroup (ID) each hooked container's init was found in: findings go
     /// only to events of that cgroup, whatever ID a runtime was given.
     hooked_cgroup: HashMap<String, u64>,
-    /// Creates of hooked containers waiting for the init PID, with when they go out regardless.
-    awaiting_pid: Vec<(Instant, ContainerEvent)>,
+    /// The name, image, digest and pod the hook found for each hooked container.
+    found: HashMap<String, Found>,
     metrics: Arc<Metrics>,
+}
+
+/// What the hook found of a container's identity before its create.
+struct Found {
+    name: String,
+    image: String,
+    image_digest: String,
+    pod: PodInfo,
+}
+
+impl Found {
+    /// Fills what enrichment left empty.
+    fn fill(&self, c: &mut Container) {
+        if c.name.is_empty() {
+            c.name.clone_from(&self.name);
+        }
+        if c.image.is_empty() {
+            c.image.clone_from(&self.image);
+        }
+        if c.image_digest.is_empty() {
+            c.image_digest.clone_from(&self.image_digest);
+        }
+        if c.pod.name.is_empty() && c.pod.namespace.is_empty() && !self.pod.name.is_empty() {
+            let uid = std::mem::take(&mut c.pod.uid);
+            c.pod = self.pod.clone();
+            if !uid.is_empty() {
+                c.pod.uid = uid;
+            }
+        }
+    }
 }
 
 impl HookJoin {
     /// An empty join; `hook_only` when the hook is the only live source.
     pub fn new(hook_only: bool, metrics: Arc<Metrics>) -> Self {
-        HookJoin { hook_only, hooked: HashMap::new(), hooked_cgroup: HashMap::new(), awaiting_pid: Vec::new(), metrics }
+        HookJoin { hook_only, hooked: HashMap::new(), hooked_cgroup: HashMap::new(), found: HashMap::new(), metrics }
     }
 
     /// What the hook saw: a precreate goes out as it is (into `events`, ahead
@@ -58,11 +86,18 @@ impl HookJoin {
                 let info = Arc::new(*info);
                 let violation = info.trusted && info.verdict.is_some();
                 container.hook = Some(info.clone());
+                container.security = info.security.clone();
+                let found = Found {
+                    name: container.name.clone(),
+                    image: container.image.clone(),
+                    image_digest: container.image_digest.clone(),
+                    pod: container.pod.clone(),
+                };
                 let event = ContainerEvent {
                     time,
                     kind: EventKind::ContainerPrecreate,
                     cgroup_id: 0,
-                    container: Arc::new(container),
+                    container: Arc::new(*container),
                     kernel_time: None,
                     enriched: None,
                     seq: 0,
@@ -78,6 +113,7 @@ impl HookJoin {
                         return;
                     }
                     self.hooked_cgroup.remove(&id);
+                    self.found.insert(id.clone(), found);
                     self.hooked.insert(id, info);
                 }
             }
@@ -109,6 +145,7 @@ impl HookJoin {
             HookMessage::Failed { id } => {
                 self.hooked.remove(&id);
                 self.hooked_cgroup.remove(&id);
+                self.found.remove(&id);
             }
         }
     }
@@ -116,6 +153,11 @@ impl HookJoin {
     /// How many containers' findings are kept.
     pub fn pending(&self) -> usize {
         self.hooked.len()
+    }
+
+    /// Whether the hook's findings on container `id` are kept (a trusted caller's create, not refused).
+    pub fn is_hooked(&self, id: &str) -> bool {
+        self.hooked.contains_key(id)
     }
 
     /// Gives `events` the findings of their containers (into the store too);
@@ -129,16 +171,24 @@ impl HookJoin {
             let same_cgroup = self.hooked_cgroup.get(&id).is_none_or(|c| *c == event.cgroup_id);
             let joined = event.container.hook.is_some();
             if let (false, true, Some(hook)) = (joined, same_cgroup, self.hooked.get(&id)) {
-                let stored = cx.tracker.update_container(&id, event.cgroup_id, |c| c.set_hook(hook.clone()));
+                let found = self.found.get(&id);
+                let update = |c: &mut Container| {
+                    c.set_hook(hook.clone());
+                    if let Some(found) = found {
+                        found.fill(c);
+                    }
+                };
+                let stored = cx.tracker.update_container(&id, event.cgroup_id, update);
                 event.container = stored.unwrap_or_else(|| {
                     let mut c = (*event.container).clone();
-                    c.set_hook(hook.clone());
+                    update(&mut c);
                     Arc::new(c)
                 });
             }
             if event.kind == EventKind::ContainerRemove && same_cgroup {
                 self.hooked.remove(&id);
                 self.hooked_cgroup.remove(&id);
+                self.found.remove(&id);
             }
         }
     }
@@ -146,40 +196,14 @@ impl HookJoin {
 
 impl Transform for HookJoin {
     fn push(&mut self, cx: &mut Cx<'_>, input: &mut Vec<ContainerEvent>, out: &mut Vec<ContainerEvent>) {
-        let mut passed = Vec::with_capacity(input.len());
-        for event in input.drain(..) {
-            let id = &event.container.id;
-            if let Some(i) = self.awaiting_pid.iter().position(|(_, e)| e.container.id == *id) {
-                passed.push(self.awaiting_pid.remove(i).1);
-            }
-            let pending_pid = self.hooked.get(id).is_some_and(|h| h.init_pid.is_none());
-            if event.kind == EventKind::ContainerCreate && pending_pid {
-                self.awaiting_pid.push((cx.now + INIT_PID_WAIT, event));
-            } else {
-                passed.push(event);
-            }
-        }
-        self.join(cx, &mut passed);
-        out.append(&mut passed);
+        self.join(cx, input);
+        out.append(input);
     }
 
-    fn tick(&mut self, cx: &mut Cx<'_>, out: &mut Vec<ContainerEvent>) {
-        if self.awaiting_pid.is_empty() {
-            return;
-        }
-        let (now, hooked) = (cx.now, &self.hooked);
-        let over = |(due, e): &(Instant, ContainerEvent)| {
-            *due <= now || hooked.get(&e.container.id).is_none_or(|h| h.init_pid.is_some())
-        };
-        let (released, still): (Vec<_>, Vec<_>) = self.awaiting_pid.drain(..).partition(over);
-        self.awaiting_pid = still;
-        let mut released: Vec<ContainerEvent> = released.into_iter().map(|(_, e)| e).collect();
-        self.join(cx, &mut released);
-        out.append(&mut released);
-    }
+    fn tick(&mut self, _cx: &mut Cx<'_>, _out: &mut Vec<ContainerEvent>) {}
 
     fn next_due(&self) -> Option<Instant> {
-        self.awaiting_pid.iter().map(|(due, _)| *due).min()
+        None
     }
 }
 
@@ -189,7 +213,7 @@ mod tests {
 
     use ctwatch::sources::CgroupChange;
     use ctwatch::state_dirs::PathOnly;
-    use ctwatch::{Clock, Container, ManualClock, Runtime, SharedStore, Store, Tracker};
+    use ctwatch::{Container, ManualClock, Runtime, SharedStore, Store, Tracker};
 
     use super::*;
     use crate::transforms::tracker::tests::cgroup;
@@ -210,19 +234,19 @@ mod tests {
             init_pid: None,
             trusted,
             caller_uid: 0,
+            security: None,
         })
     }
 
     fn precreate(id: &str, trusted: bool) -> HookMessage {
         HookMessage::Precreate {
-            container: Container::new(id, Runtime::Docker),
+            container: Box::new(Container::new(id, Runtime::Docker)),
             info: info(trusted),
             time: SystemTime::UNIX_EPOCH,
         }
     }
 
     struct Rig {
-        clock: ManualClock,
         tracker: Tracker,
         join: HookJoin,
         store: SharedStore,
@@ -232,8 +256,8 @@ mod tests {
         fn new() -> Rig {
             let clock = ManualClock::new();
             let store = SharedStore::new(Store::default());
-            let tracker = Tracker::new(store.clone(), Box::new(PathOnly)).with_clock(Arc::new(clock.clone()));
-            Rig { clock, tracker, join: HookJoin::new(false, Arc::new(Metrics::new())), store }
+            let tracker = Tracker::new(store.clone(), Box::new(PathOnly)).with_clock(Arc::new(clock));
+            Rig { tracker, join: HookJoin::new(false, Arc::new(Metrics::new())), store }
         }
 
         fn hook(&mut self, message: HookMessage) -> Vec<ContainerEvent> {
@@ -266,44 +290,58 @@ mod tests {
     }
 
     #[test]
-    fn a_hooked_create_waits_for_the_init_pid_and_carries_it_into_the_store() {
+    fn a_hooked_create_goes_out_at_once_with_what_the_hook_found() {
         let mut rig = Rig::new();
         let id = "a".repeat(64);
-        assert_eq!(kinds(&rig.hook(precreate(&id, true))), [EventKind::ContainerPrecreate]);
-        assert!(rig.cgroups(CgroupChange::Mkdir, &id, 5).is_empty(), "the create waits for the PID");
-        assert_eq!(rig.join.next_due(), Some(rig.clock.now() + INIT_PID_WAIT));
+        let mut pre = precreate(&id, true);
+        if let HookMessage::Precreate { container, .. } = &mut pre {
+            container.name = "web".into();
+            container.image = "busybox:1".into();
+        }
+        assert_eq!(kinds(&rig.hook(pre)), [EventKind::ContainerPrecreate]);
+        let out = rig.cgroups(CgroupChange::Mkdir, &id, 5);
+        assert_eq!(kinds(&out), [EventKind::ContainerCreate], "not held for the PID");
+        assert_eq!(rig.join.next_due(), None);
+        let c = &out[0].container;
+        assert_eq!((c.name.as_str(), c.image.as_str()), ("web", "busybox:1"), "the hook's identity fills the create");
+        assert_eq!(c.hook.as_ref().unwrap().init_pid, None);
         assert!(rig.hook(HookMessage::Started { id: id.clone(), init_pid: 42, cgroup: None }).is_empty());
-        let out = rig.tick();
-        assert_eq!(kinds(&out), [EventKind::ContainerCreate]);
-        assert_eq!(out[0].container.hook.as_ref().unwrap().init_pid, Some(42));
         let stored = rig.store.read().get(&id).cloned().unwrap();
         assert_eq!(stored.hook.as_ref().unwrap().bundle, "/run/bundle", "the findings are in the store");
         assert_eq!(stored.hook.as_ref().unwrap().init_pid, Some(42));
+        assert_eq!(stored.name, "web");
         // The remove carries them too, and ends what was kept.
         let out = rig.cgroups(CgroupChange::Rmdir, &id, 5);
         assert_eq!(kinds(&out), [EventKind::ContainerRemove]);
         assert!(out[0].container.hook.is_some() && rig.join.pending() == 0);
+        assert!(rig.tick().is_empty());
     }
 
     #[test]
-    fn without_a_pid_the_create_goes_out_at_the_deadline_and_before_a_later_event() {
+    fn the_hooks_security_profile_is_the_containers_from_the_precreate_on() {
         let mut rig = Rig::new();
-        let (a, b) = ("a".repeat(64), "b".repeat(64));
-        rig.hook(precreate(&a, true));
-        rig.hook(precreate(&b, true));
-        assert!(rig.cgroups(CgroupChange::Mkdir, &a, 5).is_empty());
-        assert!(rig.cgroups(CgroupChange::Mkdir, &b, 6).is_empty());
-        rig.clock.advance(INIT_PID_WAIT - Duration::from_millis(1));
-        assert!(rig.tick().is_empty(), "not before the wait is over");
-        // b's remove comes first: it releases b's create ahead of itself.
-        let out = rig.cgroups(CgroupChange::Rmdir, &b, 6);
-        assert_eq!(kinds(&out), [EventKind::ContainerCreate, EventKind::ContainerRemove]);
-        assert!(out.iter().all(|e| e.container.id == b && e.container.hook.is_some()));
-        rig.clock.advance(Duration::from_millis(1));
-        let out = rig.tick();
-        assert_eq!(kinds(&out), [EventKind::ContainerCreate]);
-        assert_eq!(out[0].container.id, a);
-        assert_eq!(out[0].container.hook.as_ref().unwrap().init_pid, None, "no PID: the create went without");
+        let id = "d".repeat(64);
+        let profile = ctwatch::SecurityProfile::from_config_bytes(
+            br#"{"process":{"capabilities":{"bounding":["CAP_SYS_ADMIN"]}},"linux":{"namespaces":[{"type":"mount"}]}}"#,
+        )
+        .unwrap();
+        let mut info = info(true);
+        info.security = Some(Arc::new(profile.clone()));
+        let message = HookMessage::Precreate {
+            container: Box::new(Container::new(&id, Runtime::Docker)),
+            info,
+            time: SystemTime::UNIX_EPOCH,
+        };
+        let out = rig.hook(message);
+        assert_eq!(out[0].container.security.as_deref(), Some(&profile), "the precreate carries it");
+        rig.hook(HookMessage::Started { id: id.clone(), init_pid: 42, cgroup: None });
+        let out = rig.cgroups(CgroupChange::Mkdir, &id, 8);
+        assert_eq!(kinds(&out), [EventKind::ContainerCreate], "the PID is known: no wait");
+        assert!(out[0].container.security.as_deref().is_some_and(|p| p.matches_filter("host_ns", "pid").unwrap()));
+        let json = serde_json::to_value(&out[0]).unwrap();
+        assert_eq!(json["args"]["security"]["capabilities_added"][0], "CAP_SYS_ADMIN");
+        assert!(json["hook"].get("security").is_none(), "printed once, in args");
+        assert_eq!(rig.store.read().get(&id).unwrap().security.as_deref(), Some(&profile), "and the store's");
     }
 
     #[test]

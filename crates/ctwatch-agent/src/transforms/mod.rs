@@ -1,15 +1,16 @@
 //! Transforms: what happens between the sources and the sinks, in order.
 //!
 //! ```text
-//! inbox ──▶ tracker ──▶ enrichment gate ──▶ hook join ──▶ sinks
-//!           (cgroups     (creates wait for    (the hook's findings
-//!            in, events   the runtimes'        into the store and the
-//!            out, store)  answer or deadline)  events; creates wait for the init PID)
+//! inbox ──▶ tracker ──▶ enrichment gate ──▶ hook join ──▶ lifecycle ──▶ sinks
+//!           (cgroups     (creates wait for    (the hook's findings (container_start
+//!            in, events   the runtimes'        into the store and   after the create)
+//!            out, store)  answer or deadline)  the events)
 //! ```
 //!
 //! - [`tracker`]: cgroup changes in, container events out; keeps the store.
 //! - [`gate`]: the enrichment gate.
 //! - [`hook_join`]: joins the runtime hook's findings onto containers.
+//! - [`lifecycle`]: `container_start`, once per container, after its create.
 //!
 //! Each event transform implements [`Transform`] and reads time only from
 //! the [`Cx`] it is given (the agent's injected clock), so its deadlines are
@@ -17,6 +18,7 @@
 
 pub mod gate;
 pub mod hook_join;
+pub mod lifecycle;
 pub mod tracker;
 
 use std::time::{Instant, SystemTime};

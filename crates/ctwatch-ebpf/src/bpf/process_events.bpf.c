@@ -104,12 +104,33 @@ static __always_inline struct ctwatch_process_record *reserve(__u32 kind, struct
 	return rec;
 }
 
+/*
+ * An exec through a file descriptor or /proc/self is the runtime re-executing
+ * itself (runc's cloned binary, `/dev/fd/N` or `/proc/self/exe`), which can
+ * happen after its init joined the container's cgroup: it is not the
+ * container's own process, so it neither counts as the start nor is reported.
+ */
+static __always_inline int runtime_reexec(const char *path)
+{
+	char head[12] = {};
+	if (bpf_probe_read_kernel_str(head, sizeof(head), path) <= 0)
+		return 0;
+	if (head[0] == '/' && head[1] == 'd' && head[2] == 'e' && head[3] == 'v' && head[4] == '/' &&
+	    head[5] == 'f' && head[6] == 'd' && head[7] == '/')
+		return 1;
+	return head[0] == '/' && head[1] == 'p' && head[2] == 'r' && head[3] == 'o' && head[4] == 'c' &&
+	       head[5] == '/' && head[6] == 's' && head[7] == 'e' && head[8] == 'l' && head[9] == 'f' &&
+	       head[10] == '/';
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(ctwatch_process_exec, struct task_struct *task, int old_pid, struct linux_binprm *bprm)
 {
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
 	struct ctwatch_container_value *c = bpf_map_lookup_elem(&ctwatch_containers, &cgroup_id);
 	if (!c)
+		return 0;
+	if (runtime_reexec(BPF_CORE_READ(bprm, filename)))
 		return 0;
 	if (!every_exec) {
 		__u64 handle = c->handle;
