@@ -57,7 +57,8 @@ fn exits_are_reported(mut watch: Watch, expect_start: bool) {
     assert!(args.get("exit_signal").is_none(), "{remove}");
     assert_eq!(args["container_name"], guard.0.as_str(), "the remove carries the name: {remove}");
     assert_eq!(args["container_image"], IMAGE);
-    assert_eq!(args["oom_kills"], 0, "{remove}");
+    // Absent when its memory cgroup was gone before it could be read (it exits at once), never a guess.
+    assert!(args.get("oom_kills").is_none_or(|k| k == 0), "{remove}");
     assert!(args["finished_at"].is_string(), "{remove}");
     assert!(watch.about(&id).iter().filter(|e| e["event"] == "container_start").count() <= 1, "at most one start");
 
