@@ -36,6 +36,7 @@ use crate::config::{AgentConfig, PinConfig, SourceChoice, WatchedTree};
 use crate::datasource::{DataSource, HostView};
 use crate::metrics::Metrics;
 use crate::sinks::hub::HubSink;
+use crate::sinks::journal::JournalStage;
 use crate::sinks::metrics::MetricsSink;
 use crate::sinks::pinned_map::PinnedMapSink;
 use crate::sinks::{Output, Sink};
@@ -123,11 +124,17 @@ impl Agent {
         };
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(MetricsSink::new(metrics.clone(), ebpf_stats))];
         if let Some(map) = containers_map {
-            let sink = PinnedMapSink::start(map, store, metrics.clone())
+            let sink = PinnedMapSink::start(map, store.clone(), metrics.clone())
                 .map_err(|source| AgentError::Io { what: "cannot start the pinned map's thread", source })?;
             sinks.push(Box::new(sink));
         }
-        // The journal and NATS sinks go here.
+        // The journal stamps every event before the sinks below see it (see `Loop::run`).
+        let journal = config.journal.clone().map(|j| JournalStage::new(j, store.clone()));
+        if let Some(j) = &config.journal {
+            metrics.follow_journal(j.clone());
+            data_source.set_journal(j.clone());
+        }
+        // The NATS sink goes here.
         sinks.push(Box::new(HubSink::new(data_source.clone())));
 
         // Sources.
@@ -161,6 +168,7 @@ impl Agent {
             tracker: TrackerStage::new(tracker, metrics.clone()),
             gate: EnrichmentGate::new(enrichment, deadline, metrics.clone()),
             join: HookJoin::new(hook_only, metrics.clone()),
+            journal,
             lifecycle: Lifecycle::with_exits(config.proc_root.clone(), exits, metrics.clone())
                 .with_cgroup_root(config.tree.hierarchy.mount_point.clone()),
             sinks,
@@ -211,6 +219,8 @@ struct Loop {
     tracker: TrackerStage,
     gate: EnrichmentGate,
     join: HookJoin,
+    /// At the head of the sinks: numbers and journals every event.
+    journal: Option<JournalStage>,
     lifecycle: Lifecycle,
     sinks: Vec<Box<dyn Sink>>,
     metrics: Arc<Metrics>,
@@ -301,6 +311,23 @@ impl Loop {
             }
             for sink in &mut self.sinks {
                 sink.flush();
+            }
+            if let Some(journal) = &mut self.journal {
+                let mut i = 0;
+                while i < outputs.len() {
+                    match &mut outputs[i] {
+                        Owned::Events(events) => journal.stamp(events),
+                        Owned::ScanComplete => {
+                            let late = journal.scan_complete();
+                            if !late.is_empty() {
+                                outputs.insert(i, Owned::Events(late));
+                                i += 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
             }
             for output in &outputs {
                 self.send(output.as_output());

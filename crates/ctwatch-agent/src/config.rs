@@ -70,6 +70,9 @@ pub struct AgentConfig {
     /// Fail when the hook cannot start (else it is used when allowed, and a
     /// warning says why not). Always true with [`SourceChoice::HookOnly`].
     pub hook_required: bool,
+    /// The journal every event is appended to (and numbered by) before any
+    /// other sink sees it, or `None` for none (events go out with `seq` 0).
+    pub journal: Option<std::sync::Arc<ctwatch_journal::Journal>>,
 }
 
 impl AgentConfig {
@@ -86,6 +89,7 @@ impl AgentConfig {
             proc_root: PathBuf::from("/proc"),
             hook: None,
             hook_required: false,
+            journal: None,
         }
     }
 

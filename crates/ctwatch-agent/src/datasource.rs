@@ -391,6 +391,7 @@ struct Inner {
     namespaces: NamespaceCache,
     metrics: Arc<Metrics>,
     scanned: (Mutex<bool>, Condvar),
+    journal: std::sync::OnceLock<Arc<ctwatch_journal::Journal>>,
 }
 
 /// The handle; clone it freely.
@@ -409,7 +410,18 @@ impl DataSource {
             namespaces,
             metrics,
             scanned: (Mutex::new(false), Condvar::new()),
+            journal: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The journal events are numbered by and replayed from, if there is one.
+    pub fn journal(&self) -> Option<&Arc<ctwatch_journal::Journal>> {
+        self.0.journal.get()
+    }
+
+    /// Sets the journal (once; the agent does it when it has one).
+    pub fn set_journal(&self, journal: Arc<ctwatch_journal::Journal>) {
+        let _ = self.0.journal.set(journal);
     }
 
     /// The hub events are published to (the agent's pipeline publishes).

@@ -396,6 +396,8 @@ mod tests {
             container: Arc::new(Container::new(format!("{i:064x}"), Runtime::Docker)),
             kernel_time: None,
             enriched: None,
+            seq: 0,
+            late: false,
         }
     }
 

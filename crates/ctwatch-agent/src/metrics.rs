@@ -1,6 +1,7 @@
 //! The agent's Prometheus metrics, encoded as OpenMetrics or as the
 //! Prometheus text format (0.0.4), whichever the scraper asks for.
 
+mod journal;
 mod process;
 mod text_format;
 
@@ -121,6 +122,8 @@ pub struct Metrics {
     containers_by_privilege: [Gauge; PRIVILEGE_CLASSES.len()],
     /// Serialises encoding (the registry is read-only after setup).
     encode_lock: Mutex<()>,
+    /// The journal, whose own stats are read when the metrics are encoded.
+    journal: Arc<OnceLock<Arc<ctwatch_journal::Journal>>>,
 }
 
 impl Default for Metrics {
@@ -139,6 +142,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut root = Registry::default();
         root.register_collector(Box::new(process::ProcessCollector));
+        let journal = Arc::new(OnceLock::new());
+        root.register_collector(Box::new(journal::JournalCollector(journal.clone())));
         let registry = root.sub_registry_with_prefix("ctwatch");
         registry.register(
             "build",
@@ -273,6 +278,7 @@ impl Metrics {
             hook_stats: OnceLock::new(),
             hook_seen: Mutex::new([0; 6]),
             encode_lock: Mutex::new(()),
+            journal,
         }
     }
 
@@ -388,6 +394,11 @@ impl Metrics {
     /// so counting costs the event path nothing).
     pub fn follow_hook(&self, stats: Arc<HookStats>) {
         let _ = self.hook_stats.set(stats);
+    }
+
+    /// Reports the journal's stats from now on (read at each encode).
+    pub fn follow_journal(&self, journal: Arc<ctwatch_journal::Journal>) {
+        let _ = self.journal.set(journal);
     }
 
     /// Brings the hook counters up to the hook's own.

@@ -308,6 +308,8 @@ pub fn event_message(e: &ContainerEvent, record: ContainerRecord) -> pb::Event {
         enriched: e.enriched,
         container: Some(container),
         hook: e.hook().map(|h| hook_message(h)),
+        seq: e.seq,
+        late: e.late,
     }
 }
 
@@ -412,6 +414,8 @@ pub fn event_from_message(m: &pb::Event) -> Option<ContainerEvent> {
         container: Arc::new(container),
         kernel_time: m.kernel_time_unix_nano.map(from_unix_nanos),
         enriched: m.enriched,
+        seq: m.seq,
+        late: m.late,
     })
 }
 
@@ -651,6 +655,8 @@ mod tests {
             container: Arc::new(c.clone()),
             kernel_time: Some(UNIX_EPOCH + Duration::from_nanos(66)),
             enriched: Some(true),
+            seq: 0,
+            late: false,
         };
         let m = event_message(&event, ContainerRecord::new(&c, None));
         assert!(m.hook.is_some() && m.container.as_ref().unwrap().hook.is_none());

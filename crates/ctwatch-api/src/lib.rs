@@ -10,6 +10,7 @@
 pub mod client;
 pub mod convert;
 pub mod metrics_endpoint;
+pub mod replay;
 pub mod server;
 pub mod watch;
 

@@ -120,6 +120,8 @@ const EXPECTED_CODES: &[(&str, &[Code])] = &[
     ("Watch", &[Code::Ok]),
     ("ResolvePath", &[Code::Ok, Code::NotFound, Code::InvalidArgument]),
     ("ReadFile", &[Code::Ok, Code::NotFound, Code::InvalidArgument]),
+    ("History", &[Code::Ok, Code::NotFound, Code::InvalidArgument]),
+    ("ListRemoved", &[Code::Ok]),
 ];
 
 /// A status code's canonical gRPC name (`OK`, `NOT_FOUND`...), as gRPC's own
@@ -214,6 +216,20 @@ impl ContainersService {
     /// the connection takes every message already queued in one write.
     pub async fn watch_encoded(&self, request: pb::WatchRequest) -> Result<EncodedWatchStream, Status> {
         self.scanned().await;
+        if request.after_seq.is_some() || request.since_unix_nano.is_some() {
+            let Some(journal) = self.data_source.journal().cloned() else {
+                let status =
+                    Status::failed_precondition("the agent keeps no journal (--no-journal): nothing to replay");
+                return self.counted("Watch", Err(status)).map(Response::into_inner);
+            };
+            let range = match crate::replay::ReplayRange::of(&journal, &request) {
+                Ok(range) => range.unwrap_or_default(),
+                Err(status) => return self.counted("Watch", Err(status)).map(Response::into_inner),
+            };
+            let rx = crate::replay::replay(journal, range);
+            let stream = EncodedWatchStream::replaying(rx, self.data_source.clone());
+            return self.counted("Watch", Ok(stream)).map(Response::into_inner);
+        }
         let buffer = if request.buffer == 0 { self.default_buffer } else { request.buffer as usize };
         let subscription = self.data_source.subscribe_bounded(buffer, self.max_bytes);
         let stream = EncodedWatchStream::new(subscription, self.data_source.clone(), request.skip_current);
@@ -272,6 +288,31 @@ impl Containers for ContainersService {
             Err(status) => Err(status),
         };
         self.counted("List", result)
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let key = request.into_inner().container;
+        let result = match self.data_source.journal().cloned() {
+            None => Err(Status::failed_precondition("the agent keeps no journal (--no-journal)")),
+            Some(_) if key.is_empty() => Err(Status::invalid_argument("give a container ID, prefix or name")),
+            Some(journal) => tokio::task::spawn_blocking(move || crate::replay::history(&journal, &key))
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(format!("history failed: {e}")))),
+        };
+        self.counted("History", result)
+    }
+
+    async fn list_removed(
+        &self,
+        _request: Request<pb::ListRemovedRequest>,
+    ) -> Result<Response<pb::ListRemovedResponse>, Status> {
+        let result = match self.data_source.journal().cloned() {
+            None => Err(Status::failed_precondition("the agent keeps no journal (--no-journal)")),
+            Some(journal) => tokio::task::spawn_blocking(move || crate::replay::list_removed(&journal))
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(format!("list failed: {e}")))),
+        };
+        self.counted("ListRemoved", result)
     }
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;

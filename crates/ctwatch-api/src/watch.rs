@@ -53,6 +53,8 @@ pub struct EncodedWatchStream {
     /// Messages taken so far: the watchdog's sign of progress.
     taken: Arc<AtomicU64>,
     data_source: DataSource,
+    /// A replay from the journal (`after_seq`): its messages instead of the hub's.
+    replay: Option<tokio::sync::mpsc::Receiver<Result<EncodedMessage, Status>>>,
 }
 
 impl EncodedWatchStream {
@@ -64,7 +66,22 @@ impl EncodedWatchStream {
         let subscription = Arc::new(Mutex::new(Some(subscription)));
         let taken = Arc::new(AtomicU64::new(0));
         tokio::spawn(watchdog(Arc::downgrade(&subscription), taken.clone(), STALLED_CLIENT));
-        EncodedWatchStream { current: current.into_iter(), synced, subscription, taken, data_source }
+        EncodedWatchStream { current: current.into_iter(), synced, subscription, taken, data_source, replay: None }
+    }
+
+    /// The stream of a replay from the journal (see [`crate::replay`]).
+    pub fn replaying(
+        replay: tokio::sync::mpsc::Receiver<Result<EncodedMessage, Status>>,
+        data_source: DataSource,
+    ) -> Self {
+        EncodedWatchStream {
+            current: Vec::new().into_iter(),
+            synced: None,
+            subscription: Arc::new(Mutex::new(None)),
+            taken: Arc::new(AtomicU64::new(0)),
+            data_source,
+            replay: Some(replay),
+        }
     }
 }
 
@@ -96,6 +113,9 @@ impl Stream for EncodedWatchStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(replay) = &mut this.replay {
+            return replay.poll_recv(cx);
+        }
         if let Some(event) = this.current.next() {
             this.taken.fetch_add(1, Ordering::Release);
             let message = event_message(&event, this.data_source.record_cached(&event.container));
@@ -268,6 +288,8 @@ mod tests {
             container: Arc::new(Container::new(format!("{i:064x}"), Runtime::Docker)),
             kernel_time: None,
             enriched: None,
+            seq: 0,
+            late: false,
         }
     }
 

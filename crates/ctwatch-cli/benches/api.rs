@@ -255,8 +255,11 @@ async fn fan_out(socket: &Path, parent: &Path, n: usize, clients: usize) -> (Dur
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let mut client = ctwatch_api::client::connect(socket).await.unwrap();
-        let mut stream =
-            client.watch(pb::WatchRequest { skip_current: true, buffer: 1 << 20 }).await.unwrap().into_inner();
+        let mut stream = client
+            .watch(pb::WatchRequest { skip_current: true, buffer: 1 << 20, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
         let want = 2 * n;
         let prefix = format!("{tag:064x}")[..50].to_string();
         tasks.push(tokio::spawn(async move {

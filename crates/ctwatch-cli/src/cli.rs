@@ -94,6 +94,9 @@ pub enum Command {
     Get(GetArgs),
     /// Show the container a process is in (exit status 1 if it is in none).
     Pid(PidArgs),
+    /// Every event of one container (ID, ID prefix or name) from the agent's
+    /// journal, from its precreate to its remove, long after it is gone.
+    History(HistoryArgs),
     /// Resolve a path as a container sees it to the host path that reaches it,
     /// following symlinks and `..` inside the container's root only, with the
     /// file's device and inode (check them after opening the path).
@@ -402,6 +405,61 @@ pub struct WatchArgs {
     /// are ORed, different keys ANDed, every `label=` required (as docker's).
     #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_watch_filter)]
     pub filter: Vec<(String, String)>,
+
+    /// Replay from the agent's journal first (then go on live): the events after seq SEQ, or
+    /// from a time (RFC 3339, e.g. 2026-12-01T10:00:00Z) or from DURATION ago (e.g. 10m).
+    #[arg(long, value_name = "SEQ|RFC3339|DURATION", value_parser = parse_position)]
+    pub since: Option<Position>,
+
+    /// With --since: stop after the event with seq SEQ, or at the first event after the time.
+    #[arg(long, value_name = "SEQ|RFC3339|DURATION", value_parser = parse_position, requires = "since")]
+    pub until: Option<Position>,
+}
+
+/// A place in the journal: a seq or a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// A seq.
+    Seq(u64),
+    /// A time, ns since the Unix epoch.
+    Time(i64),
+}
+
+/// `SEQ`, an RFC 3339 time, or a duration before now.
+fn parse_position(s: &str) -> Result<Position, String> {
+    if let Ok(seq) = s.parse::<u64>() {
+        return Ok(Position::Seq(seq));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return t.timestamp_nanos_opt().map(Position::Time).ok_or_else(|| format!("{s}: out of range"));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => {
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            Ok(Position::Time(now.saturating_sub(d.as_nanos().min(i64::MAX as u128) as i64)))
+        }
+        Err(_) => Err(format!("{s}: give a seq (1234), an RFC 3339 time (2026-12-01T10:00:00Z) or a duration (10m)")),
+    }
+}
+
+/// Options of `ctwatch history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// A container ID, unique ID prefix or exact name (removed containers too).
+    #[arg(value_name = "ID|NAME")]
+    pub key: String,
+
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+
+    /// Show full container IDs, names and images in the table.
+    #[arg(long)]
+    pub no_trunc: bool,
+
+    /// The agent's socket. Default: /run/ctwatch/ctwatch.sock.
+    #[arg(long, value_name = "PATH", env = "CTWATCH_SOCKET")]
+    pub socket: Option<PathBuf>,
 }
 
 /// Options of `ctwatch serve`.
@@ -436,6 +494,23 @@ pub struct ServeArgs {
     /// Bytes of queued events a Watch client may fall behind before it is dropped, whatever its buffer.
     #[arg(long, value_name = "BYTES", default_value_t = ctwatch_agent::MAX_SUBSCRIBER_BYTES)]
     pub client_buffer_bytes: usize,
+
+    /// The journal's directory: every event is numbered (`seq`) and kept there, for
+    /// `watch --since`, `history` and `ls --all`.
+    #[arg(long, value_name = "DIR", env = "CTWATCH_JOURNAL", default_value = "/var/lib/ctwatch/journal")]
+    pub journal: PathBuf,
+
+    /// Keep no journal (events go out with no `seq`; no replay, history or `ls --all`).
+    #[arg(long, conflicts_with = "journal")]
+    pub no_journal: bool,
+
+    /// Retention by size: the oldest events are dropped while the journal is larger.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    pub journal_max_bytes: u64,
+
+    /// Retention by age: events older than this are dropped (0s: keep whatever their age).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub journal_max_age: Duration,
 }
 
 /// Where `get` and `pid` find their answer: a running agent, else a scan here.
@@ -543,6 +618,10 @@ pub struct LsArgs {
     /// Print only container IDs.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+
+    /// Also the removed containers the agent's journal still holds (state `removed`).
+    #[arg(long, short = 'a')]
+    pub all: bool,
 
     /// Only containers that match (repeatable): `name=` (a substring of the
     /// name, like docker), `image=`, `runtime=`, `pod=`, `namespace=`,

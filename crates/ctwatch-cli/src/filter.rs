@@ -128,6 +128,8 @@ mod tests {
             container: Arc::new(c),
             kernel_time: None,
             enriched: None,
+            seq: 0,
+            late: false,
         }
     }
 

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Watch(args) => commands::watch::run(args),
         Command::Ls(args) => commands::ls::run(args),
+        Command::History(args) => commands::history::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Get(args) => commands::get::run_get(args),
         Command::Pid(args) => commands::get::run_pid(args),

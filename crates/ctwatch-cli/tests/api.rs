@@ -260,12 +260,16 @@ fn a_slow_client_is_dropped_and_the_others_go_on() {
     let client = rt.block_on(serve.client());
     let open = |skip_current| {
         let mut c = rt.block_on(serve.client());
-        rt.block_on(async move { c.watch(pb::WatchRequest { skip_current, buffer: 0 }).await.unwrap().into_inner() })
+        rt.block_on(async move {
+            c.watch(pb::WatchRequest { skip_current, buffer: 0, ..Default::default() }).await.unwrap().into_inner()
+        })
     };
     // Separate connections: a stalled stream must not hold up another's HTTP/2 window.
     let open_with = |buffer| {
         let mut c = rt.block_on(serve.client());
-        rt.block_on(async move { c.watch(pb::WatchRequest { skip_current: true, buffer }).await.unwrap().into_inner() })
+        rt.block_on(async move {
+            c.watch(pb::WatchRequest { skip_current: true, buffer, ..Default::default() }).await.unwrap().into_inner()
+        })
     };
     let mut reader = open_with(1 << 20); // asks for room for the whole burst
     let mut stalled = open(true); // the agent's --client-buffer (16); never read until the end
@@ -531,7 +535,9 @@ fn a_slow_reader_with_a_huge_buffer_is_dropped_and_a_hang_up_is_not_a_drop() {
     // while a burst goes on, then as fast as it can until its stream ends.
     let mut slow = rt.block_on(small_window_client(&serve.socket));
     let mut stream = rt
-        .block_on(async move { slow.watch(pb::WatchRequest { skip_current: true, buffer: u32::MAX }).await })
+        .block_on(async move {
+            slow.watch(pb::WatchRequest { skip_current: true, buffer: u32::MAX, ..Default::default() }).await
+        })
         .unwrap()
         .into_inner();
     let bursting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));

@@ -37,7 +37,7 @@ fn fifty_clients_flooding_lookups_lose_no_event_of_a_5000_container_churn() {
     let calls = Arc::new(AtomicU64::new(0));
     let (events, flooders) = rt.block_on(async {
         let mut watcher = serve.client().await;
-        let request = pb::WatchRequest { skip_current: true, buffer: 65_536 };
+        let request = pb::WatchRequest { skip_current: true, buffer: 65_536, ..Default::default() };
         let mut stream = watcher.watch(request).await.unwrap().into_inner();
         match stream.message().await {
             Ok(Some(pb::WatchResponse { item: Some(pb::watch_response::Item::Synced(_)) })) => {}

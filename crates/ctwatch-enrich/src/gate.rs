@@ -154,6 +154,8 @@ mod tests {
             container: Arc::new(container),
             kernel_time: None,
             enriched: None,
+            seq: 0,
+            late: false,
         }
     }
 

@@ -66,6 +66,14 @@ pub struct ContainerEvent {
     /// Whether runtime enrichment finished before the event went out
     /// (`None` when enrichment is off, or for removals).
     pub enriched: Option<bool>,
+    /// The event's number in the agent's journal (strictly increasing for the
+    /// journal's life, across restarts); 0 when it was not journaled
+    /// (`--no-journal`, or the journal refused it).
+    pub seq: u64,
+    /// A `container_remove` made at the agent's start for a container the
+    /// journal last saw alive and the scan no longer finds: it went while the
+    /// agent was down (its `time` is the restart's, not the removal's).
+    pub late: bool,
 }
 
 impl ContainerEvent {
@@ -169,6 +177,9 @@ impl Serialize for Args<'_> {
 impl Serialize for ContainerEvent {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
+        if self.seq != 0 {
+            map.serialize_entry("seq", &self.seq)?;
+        }
         map.serialize_entry("time", &rfc3339_nanos(self.time))?;
         // When the line goes out: `emitted - time` is how long ctwatch held it
         // (enrichment), `emitted - kernel_time` the whole delay.
@@ -180,6 +191,9 @@ impl Serialize for ContainerEvent {
         map.serialize_entry("cgroup_id", &self.cgroup_id)?;
         if let Some(enriched) = self.enriched {
             map.serialize_entry("enriched", &enriched)?;
+        }
+        if self.late {
+            map.serialize_entry("late", &true)?;
         }
         map.serialize_entry("args", &Args(self))?;
         if let Some(hook) = self.hook() {

@@ -345,6 +345,8 @@ impl Ctx<'_> {
             container,
             kernel_time: event.kernel_time,
             enriched: None,
+            seq: 0,
+            late: false,
         });
     }
 
@@ -372,6 +374,8 @@ impl Ctx<'_> {
                 container,
                 kernel_time: event.kernel_time,
                 enriched: None,
+                seq: 0,
+                late: false,
             });
         }
     }

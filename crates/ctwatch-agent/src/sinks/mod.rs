@@ -14,6 +14,7 @@
 //! added to the list in `crate::agent`.
 
 pub mod hub;
+pub mod journal;
 pub mod metrics;
 pub mod pinned_map;
 

@@ -92,6 +92,8 @@ impl EnrichmentGate {
                 container,
                 kernel_time: None,
                 enriched: Some(result.complete),
+                seq: 0,
+                late: false,
             });
         }
     }

@@ -100,6 +100,8 @@ impl HookJoin {
                     container: Arc::new(*container),
                     kernel_time: None,
                     enriched: None,
+                    seq: 0,
+                    late: false,
                 };
                 events.push(event.clone());
                 if violation {

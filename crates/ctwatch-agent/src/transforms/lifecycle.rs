@@ -310,6 +310,8 @@ impl Lifecycle {
             container,
             kernel_time,
             enriched: None,
+            seq: 0,
+            late: false,
         });
     }
 

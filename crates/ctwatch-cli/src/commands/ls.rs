@@ -20,11 +20,25 @@ pub fn run(args: &LsArgs) -> Result<()> {
     let filter = EventFilter::new(&args.filter)?;
     let mut containers: Vec<ContainerRecord> = match remote::connect(&args.agent)? {
         Some(remote) => {
-            let answer =
+            let mut answer =
                 remote.call(|mut client| async move { client.list(request).await.map(tonic::Response::into_inner) })?;
+            if args.all {
+                let removed = remote.call(|mut client| async move {
+                    client.list_removed(pb::ListRemovedRequest {}).await.map(tonic::Response::into_inner)
+                })?;
+                let live: HashSet<String> = answer.containers.iter().map(|c| c.container_id.clone()).collect();
+                for r in removed.containers {
+                    let Some(mut c) = r.last_known.and_then(|e| e.container) else { continue };
+                    if !live.contains(&c.container_id) {
+                        c.state = pb::ContainerState::Removed as i32;
+                        answer.containers.push(c);
+                    }
+                }
+            }
             let wanted = |m: &&pb::Container| filter.matches_container(&container_from_message(m));
             answer.containers.iter().filter(wanted).map(record_from_message).collect()
         }
+        None if args.all => anyhow::bail!("--all reads the agent's journal: no agent answers on the socket"),
         None => {
             let narrowed = filter_from_request(&request).map_err(remote::status_error)?;
             let ds = host::snapshot(&args.cgroups)?;

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod docs;
 pub mod get;
 pub mod health;
+pub mod history;
 pub mod ls;
 pub mod serve;
 pub mod watch;

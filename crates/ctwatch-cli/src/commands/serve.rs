@@ -23,7 +23,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let gid = args.socket_group.as_deref().map(group_id).transpose()?;
     // The socket first: a second serve stops here, before touching the kernel.
     let mut socket = UnixSocket::bind(&args.socket, 0o660, gid)?;
-    let agent = host::start_agent(host::agent_config(&args.pipeline)?)?;
+    let journal = open_journal(args);
+    let mut config = host::agent_config(&args.pipeline)?;
+    config.journal = journal.clone();
+    let agent = host::start_agent(config)?;
     let data_source = agent.data_source();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -100,12 +103,35 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     agent.stop();
     let stopped = agent.join();
+    if let Some(journal) = &journal {
+        journal.close(); // writes and syncs what is pending
+    }
     drop(socket); // removes the socket and its lock file
     runtime.shutdown_timeout(Duration::from_secs(1));
     served?;
     stopped?;
     info!("stopped");
     Ok(())
+}
+
+/// Opens the journal (unless `--no-journal`). A journal that cannot be opened
+/// is one log line: the agent serves live events without seq.
+fn open_journal(args: &ServeArgs) -> Option<std::sync::Arc<ctwatch_journal::Journal>> {
+    if args.no_journal {
+        return None;
+    }
+    let options = ctwatch_journal::Options {
+        max_bytes: args.journal_max_bytes,
+        max_age: (!args.journal_max_age.is_zero()).then_some(args.journal_max_age),
+        ..ctwatch_journal::Options::default()
+    };
+    match ctwatch_journal::Journal::open(&args.journal, options) {
+        Ok(j) => Some(std::sync::Arc::new(j)),
+        Err(e) => {
+            warn!("no journal: {e}; events go out live without seq (no replay, history or ls --all)");
+            None
+        }
+    }
 }
 
 /// A group name or number as a GID.

@@ -12,7 +12,9 @@ use ctwatch_agent::hub::MAX_SUBSCRIBER_BUFFER;
 use ctwatch_api::convert::event_from_message;
 use ctwatch_api::pb;
 
-use crate::cli::WatchArgs;
+use tracing::warn;
+
+use crate::cli::{Position, WatchArgs};
 use crate::filter::EventFilter;
 use crate::output::EventWriter;
 use crate::{host, remote};
@@ -27,6 +29,11 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let mut writer = Filtered { writer: &mut writer, filter: &filter, no_existing: args.no_existing };
     if let Some(remote) = remote::connect(&args.agent)? {
         return watch_agent(&remote, args, &mut writer);
+    }
+    if args.since.is_some() {
+        return Err(anyhow!(
+            "--since replays the agent's journal: no agent answers on the socket (start ctwatch serve)"
+        ));
     }
     host::require_root()?;
     let agent = host::start_agent(host::agent_config(&args.pipeline)?)?;
@@ -66,7 +73,18 @@ fn watch_agent(remote: &remote::Remote, args: &WatchArgs, writer: &mut Filtered<
         signal_hook::flag::register(signal, stop.clone()).context("cannot handle signals")?;
     }
     let mut client = remote.client();
-    let request = pb::WatchRequest { skip_current: args.no_existing, buffer: 0 };
+    let mut request = pb::WatchRequest { skip_current: args.no_existing, buffer: 0, ..Default::default() };
+    match args.since {
+        Some(Position::Seq(seq)) => request.after_seq = Some(seq),
+        Some(Position::Time(t)) => request.since_unix_nano = Some(t),
+        None => {}
+    }
+    match args.until {
+        Some(Position::Seq(seq)) => request.until_seq = seq.max(1),
+        Some(Position::Time(t)) => request.until_unix_nano = Some(t),
+        None => {}
+    }
+    let bounded = args.until.is_some();
     let mut stream = remote.block_on(async { client.watch(request).await }).map_err(remote::status_error)?.into_inner();
     while !stop.load(Ordering::Relaxed) {
         // Wake at least once a second to notice a signal.
@@ -74,9 +92,17 @@ fn watch_agent(remote: &remote::Remote, args: &WatchArgs, writer: &mut Filtered<
         let item = match next {
             Err(_elapsed) => continue,
             Ok(Ok(Some(response))) => response.item,
+            Ok(Ok(None)) if bounded => return Ok(()),
             Ok(Ok(None)) => return Err(anyhow!("the agent stopped")),
             Ok(Err(status)) => return Err(remote::status_error(status)),
         };
+        if let Some(pb::watch_response::Item::Gap(gap)) = &item {
+            warn!(
+                "the journal no longer holds the events after seq {} (retention dropped them): replaying from seq {}",
+                gap.after_seq, gap.oldest_seq
+            );
+            continue;
+        }
         let (Some(pb::watch_response::Item::Current(event)) | Some(pb::watch_response::Item::Event(event))) = item
         else {
             continue;

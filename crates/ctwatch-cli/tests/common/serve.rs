@@ -43,6 +43,12 @@ impl Serve {
             .args(["serve", "--no-pin", "--socket"])
             .arg(socket)
             .args(if args.contains(&"--hook") { &[][..] } else { &["--hook", "off"][..] })
+            // Its own journal next to the socket (kept across restarts on the same socket).
+            .args(if args.iter().any(|a| a.starts_with("--journal") || *a == "--no-journal") {
+                Vec::new()
+            } else {
+                vec![std::ffi::OsString::from("--journal"), socket.with_extension("journal").into_os_string()]
+            })
             .args(args)
             .env("CTWATCH_LOG", "info")
             .stdout(Stdio::null())
@@ -138,7 +144,7 @@ impl Watched {
                 assert!(self.synced, "an event before synced");
                 self.events.push(e);
             }
-            None => {}
+            Some(pb::watch_response::Item::Gap(_)) | None => {}
         }
     }
 

@@ -1,0 +1,283 @@
+//! Watch from the journal: replay after a seq (or from a time), then the live
+//! tail, from the same log ([`ctwatch_journal::Journal::follow`]), so the seam
+//! has no gap and no repeat. Events the journal kept are its JSON; they are
+//! turned back into `Event` messages here (the runtime hook's findings,
+//! `Event.hook`, are not replayed).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ctwatch_journal::{Followed, Journal, JournalError, Record};
+use serde_json::Value;
+use tonic::Status;
+use tracing::debug;
+
+use crate::pb;
+use crate::pb::watch_response::Item;
+use crate::watch::EncodedMessage;
+
+/// Records read from the journal at a time.
+const BATCH: usize = 512;
+/// Messages queued for one replaying client (the reader waits for room).
+const QUEUE: usize = 1024;
+
+/// Where a replay starts and ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayRange {
+    /// Replay the events after this seq.
+    pub after_seq: u64,
+    /// End after the event with this seq (0: never).
+    pub until_seq: u64,
+    /// End at the first event after this time (ns since the epoch).
+    pub until_ns: Option<i64>,
+}
+
+impl ReplayRange {
+    /// The range a Watch request asks for, or `None` if it asks for no replay.
+    pub fn of(journal: &Journal, r: &pb::WatchRequest) -> Result<Option<ReplayRange>, Status> {
+        let after_seq = match (r.after_seq, r.since_unix_nano) {
+            (Some(_), Some(_)) => return Err(Status::invalid_argument("give after_seq or since_unix_nano, not both")),
+            (Some(seq), None) => seq,
+            (None, Some(t)) => match journal.find_by_time(t) {
+                Ok(Some(seq)) => seq - 1,
+                // Every event kept is older: start at the tail.
+                Ok(None) => journal.last_seq(),
+                Err(e) => return Err(Status::unavailable(format!("journal: {e}"))),
+            },
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(ReplayRange { after_seq, until_seq: r.until_seq, until_ns: r.until_unix_nano }))
+    }
+}
+
+/// The messages of a replay: a `gap` first if retention dropped events after
+/// `after_seq`, then every event from the journal, then the live ones as they
+/// are appended, until the range ends, the journal closes or the client goes.
+pub fn replay(
+    journal: Arc<Journal>,
+    range: ReplayRange,
+) -> tokio::sync::mpsc::Receiver<Result<EncodedMessage, Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+    tokio::spawn(async move {
+        let mut follower = journal.follow(range.after_seq);
+        loop {
+            let next = tokio::select! {
+                next = follower.next(BATCH) => next,
+                _ = tx.closed() => return,
+            };
+            let records = match next {
+                Ok(Followed::Records(records)) => records,
+                Ok(Followed::Gap { after_seq, oldest_seq }) => {
+                    let gap = pb::WatchResponse { item: Some(Item::Gap(pb::Gap { after_seq, oldest_seq })) };
+                    if tx.send(Ok(EncodedMessage::of(&gap))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(JournalError::Closed) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::unavailable(format!("journal: {e}")))).await;
+                    return;
+                }
+            };
+            for record in records {
+                if range.until_ns.is_some_and(|t| record.time_ns > t) {
+                    return;
+                }
+                match event_from_record(&record) {
+                    Some(event) => {
+                        let message = pb::WatchResponse { item: Some(Item::Event(event)) };
+                        if tx.send(Ok(EncodedMessage::of(&message))).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => debug!(seq = record.seq, "a journal record that is not an event; skipped"),
+                }
+                if range.until_seq != 0 && record.seq >= range.until_seq {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn str_of(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+fn time_of(v: &Value, key: &str) -> Option<i64> {
+    let s = v.get(key)?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(s).ok()?.timestamp_nanos_opt()
+}
+
+/// A journaled event (its JSON) as an `Event` message, its seq the record's;
+/// `None` if the record is not an event's JSON.
+pub fn event_from_record(record: &Record) -> Option<pb::Event> {
+    let v: Value = serde_json::from_slice(&record.payload).ok()?;
+    let event = v.get("event")?.as_str()?.to_string();
+    let args = v.get("args").cloned().unwrap_or(Value::Null);
+    let labels: HashMap<String, String> = args
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .unwrap_or_default();
+    let cgroup_id = v.get("cgroup_id").and_then(Value::as_u64).unwrap_or_default();
+    let container = pb::Container {
+        container_id: str_of(&args, "container_id"),
+        container_ctime: args.get("ctime").and_then(Value::as_u64).unwrap_or_default(),
+        container_name: str_of(&args, "container_name"),
+        container_image: str_of(&args, "container_image"),
+        container_image_digest: str_of(&args, "container_image_digest"),
+        runtime: str_of(&args, "runtime"),
+        k8s_pod_id: str_of(&args, "pod_uid"),
+        k8s_pod_name: str_of(&args, "pod_name"),
+        k8s_pod_namespace: str_of(&args, "pod_namespace"),
+        k8s_pod_sandbox: args.get("pod_sandbox").and_then(Value::as_bool).unwrap_or_default(),
+        cgroup_id,
+        labels,
+        ..Default::default()
+    };
+    Some(pb::Event {
+        event,
+        time_unix_nano: record.time_ns,
+        kernel_time_unix_nano: time_of(&v, "kernel_time"),
+        cgroup_id,
+        enriched: v.get("enriched").and_then(Value::as_bool),
+        container: Some(container),
+        seq: record.seq,
+        late: v.get("late").and_then(Value::as_bool).unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+/// What the journal says of one container: its last describing event and its removal.
+#[derive(Debug, Default)]
+struct Known {
+    last_known: Option<pb::Event>,
+    remove: Option<pb::Event>,
+}
+
+/// Reads the whole journal into what it says of each container (for
+/// `History` by name and prefix, and `ListRemoved`). Blocking.
+fn known_containers(journal: &Journal) -> Result<HashMap<String, Known>, Status> {
+    let mut known: HashMap<String, Known> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let records = match journal.read_from(after, 4096) {
+            Ok(r) => r,
+            Err(JournalError::Expired { oldest_seq, .. }) => {
+                after = oldest_seq.saturating_sub(1);
+                continue;
+            }
+            Err(e) => return Err(Status::unavailable(format!("journal: {e}"))),
+        };
+        let Some(last) = records.last() else { break };
+        after = last.seq;
+        for r in records {
+            if r.container_id.is_empty() {
+                continue;
+            }
+            let Some(event) = event_from_record(&r) else { continue };
+            let k = known.entry(r.container_id).or_default();
+            if event.event == "container_remove" {
+                k.remove = Some(event);
+            } else {
+                k.remove = None; // an ID seen again (not expected): alive again
+                k.last_known = Some(event);
+            }
+        }
+    }
+    Ok(known)
+}
+
+/// The container ID `key` names in the journal: a full ID, a unique ID prefix or an exact name.
+pub fn resolve(journal: &Journal, key: &str) -> Result<String, Status> {
+    let known = known_containers(journal)?;
+    if known.contains_key(key) {
+        return Ok(key.to_string());
+    }
+    let mut ids: Vec<&String> = known.keys().filter(|id| id.starts_with(key)).collect();
+    if ids.is_empty() {
+        ids = known
+            .iter()
+            .filter(|(_, k)| {
+                k.last_known.as_ref().and_then(|e| e.container.as_ref()).is_some_and(|c| c.container_name == key)
+            })
+            .map(|(id, _)| id)
+            .collect();
+    }
+    match ids.as_slice() {
+        [id] => Ok((*id).clone()),
+        [] => Err(Status::not_found(format!("the journal knows no container {key:?}"))),
+        many => Err(Status::invalid_argument(format!("{key:?} is ambiguous: {} containers match", many.len()))),
+    }
+}
+
+/// Every event the journal keeps about the container `key` names, oldest first. Blocking.
+pub fn history(journal: &Journal, key: &str) -> Result<pb::HistoryResponse, Status> {
+    let id = resolve(journal, key)?;
+    let records = journal.history(&id).map_err(|e| Status::unavailable(format!("journal: {e}")))?;
+    Ok(pb::HistoryResponse { events: records.iter().filter_map(event_from_record).collect() })
+}
+
+/// The containers the journal saw removed, newest removal first. Blocking.
+pub fn list_removed(journal: &Journal) -> Result<pb::ListRemovedResponse, Status> {
+    let mut containers: Vec<pb::RemovedContainer> = known_containers(journal)?
+        .into_values()
+        .filter_map(|k| Some(pb::RemovedContainer { remove: Some(k.remove?), last_known: k.last_known }))
+        .collect();
+    containers.sort_by_key(|c| std::cmp::Reverse(c.remove.as_ref().map_or(0, |e| e.seq)));
+    Ok(pb::ListRemovedResponse { containers })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use ctwatch::{Container, ContainerEvent, EventKind, Runtime};
+    use ctwatch_agent::ContainerRecord;
+
+    use super::*;
+    use crate::convert::event_message;
+
+    #[test]
+    fn a_journaled_event_replays_as_the_live_message_said_it() {
+        let mut c = Container::new(format!("{:064x}", 7), Runtime::Docker);
+        c.name = "web".into();
+        c.image = "local/busybox:1".into();
+        c.cgroup_id = 42;
+        c.labels.insert("app".into(), "shop".into());
+        let event = ContainerEvent {
+            time: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+            kind: EventKind::ContainerCreate,
+            cgroup_id: 42,
+            container: Arc::new(c.clone()),
+            kernel_time: Some(UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_001)),
+            enriched: Some(true),
+            seq: 9,
+            late: false,
+        };
+        let record = Record {
+            seq: 9,
+            time_ns: 1_700_000_000_123_456_789,
+            container_id: c.id.clone(),
+            kind: "container_create".into(),
+            payload: serde_json::to_vec(&event).unwrap(),
+        };
+        let replayed = event_from_record(&record).unwrap();
+        let live = event_message(&event, ContainerRecord::new(&c, None));
+        assert_eq!(replayed.seq, 9);
+        assert_eq!(replayed.event, live.event);
+        assert_eq!(replayed.time_unix_nano, live.time_unix_nano);
+        assert_eq!(replayed.kernel_time_unix_nano, live.kernel_time_unix_nano);
+        assert_eq!(replayed.enriched, live.enriched);
+        let (r, l) = (replayed.container.unwrap(), live.container.unwrap());
+        assert_eq!(
+            (&r.container_id, &r.container_name, &r.container_image, &r.runtime, &r.labels, r.cgroup_id),
+            (&l.container_id, &l.container_name, &l.container_image, &l.runtime, &l.labels, l.cgroup_id)
+        );
+        assert!(event_from_record(&Record { payload: b"not json".to_vec(), ..record }).is_none());
+    }
+}

@@ -1,0 +1,274 @@
+//! The journal end to end: a real `ctwatch serve` numbering every event, a
+//! Watch client resuming with `after_seq` across disconnects and agent
+//! SIGKILLs during a synthetic cgroup churn, retention, a corrupted tail.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::serve::Serve;
+use common::*;
+use ctwatch_api::pb;
+use pb::watch_response::Item;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// A resuming client's view: every event with its seq, and the gaps it was told of.
+#[derive(Default)]
+struct Resumed {
+    last_seq: u64,
+    seqs: Vec<u64>,
+    /// (kind, container ID) → times seen.
+    seen: HashMap<(String, String), usize>,
+    gaps: Vec<pb::Gap>,
+    /// Containers whose remove came with `late`.
+    late: HashSet<String>,
+}
+
+impl Resumed {
+    fn take(&mut self, m: pb::WatchResponse) {
+        match m.item {
+            Some(Item::Event(e)) => {
+                assert!(e.seq > self.last_seq, "seq {} after {}: not strictly increasing", e.seq, self.last_seq);
+                self.last_seq = e.seq;
+                self.seqs.push(e.seq);
+                let id = e.container.map(|c| c.container_id).unwrap_or_default();
+                if e.late {
+                    assert_eq!(e.event, "container_remove", "only removes are late");
+                    self.late.insert(id.clone());
+                }
+                *self.seen.entry((e.event, id)).or_default() += 1;
+            }
+            Some(Item::Gap(g)) => self.gaps.push(g),
+            other => panic!("a replaying Watch sends events and gaps only: {other:?}"),
+        }
+    }
+
+    fn count(&self, kind: &str, id: &str) -> usize {
+        self.seen.get(&(kind.to_string(), id.to_string())).copied().unwrap_or(0)
+    }
+
+    /// Reads from `serve` after `last_seq` until `done` or `timeout` (then returns; the stream is dropped).
+    fn read(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        serve: &Serve,
+        timeout: Duration,
+        done: impl Fn(&Resumed) -> bool,
+    ) {
+        let mut client = rt.block_on(serve.client());
+        let request = pb::WatchRequest { after_seq: Some(self.last_seq), ..Default::default() };
+        let mut stream = rt.block_on(client.watch(request)).expect("Watch after_seq").into_inner();
+        let deadline = std::time::Instant::now() + timeout;
+        while !done(self) && std::time::Instant::now() < deadline {
+            match rt.block_on(async { tokio::time::timeout(Duration::from_millis(200), stream.message()).await }) {
+                Ok(Ok(Some(m))) => self.take(m),
+                Ok(Ok(None)) | Ok(Err(_)) => return,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// `n` docker-layout cgroups made and removed one after the other.
+fn churn(tag: &str, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| hex_id(&format!("{tag}-{i}"))).collect();
+    let mut tree = CgroupTree::new();
+    for id in &ids {
+        let dir = tree.mkdir_p(&default_hierarchy(), &format!("docker/{id}"));
+        tree.rmdir(&dir);
+    }
+    ids
+}
+
+fn all_once(r: &Resumed, ids: &[String]) -> bool {
+    ids.iter().all(|id| r.count("container_create", id) == 1 && r.count("container_remove", id) == 1)
+}
+
+fn assert_all_once(r: &Resumed, ids: &[String], what: &str) {
+    for id in ids {
+        let (c, rm) = (r.count("container_create", id), r.count("container_remove", id));
+        assert!(c == 1 && rm == 1, "{what}: {id}: {c} creates, {rm} removes (exactly one each wanted)");
+    }
+}
+
+#[test]
+fn a_client_resuming_from_its_last_seq_misses_nothing_and_sees_nothing_twice() {
+    require_root();
+    let rt = runtime();
+    let serve = Serve::start(&["--no-enrich"]);
+    let tag = unique("journal-resume");
+    let churner = {
+        let tag = tag.clone();
+        std::thread::spawn(move || churn(&tag, 600))
+    };
+    // Disconnect and reconnect many times while the churn runs.
+    let mut r = Resumed::default();
+    let mut reconnects = 0;
+    while !churner.is_finished() {
+        r.read(&rt, &serve, Duration::from_millis(150), |_| false);
+        reconnects += 1;
+    }
+    let ids = churner.join().unwrap();
+    r.read(&rt, &serve, Duration::from_secs(30), |r| all_once(r, &ids));
+    assert!(reconnects > 1, "the client reconnected mid-churn");
+    assert_all_once(&r, &ids, "across reconnects");
+    assert!(r.gaps.is_empty(), "no gap: {:?}", r.gaps.len());
+    let unique: HashSet<u64> = r.seqs.iter().copied().collect();
+    assert_eq!(unique.len(), r.seqs.len(), "no seq repeated");
+}
+
+#[test]
+fn seqs_go_on_across_a_sigkill_and_a_corrupted_tail_still_serves() {
+    require_root();
+    let rt = runtime();
+    let mut serve = Serve::start(&["--no-enrich"]);
+    let dir = serve.take_dir().unwrap();
+    let socket = serve.socket.clone();
+    let journal: PathBuf = socket.with_extension("journal");
+    let tag = unique("journal-kill");
+    let mut r = Resumed::default();
+    let mut all = Vec::new();
+    for round in 0..3 {
+        let ids = churn(&format!("{tag}-{round}"), 100);
+        r.read(&rt, &serve, Duration::from_secs(30), |r| all_once(r, &ids));
+        assert_all_once(&r, &ids, &format!("round {round}"));
+        all.extend(ids);
+        // Killed outright; after the second round, the tail of the last segment is cut
+        // mid-record and garbage appended, as a torn write would leave it.
+        serve.kill();
+        if round == 1 {
+            let mut segs: BTreeSet<PathBuf> = std::fs::read_dir(&journal)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            let last = segs.pop_last().expect("a segment");
+            let len = std::fs::metadata(&last).unwrap().len();
+            let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+            f.set_len(len - 7).unwrap();
+            let mut f = std::fs::OpenOptions::new().append(true).open(&last).unwrap();
+            f.write_all(&[0xAB; 40]).unwrap();
+        }
+        serve = Serve::start_at(&socket, &["--no-enrich"]);
+    }
+    // Everything kept is replayed once from the start, in order; the events after the cut
+    // record are lost (it was torn), never served corrupt.
+    let mut again = Resumed::default();
+    let newest = r.last_seq;
+    again.read(&rt, &serve, Duration::from_secs(30), |a| a.last_seq >= newest);
+    let unique: HashSet<u64> = again.seqs.iter().copied().collect();
+    assert_eq!(unique.len(), again.seqs.len(), "no seq repeated in a full replay");
+    let first_round: Vec<String> = all[..100].to_vec();
+    assert_all_once(&again, &first_round, "full replay of round 0");
+    assert!(serve.stop().success());
+    drop(dir);
+}
+
+#[test]
+fn resuming_from_before_the_retention_says_so_and_starts_at_the_oldest() {
+    require_root();
+    let rt = runtime();
+    let serve = Serve::start(&["--no-enrich", "--journal-max-bytes", "65536"]);
+    let tag = unique("journal-retention");
+    let ids = churn(&tag, 400);
+    // Wait until the last remove is journaled (a plain Watch from seq 0 replays it).
+    let last = ids.last().unwrap().clone();
+    let mut r = Resumed::default();
+    r.read(&rt, &serve, Duration::from_secs(30), |r| r.count("container_remove", &last) == 1);
+    assert_eq!(r.gaps.len(), 1, "one gap, first: the journal holds 64 KiB, 400 containers' events are more");
+    let gap = &r.gaps[0];
+    assert_eq!(gap.after_seq, 0);
+    assert!(gap.oldest_seq > 1);
+    // Retention may drop more while the replay starts (other tests' events keep coming).
+    assert!(r.seqs.first().is_some_and(|&s| s >= gap.oldest_seq), "replay starts at the oldest kept");
+    // ctwatch watch --since 0 says it on stderr and goes on.
+    let out = std::process::Command::new(ctwatch_bin())
+        .args(["watch", "--socket", serve.socket.to_str().unwrap(), "--since", "0", "--until"])
+        .arg(r.last_seq.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retention dropped them"), "{out:?}");
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert!(first["seq"].as_u64().is_some_and(|s| s >= gap.oldest_seq), "{first}");
+}
+
+#[test]
+fn a_restart_reconciles_the_journal_with_the_scan() {
+    require_root();
+    let rt = runtime();
+    let mut serve = Serve::start(&["--no-enrich"]);
+    let dir = serve.take_dir().unwrap();
+    let socket = serve.socket.clone();
+    let tag = unique("journal-reconcile");
+    let [gone, kept, new] = ["gone", "kept", "new"].map(|w| hex_id(&format!("{tag}-{w}")));
+    let mut tree = CgroupTree::new();
+    let gone_dir = tree.mkdir_p(&default_hierarchy(), &format!("docker/{gone}"));
+    tree.mkdir_p(&default_hierarchy(), &format!("docker/{kept}"));
+    let mut r = Resumed::default();
+    let told = |r: &Resumed, id: &str| r.count("container_create", id) + r.count("existing_container", id);
+    r.read(&rt, &serve, Duration::from_secs(30), |r| told(r, &gone) == 1 && told(r, &kept) == 1);
+    assert!(told(&r, &gone) == 1 && told(&r, &kept) == 1, "both journaled before the kill");
+    serve.kill();
+    // While the agent is down: one goes, one comes.
+    tree.rmdir(&gone_dir);
+    tree.mkdir_p(&default_hierarchy(), &format!("docker/{new}"));
+    let serve = Serve::start_at(&socket, &["--no-enrich"]);
+    r.read(&rt, &serve, Duration::from_secs(30), |r| {
+        r.count("container_remove", &gone) == 1 && r.count("existing_container", &new) == 1
+    });
+    // Anything still queued for `kept` would come within the same read.
+    r.read(&rt, &serve, Duration::from_millis(500), |_| false);
+    assert_eq!(r.count("container_remove", &gone), 1, "the vanished one is removed once");
+    assert!(r.late.contains(&gone), "its remove says late");
+    assert_eq!(r.count("existing_container", &new), 1, "the new one is existing_container");
+    assert_eq!(told(&r, &kept), 1, "the one still running is not repeated");
+    assert_eq!(r.count("container_remove", &kept), 0);
+    // It is still listed.
+    let mut client = rt.block_on(serve.client());
+    let got = rt.block_on(client.get(pb::GetRequest { id: kept.clone() })).unwrap().into_inner();
+    assert_eq!(got.container_id, kept);
+
+    // history: the removed one's whole life, by ID prefix, through the CLI.
+    let sock = serve.socket.to_str().unwrap().to_string();
+    let out =
+        std::process::Command::new(ctwatch_bin()).args(["history", "--socket", &sock, &gone[..20]]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(kinds[0] == "container_create" || kinds[0] == "existing_container", "{kinds:?}");
+    assert_eq!(kinds[1], "container_remove");
+    assert_eq!(events[1]["late"], serde_json::Value::Bool(true));
+    assert!(events[0]["seq"].as_u64() < events[1]["seq"].as_u64());
+    // ls --all: the removed one is listed (ls alone does not list it).
+    let ls = |all: bool| {
+        let mut args = vec!["ls", "--socket", &sock, "-q", "--no-trunc"];
+        if all {
+            args.push("--all");
+        }
+        let out = std::process::Command::new(ctwatch_bin()).args(&args).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(!ls(false).contains(&gone));
+    let all = ls(true);
+    assert!(all.contains(&gone) && all.contains(&kept), "{all}");
+    // An unknown one is NOT_FOUND.
+    let out = std::process::Command::new(ctwatch_bin())
+        .args(["history", "--socket", &sock, "no-such-container-anywhere"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    drop(serve);
+    drop(tree);
+    drop(dir);
+}
