@@ -121,18 +121,27 @@ pub fn write_containers(
                 })
                 .collect();
             let header = ["CONTAINER ID", "RUNTIME", "NAME", "IMAGE", "POD", "CREATED", "CGROUP ID"];
-            // Columns as wide as their widest cell, as docker's tables.
-            let mut width = [0; 7];
-            for row in rows.iter().map(|r| r.each_ref().map(|c| c.chars().count())).chain([header.map(str::len)]) {
-                for (w, len) in width.iter_mut().zip(row) {
-                    *w = (*w).max(len);
-                }
-            }
-            for row in std::iter::once(header.map(str::to_string)).chain(rows) {
-                let line: Vec<String> = row.iter().zip(width).map(|(cell, w)| format!("{cell:<w$}")).collect();
-                writeln!(out, "{}", line.join("  ").trim_end())?;
-            }
+            print_rows(out, &header, rows)?;
         }
+    }
+    Ok(())
+}
+
+/// Prints a table with columns as wide as their widest cell, as docker's tables.
+pub(crate) fn print_rows<const N: usize>(
+    out: &mut impl Write,
+    header: &[&str; N],
+    rows: Vec<[String; N]>,
+) -> io::Result<()> {
+    let mut width = [0; N];
+    for row in rows.iter().map(|r| r.each_ref().map(|c| c.chars().count())).chain([header.map(str::len)]) {
+        for (w, len) in width.iter_mut().zip(row) {
+            *w = (*w).max(len);
+        }
+    }
+    for row in std::iter::once(header.map(str::to_string)).chain(rows) {
+        let line: Vec<String> = row.iter().zip(width).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
     }
     Ok(())
 }

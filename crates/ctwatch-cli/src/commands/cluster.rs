@@ -235,21 +235,7 @@ fn write_table(out: &mut impl Write, containers: &[ClusterContainer], no_trunc: 
             ]
         })
         .collect();
-    print_rows(out, &header, rows)
-}
-
-fn print_rows<const N: usize>(out: &mut impl Write, header: &[&str; N], rows: Vec<[String; N]>) -> io::Result<()> {
-    let mut width = [0; N];
-    for row in rows.iter().map(|r| r.each_ref().map(|c| c.chars().count())).chain([header.map(str::len)]) {
-        for (w, len) in width.iter_mut().zip(row) {
-            *w = (*w).max(len);
-        }
-    }
-    for row in std::iter::once(header.map(str::to_string)).chain(rows) {
-        let line: Vec<String> = row.iter().zip(width).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        writeln!(out, "{}", line.join("  ").trim_end())?;
-    }
-    Ok(())
+    crate::output::print_rows(out, &header, rows)
 }
 
 async fn get(cluster: &Cluster, args: &ClusterGetArgs) -> Result<()> {
@@ -352,7 +338,7 @@ async fn nodes(cluster: &Cluster, args: &ClusterNodesArgs) -> Result<()> {
                     ]
                 })
                 .collect();
-            print_rows(&mut out, &header, rows)?;
+            crate::output::print_rows(&mut out, &header, rows)?;
         }
     }
     out.flush().or_else(closed_output)
