@@ -272,3 +272,258 @@ fn a_restart_reconciles_the_journal_with_the_scan() {
     drop(tree);
     drop(dir);
 }
+
+/// Containers churned in a sliding window: each step makes one and, past
+/// `WINDOW` alive, removes the oldest, so every container outlives
+/// `WINDOW - 1` later steps (a kill never catches one made and removed
+/// while the agent is down, the one thing a restart cannot know).
+struct Window {
+    tag: String,
+    tree: CgroupTree,
+    alive: std::collections::VecDeque<(String, PathBuf)>,
+    made: Vec<String>,
+}
+
+const WINDOW: usize = 20;
+/// Steps made while the agent is down: fewer than `WINDOW`, so what they make
+/// is still there when the agent is back.
+const DOWN_STEPS: usize = 8;
+
+impl Window {
+    fn step(&mut self, total: usize) {
+        if self.made.len() < total {
+            let id = hex_id(&format!("{}-{}", self.tag, self.made.len()));
+            let dir = self.tree.mkdir_p(&default_hierarchy(), &format!("docker/{id}"));
+            self.alive.push_back((id.clone(), dir));
+            self.made.push(id);
+        }
+        if self.alive.len() > WINDOW || (self.made.len() >= total && !self.alive.is_empty()) {
+            let (_, dir) = self.alive.pop_front().unwrap();
+            self.tree.rmdir(&dir);
+        }
+    }
+
+    /// The containers that will be gone once `steps` more steps are made (their
+    /// creates must be journaled before the agent is killed).
+    fn gone_after(&self, steps: usize) -> Vec<String> {
+        let keep: HashSet<&String> = self.alive.iter().skip(steps).map(|(id, _)| id).collect();
+        self.made.iter().filter(|id| !keep.contains(id)).cloned().collect()
+    }
+}
+
+fn told_once(r: &Resumed, id: &str) -> bool {
+    r.count("container_create", id) + r.count("existing_container", id) == 1 && r.count("container_remove", id) == 1
+}
+
+/// `ctwatch ls -q --no-trunc` with `args`: the container IDs.
+fn ls_ids(args: &[&str]) -> BTreeSet<String> {
+    let out = std::process::Command::new(ctwatch_bin()).args(["ls", "-q", "--no-trunc"]).args(args).output().unwrap();
+    assert!(out.status.success(), "ctwatch ls {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// A docker container from a local image, detached (`--rm`): its ID.
+fn docker_run(args: &[&str]) -> String {
+    let mut all = vec!["run", "-d", "--rm"];
+    all.extend_from_slice(args);
+    run("/usr/bin/docker", &all).trim().to_string()
+}
+
+/// Removes the docker containers it holds when dropped (even when the test fails).
+struct DockerGuard(Vec<String>);
+
+impl Drop for DockerGuard {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let _ = output("/usr/bin/docker", &["rm", "-f", id]);
+        }
+    }
+}
+
+#[test]
+fn a_client_resuming_across_five_sigkills_during_a_churn_gets_every_container_once() {
+    require_root();
+    const TOTAL: usize = 2000;
+    const KILLS: usize = 5;
+    let mut serve = Serve::start(&["--no-enrich"]);
+    let dir = serve.take_dir().unwrap();
+    let socket = serve.socket.clone();
+    let wait_serving = |socket: &std::path::Path| {
+        let rt = runtime();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let asked = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), ctwatch_api::client::health(socket, "")).await
+            });
+            if matches!(asked, Ok(Ok(ctwatch_api::client::ServingStatus::Serving))) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the restarted agent never said SERVING: {asked:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_serving(&socket);
+
+    // The client: watches with after_seq, and on any end or error reconnects
+    // from its last seq (retrying while the agent is down).
+    let resumed = std::sync::Arc::new(std::sync::Mutex::new(Resumed::default()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (resumed, stop, socket) = (resumed.clone(), stop.clone(), socket.clone());
+        std::thread::spawn(move || {
+            let rt = runtime();
+            let mut streams = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let after = resumed.lock().unwrap().last_seq;
+                let stream = rt.block_on(async {
+                    let mut client = ctwatch_api::client::connect(&socket).await.ok()?;
+                    let request = pb::WatchRequest { after_seq: Some(after), ..Default::default() };
+                    tokio::time::timeout(Duration::from_secs(10), client.watch(request)).await.ok()?.ok()
+                });
+                let Some(stream) = stream else {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                };
+                streams += 1;
+                let mut stream = stream.into_inner();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match rt
+                        .block_on(async { tokio::time::timeout(Duration::from_millis(200), stream.message()).await })
+                    {
+                        Ok(Ok(Some(m))) => resumed.lock().unwrap().take(m),
+                        Ok(Ok(None)) | Ok(Err(_)) => break,
+                        Err(_) => {}
+                    }
+                }
+            }
+            streams
+        })
+    };
+    let wait_told = |what: &str, done: &dyn Fn(&Resumed) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done(&resumed.lock().unwrap()) {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for the client to be told {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // The churn, in its own thread; it stops at each kill point (between steps)
+    // until the agent is back.
+    let tag = unique("journal-restarts");
+    let window = std::sync::Arc::new(std::sync::Mutex::new(Window {
+        tag,
+        tree: CgroupTree::new(),
+        alive: Default::default(),
+        made: Vec::new(),
+    }));
+    let milestone = |kill: usize| TOTAL * (kill + 1) / (KILLS + 1);
+    let hold_at = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(milestone(0)));
+    let churner = {
+        let (window, hold_at) = (window.clone(), hold_at.clone());
+        std::thread::spawn(move || loop {
+            let mut w = window.lock().unwrap();
+            if w.made.len() >= TOTAL && w.alive.is_empty() {
+                return;
+            }
+            if w.made.len() >= hold_at.load(std::sync::atomic::Ordering::Relaxed) && w.made.len() < TOTAL {
+                drop(w);
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            w.step(TOTAL);
+        })
+    };
+
+    let mut docker_ids = Vec::new();
+    let mut docker_alive: Option<String> = None;
+    let mut guard = DockerGuard(Vec::new());
+    // Containers made and removed while the agent was down.
+    let (mut down_made, mut down_removed) = (Vec::new(), Vec::new());
+    for kill in 0..KILLS {
+        // Let the churn go on for a while with the agent up, with a short-lived real
+        // container in it.
+        docker_ids.push(docker_run(&["local/busybox:1", "true"]));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while window.lock().unwrap().made.len() < milestone(kill) {
+            assert!(std::time::Instant::now() < deadline, "the churn is stuck");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut w = window.lock().unwrap();
+        // What will be removed before the agent is back must have been journaled
+        // alive (else no one could know it existed); anything newer may be in flight.
+        let mut gone = w.gone_after(DOWN_STEPS);
+        gone.extend(docker_ids.iter().cloned());
+        wait_told("the creates of the containers removed while the agent is down", &|r: &Resumed| {
+            gone.iter().all(|id| r.count("container_create", id) + r.count("existing_container", id) == 1)
+        });
+        serve.kill();
+        // While the agent is down: the oldest in the window go (late removes), new ones
+        // come (existing_container); a real container goes and another comes.
+        let before: HashSet<String> = w.alive.iter().map(|(id, _)| id.clone()).collect();
+        for _ in 0..DOWN_STEPS {
+            w.step(TOTAL);
+        }
+        let now: HashSet<String> = w.alive.iter().map(|(id, _)| id.clone()).collect();
+        down_made.extend(now.difference(&before).cloned());
+        down_removed.extend(before.difference(&now).cloned());
+        if let Some(id) = docker_alive.take() {
+            run("/usr/bin/docker", &["rm", "-f", &id]);
+        }
+        let id = docker_run(&["local/busybox:1", "sleep", "600"]);
+        docker_ids.push(id.clone());
+        guard.0.push(id.clone());
+        docker_alive = Some(id);
+        serve = Serve::start_at(&socket, &["--no-enrich"]);
+        wait_serving(&socket);
+        hold_at.store(milestone(kill + 1), std::sync::atomic::Ordering::Relaxed);
+        drop(w);
+    }
+    churner.join().unwrap();
+    if let Some(id) = docker_alive.take() {
+        run("/usr/bin/docker", &["rm", "-f", &id]);
+    }
+    guard.0.clear();
+    let made = window.lock().unwrap().made.clone();
+    assert_eq!(made.len(), TOTAL);
+    wait_told("every container's create and remove", &|r: &Resumed| {
+        made.iter().chain(&docker_ids).all(|id| told_once(r, id))
+    });
+    // Anything repeated would come right behind.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let streams = client.join().expect("the client saw seqs strictly increasing");
+    let r = resumed.lock().unwrap();
+    assert!(streams > KILLS, "the client resumed after each kill ({streams} streams)");
+    for id in made.iter().chain(&docker_ids) {
+        let (c, e, rm) =
+            (r.count("container_create", id), r.count("existing_container", id), r.count("container_remove", id));
+        assert!(
+            c + e == 1 && rm == 1,
+            "{id}: {c} creates, {e} existing, {rm} removes (exactly one create and one remove)"
+        );
+    }
+    assert!(r.gaps.is_empty(), "no gap: {:?}", r.gaps);
+    assert!(r.seqs.windows(2).all(|w| w[0] < w[1]), "seqs strictly increasing across the run");
+    // What changed while the agent was down is told as such.
+    assert_eq!(down_made.len(), KILLS * DOWN_STEPS);
+    for id in &down_made {
+        let seen: Vec<_> = r.seen.iter().filter(|((_, i), _)| i == id).collect();
+        assert_eq!(r.count("existing_container", id), 1, "{id}, made while the agent was down: {seen:?}");
+    }
+    for id in &down_removed {
+        assert!(r.late.contains(id), "{id}, removed while the agent was down: its remove is late");
+    }
+    drop(r);
+
+    // The final ls equals the host: what a scan finds before and after is listed,
+    // what neither finds is not (other tests' containers come and go meanwhile).
+    let before = ls_ids(&["--standalone", "--no-enrich"]);
+    let listed = ls_ids(&["--socket", socket.to_str().unwrap()]);
+    let after = ls_ids(&["--standalone", "--no-enrich"]);
+    let missing: Vec<&String> = before.intersection(&after).filter(|id| !listed.contains(*id)).collect();
+    let extra: Vec<&String> = listed.iter().filter(|id| !before.contains(*id) && !after.contains(*id)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "ls vs the host: missing {missing:?}, extra {extra:?}");
+    assert!(made.iter().chain(&docker_ids).all(|id| !listed.contains(id)), "every churned container is gone");
+    assert!(serve.stop().success());
+    drop(dir);
+}
