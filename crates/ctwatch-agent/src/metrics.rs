@@ -124,6 +124,8 @@ pub struct Metrics {
     encode_lock: Mutex<()>,
     /// The journal, whose own stats are read when the metrics are encoded.
     journal: Arc<OnceLock<Arc<ctwatch_journal::Journal>>>,
+    /// Set when the journal could not be opened (the agent runs without one).
+    journal_open_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Metrics {
@@ -143,7 +145,11 @@ impl Metrics {
         let mut root = Registry::default();
         root.register_collector(Box::new(process::ProcessCollector));
         let journal = Arc::new(OnceLock::new());
-        root.register_collector(Box::new(journal::JournalCollector(journal.clone())));
+        let journal_open_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        root.register_collector(Box::new(journal::JournalCollector {
+            journal: journal.clone(),
+            open_failed: journal_open_failed.clone(),
+        }));
         let registry = root.sub_registry_with_prefix("ctwatch");
         registry.register(
             "build",
@@ -279,6 +285,7 @@ impl Metrics {
             hook_seen: Mutex::new([0; 6]),
             encode_lock: Mutex::new(()),
             journal,
+            journal_open_failed,
         }
     }
 
@@ -399,6 +406,12 @@ impl Metrics {
     /// Reports the journal's stats from now on (read at each encode).
     pub fn follow_journal(&self, journal: Arc<ctwatch_journal::Journal>) {
         let _ = self.journal.set(journal);
+    }
+
+    /// Records that the journal could not be opened: the agent runs without
+    /// one (`ctwatch_journal_failing` 1, `ctwatch_journal_open_errors_total` 1).
+    pub fn journal_open_failed(&self) {
+        self.journal_open_failed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Brings the hook counters up to the hook's own.

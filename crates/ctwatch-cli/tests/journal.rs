@@ -527,3 +527,142 @@ fn a_client_resuming_across_five_sigkills_during_a_churn_gets_every_container_on
     assert!(serve.stop().success());
     drop(dir);
 }
+
+/// A tmpfs mounted on a temporary directory of the test's own, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(options: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        run("/usr/bin/mount", &["-t", "tmpfs", "-o", options, "ctwatch-test", dir.path().to_str().unwrap()]);
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    fn remount(&self, options: &str) {
+        run("/usr/bin/mount", &["-o", &format!("remount,{options}"), self.path().to_str().unwrap()]);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let path = self.path().to_str().unwrap().to_string();
+        if !output("/usr/bin/umount", &[&path]).status.success() {
+            let _ = output("/usr/bin/umount", &["-l", &path]);
+        }
+    }
+}
+
+/// Polls the metrics at `addr` until `metric` satisfies `want` (panics after a generous timeout).
+fn wait_metric(addr: &str, metric_name: &str, want: impl Fn(f64) -> bool) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = metric(&scrape(addr), metric_name);
+        if let Some(v) = value.filter(|v| want(*v)) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metric_name} is {value:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Lines of `serve`'s log that contain `text`.
+fn logged(serve: &Serve, text: &str) -> Vec<String> {
+    serve.log.lock().unwrap().iter().filter(|l| l.contains(text)).cloned().collect()
+}
+
+/// Watches live (no replay) until every one of `ids` was created and removed.
+fn watch_live_until_all(
+    rt: &tokio::runtime::Runtime,
+    stream: &mut tonic::Streaming<pb::WatchResponse>,
+    w: &mut Watched,
+    ids: &[String],
+) {
+    rt.block_on(common::serve::watch_until(stream, w, Duration::from_secs(60), "every create and remove", |w| {
+        ids.iter().all(|id| w.has("container_create", id) && w.has("container_remove", id))
+    }));
+}
+
+use common::serve::{free_port, metric, scrape, Watched};
+
+#[test]
+fn a_journal_dir_that_cannot_be_written_is_one_log_line_and_a_metric_and_live_events_go_on() {
+    require_root();
+    let rt = runtime();
+    let fs = Tmpfs::mount("size=1m,mode=755,ro");
+    let journal = fs.path().join("journal");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut serve = Serve::start(&["--no-enrich", "--journal", journal.to_str().unwrap(), "--metrics-addr", &addr]);
+    let mut client = rt.block_on(serve.client());
+    let mut stream = rt.block_on(client.watch(pb::WatchRequest::default())).unwrap().into_inner();
+    let mut w = Watched::default();
+    rt.block_on(common::serve::watch_until(&mut stream, &mut w, Duration::from_secs(60), "synced", |w| w.synced));
+    let ids = churn(&unique("journal-ro"), 20);
+    watch_live_until_all(&rt, &mut stream, &mut w, &ids);
+    assert!(w.events.iter().all(|e| e.seq == 0), "no journal, no seq");
+    assert_eq!(wait_metric(&addr, "ctwatch_journal_failing", |v| v == 1.0), 1.0);
+    assert_eq!(metric(&scrape(&addr), "ctwatch_journal_open_errors_total"), Some(1.0));
+    let lines = logged(&serve, "Read-only file system");
+    assert_eq!(lines.len(), 1, "one line says what is wrong: {lines:#?}");
+    assert!(lines[0].contains(journal.to_str().unwrap()), "it names the directory: {}", lines[0]);
+    // What needs the journal says so plainly.
+    let status = rt.block_on(client.history(pb::HistoryRequest { container: ids[0].clone() })).unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+    drop(stream);
+    assert!(serve.stop().success());
+    assert!(logged(&serve, "panicked").is_empty());
+    drop(fs);
+}
+
+#[test]
+fn a_full_disk_is_one_log_line_and_a_metric_live_events_go_on_and_journaling_resumes_when_space_returns() {
+    require_root();
+    let rt = runtime();
+    let fs = Tmpfs::mount("size=1m,mode=755");
+    let journal = fs.path().join("journal");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut serve = Serve::start(&["--no-enrich", "--journal", journal.to_str().unwrap(), "--metrics-addr", &addr]);
+    // Fill what is left of the file system.
+    {
+        let mut filler = std::fs::File::create(fs.path().join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while filler.write_all(&chunk).is_ok() {}
+    }
+    let mut client = rt.block_on(serve.client());
+    let mut stream = rt.block_on(client.watch(pb::WatchRequest::default())).unwrap().into_inner();
+    let mut w = Watched::default();
+    rt.block_on(common::serve::watch_until(&mut stream, &mut w, Duration::from_secs(60), "synced", |w| w.synced));
+    let ids = churn(&unique("journal-full"), 100);
+    watch_live_until_all(&rt, &mut stream, &mut w, &ids);
+    wait_metric(&addr, "ctwatch_journal_failing", |v| v == 1.0);
+    let text = scrape(&addr);
+    assert!(metric(&text, "ctwatch_journal_write_errors_total").is_some_and(|v| v >= 1.0), "{text}");
+    assert!(metric(&text, "ctwatch_journal_append_errors_total").is_some_and(|v| v >= 1.0), "{text}");
+    let refused = w.events.iter().filter(|e| e.seq == 0).count();
+    assert!(refused > 0, "events the journal refused went out live, without seq");
+    let lines = logged(&serve, "No space left on device");
+    assert_eq!(lines.len(), 1, "one line says what is wrong (not one per event or retry): {lines:#?}");
+    assert!(lines[0].contains(journal.to_str().unwrap()), "it names the file: {}", lines[0]);
+
+    // Space returns: the writer retries by itself, and journaling resumes.
+    fs.remount("size=64m");
+    wait_metric(&addr, "ctwatch_journal_failing", |v| v == 0.0);
+    let more = churn(&unique("journal-space"), 5);
+    watch_live_until_all(&rt, &mut stream, &mut w, &more);
+    for id in &more {
+        assert!(w.find("container_create", id).unwrap().seq > 0, "journaled again: a seq");
+        let history = rt.block_on(client.history(pb::HistoryRequest { container: id.clone() })).unwrap().into_inner();
+        let kinds: Vec<&str> = history.events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(kinds, ["container_create", "container_remove"], "{id} is in the journal");
+    }
+    assert!(!logged(&serve, "journal writer recovered").is_empty());
+    drop(stream);
+    assert!(serve.stop().success());
+    assert!(logged(&serve, "panicked").is_empty());
+    drop(fs);
+}

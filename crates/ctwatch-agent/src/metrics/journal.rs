@@ -1,6 +1,7 @@
 //! The journal's metrics, read from [`ctwatch_journal::Journal::stats`] at
 //! each scrape (appending costs the event path nothing for them).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use ctwatch_journal::{Journal, LatencyHistogram, LATENCY_BUCKETS_US};
@@ -11,9 +12,15 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-/// Encodes the journal's stats, once there is a journal.
+/// Encodes the journal's stats, once there is a journal (or that it could not
+/// be opened).
 #[derive(Debug)]
-pub(crate) struct JournalCollector(pub(crate) Arc<OnceLock<Arc<Journal>>>);
+pub(crate) struct JournalCollector {
+    /// The journal, once the agent has it.
+    pub(crate) journal: Arc<OnceLock<Arc<Journal>>>,
+    /// Set when the journal could not be opened.
+    pub(crate) open_failed: Arc<AtomicBool>,
+}
 
 /// A latency histogram of the journal as a Prometheus histogram in seconds.
 #[derive(Debug)]
@@ -33,7 +40,26 @@ impl EncodeMetric for ConstHistogram<'_> {
 
 impl Collector for JournalCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(journal) = self.0.get() else { return Ok(()) };
+        let Some(journal) = self.journal.get() else {
+            if self.open_failed.load(Ordering::Relaxed) {
+                // No journal: say it is failing, and why (it could not be opened).
+                let gauge = ConstGauge::new(1i64);
+                gauge.encode(encoder.encode_descriptor(
+                    "ctwatch_journal_failing",
+                    "1 while the journal's writer is failing",
+                    None,
+                    gauge.metric_type(),
+                )?)?;
+                let counter = ConstCounter::new(1u64);
+                counter.encode(encoder.encode_descriptor(
+                    "ctwatch_journal_open_errors",
+                    "1 if the journal could not be opened (the agent runs without one)",
+                    None,
+                    counter.metric_type(),
+                )?)?;
+            }
+            return Ok(());
+        };
         let s = journal.stats();
         let gauges = [
             ("ctwatch_journal", "Bytes of the journal's segment files", Some(Unit::Bytes), s.bytes),

@@ -11,7 +11,8 @@
 //! failing, its backlog is full, or the event is too large) the event goes
 //! on live with `seq` 0; the refusal is counted
 //! (`ctwatch_journal_append_errors_total`) and logged once per run of
-//! refusals, and the recovery is logged too.
+//! refusals (when the writer is failing, its own error line says why, so the
+//! refusal is only a debug line), and the recovery is logged too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ctwatch::{Container, ContainerEvent, EventKind, Runtime, SharedStore};
 use ctwatch_journal::{Journal, JournalError};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Records read at a time when the journal's last state is rebuilt.
 const READ_BATCH: usize = 4096;
@@ -174,7 +175,12 @@ impl JournalStage {
                 Err(e) => {
                     event.seq = 0;
                     if self.refusing == 0 {
-                        warn!("the journal refused an event; events go on live without seq: {e}");
+                        if matches!(e, JournalError::Unavailable { .. }) {
+                            // The journal's writer has said what is wrong, in one line.
+                            debug!("the journal refused an event; events go on live without seq: {e}");
+                        } else {
+                            warn!("the journal refused an event; events go on live without seq: {e}");
+                        }
                     }
                     self.refusing += 1;
                 }

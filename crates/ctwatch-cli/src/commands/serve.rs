@@ -23,11 +23,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let gid = args.socket_group.as_deref().map(group_id).transpose()?;
     // The socket first: a second serve stops here, before touching the kernel.
     let mut socket = UnixSocket::bind(&args.socket, 0o660, gid)?;
-    let journal = open_journal(args);
+    let (journal, journal_failed) = open_journal(args);
     let mut config = host::agent_config(&args.pipeline)?;
     config.journal = journal.clone();
     let agent = host::start_agent(config)?;
     let data_source = agent.data_source();
+    if journal_failed {
+        data_source.metrics().journal_open_failed();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("api")
@@ -115,10 +118,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 }
 
 /// Opens the journal (unless `--no-journal`). A journal that cannot be opened
-/// is one log line: the agent serves live events without seq.
-fn open_journal(args: &ServeArgs) -> Option<std::sync::Arc<ctwatch_journal::Journal>> {
+/// is one log line (and a metric): the agent serves live events without seq.
+/// Also says whether opening failed.
+fn open_journal(args: &ServeArgs) -> (Option<std::sync::Arc<ctwatch_journal::Journal>>, bool) {
     if args.no_journal {
-        return None;
+        return (None, false);
     }
     let options = ctwatch_journal::Options {
         max_bytes: args.journal_max_bytes,
@@ -126,10 +130,10 @@ fn open_journal(args: &ServeArgs) -> Option<std::sync::Arc<ctwatch_journal::Jour
         ..ctwatch_journal::Options::default()
     };
     match ctwatch_journal::Journal::open(&args.journal, options) {
-        Ok(j) => Some(std::sync::Arc::new(j)),
+        Ok(j) => (Some(std::sync::Arc::new(j)), false),
         Err(e) => {
             warn!("no journal: {e}; events go out live without seq (no replay, history or ls --all)");
-            None
+            (None, true)
         }
     }
 }
