@@ -112,7 +112,8 @@ fn time_of(v: &Value, key: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(s).ok()?.timestamp_nanos_opt()
 }
 
-/// A journaled event (its JSON) as an `Event` message, its seq the record's;
+/// A journaled event (its JSON) as an `Event` message, its seq the record's,
+/// with how the container started and ended where the event said it;
 /// `None` if the record is not an event's JSON.
 pub fn event_from_record(record: &Record) -> Option<pb::Event> {
     let v: Value = serde_json::from_slice(&record.payload).ok()?;
@@ -137,6 +138,16 @@ pub fn event_from_record(record: &Record) -> Option<pb::Event> {
         k8s_pod_sandbox: args.get("pod_sandbox").and_then(Value::as_bool).unwrap_or_default(),
         cgroup_id,
         labels,
+        // How it started and ended, where the event said (a remove says how it ended).
+        init_pid: args.get("init_pid").and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok()),
+        started_at_unix_nano: time_of(&args, "started_at"),
+        finished_at_unix_nano: time_of(&args, "finished_at"),
+        exit_code: args.get("exit_code").and_then(Value::as_i64).and_then(|c| i32::try_from(c).ok()),
+        exit_signal: args.get("exit_signal").and_then(Value::as_i64).and_then(|c| i32::try_from(c).ok()),
+        oom_killed: args.get("oom_killed").and_then(Value::as_bool),
+        oom_kills: args.get("oom_kills").and_then(Value::as_u64),
+        exe: args.get("exe").and_then(Value::as_str).map(str::to_string),
+        argv0: args.get("argv0").and_then(Value::as_str).map(str::to_string),
         ..Default::default()
     };
     Some(pb::Event {
@@ -279,5 +290,108 @@ mod tests {
             (&l.container_id, &l.container_name, &l.container_image, &l.runtime, &l.labels, l.cgroup_id)
         );
         assert!(event_from_record(&Record { payload: b"not json".to_vec(), ..record }).is_none());
+    }
+
+    /// A clock the test moves.
+    struct FakeClock(std::sync::atomic::AtomicI64);
+
+    impl ctwatch_journal::Clock for FakeClock {
+        fn now_ns(&self) -> i64 {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    const HOUR_NS: i64 = 3_600_000_000_000;
+
+    /// Journals `kind` about `c` at `time_ns` as the agent's journal stage does.
+    fn journal_event(journal: &Journal, c: &Container, kind: EventKind, time_ns: i64) {
+        let mut event = ContainerEvent {
+            time: UNIX_EPOCH + Duration::from_nanos(time_ns as u64),
+            kind,
+            cgroup_id: c.cgroup_id,
+            container: Arc::new(c.clone()),
+            kernel_time: None,
+            enriched: Some(true),
+            seq: 0,
+            late: false,
+        };
+        journal
+            .append_with(time_ns, &c.id, kind.as_str(), |seq, buf| {
+                event.seq = seq;
+                serde_json::to_writer(&mut *buf, &event).unwrap();
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn history_and_ls_all_still_show_a_container_removed_an_hour_ago_and_how_it_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = 1_800_000_000 * 1_000_000_000i64;
+        let clock = Arc::new(FakeClock(std::sync::atomic::AtomicI64::new(start)));
+        let options = ctwatch_journal::Options { clock: clock.clone(), ..Default::default() };
+        let journal = Journal::open(dir.path(), options).unwrap();
+
+        let mut web = Container::new("ab".repeat(32), Runtime::Docker);
+        web.name = "web".into();
+        web.image = "local/busybox:1".into();
+        web.cgroup_id = 7;
+        journal_event(&journal, &web, EventKind::ContainerCreate, start);
+        web.init_pid = Some(4242);
+        web.started_at_ns = Some(start as u64 + 1_000);
+        journal_event(&journal, &web, EventKind::ContainerStart, start + 1_000);
+        let mut ended = web.clone();
+        ended.finished_at_ns = Some(start as u64 + 5_000_000_000);
+        ended.exit_code = Some(137);
+        ended.exit_signal = Some(9);
+        ended.oom_killed = Some(true);
+        ended.oom_kills = Some(1);
+        journal_event(&journal, &ended, EventKind::ContainerRemove, start + 5_000_000_000);
+        // Another container, still running, and events long after.
+        let other = Container::new("cd".repeat(32), Runtime::Podman);
+        journal_event(&journal, &other, EventKind::ContainerCreate, start + HOUR_NS);
+
+        // An hour and more later (far past the 5 s grace period); retention runs on this clock.
+        clock.0.store(start + HOUR_NS + 60_000_000_000, std::sync::atomic::Ordering::Relaxed);
+        journal.enforce_retention().unwrap();
+
+        let removed = list_removed(&journal).unwrap().containers;
+        assert_eq!(removed.len(), 1, "only the removed one: {removed:?}");
+        let remove = removed[0].remove.as_ref().unwrap();
+        assert_eq!(remove.event, "container_remove");
+        assert_eq!(remove.time_unix_nano, start + 5_000_000_000);
+        let how = remove.container.as_ref().unwrap();
+        assert_eq!(how.container_id, web.id);
+        assert_eq!(
+            (how.exit_code, how.exit_signal, how.oom_killed, how.oom_kills),
+            (Some(137), Some(9), Some(true), Some(1))
+        );
+        assert_eq!(how.finished_at_unix_nano, Some(start + 5_000_000_000));
+        let last_known = removed[0].last_known.as_ref().unwrap().container.as_ref().unwrap();
+        assert_eq!((last_known.container_name.as_str(), last_known.init_pid), ("web", Some(4242)));
+
+        // history by name, by prefix and by ID: its whole life, in order.
+        for key in ["web", &web.id[..12], &web.id] {
+            let events = history(&journal, key).unwrap().events;
+            let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+            assert_eq!(kinds, ["container_create", "container_start", "container_remove"], "{key}");
+            assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+            assert_eq!(events[2].container.as_ref().unwrap().exit_code, Some(137));
+        }
+
+        // Past the retention (7 days by default), it is gone, and history says so.
+        clock.0.store(start + 8 * 24 * HOUR_NS, std::sync::atomic::Ordering::Relaxed);
+        journal.enforce_retention().unwrap();
+        journal_event(&journal, &other, EventKind::ContainerRemove, start + 8 * 24 * HOUR_NS);
+        journal.flush().unwrap();
+        assert_eq!(history(&journal, "web").unwrap_err().code(), tonic::Code::NotFound);
+        assert!(list_removed(&journal).unwrap().containers.iter().all(|c| c
+            .remove
+            .as_ref()
+            .unwrap()
+            .container
+            .as_ref()
+            .unwrap()
+            .container_id
+            != web.id));
     }
 }
