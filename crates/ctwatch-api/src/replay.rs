@@ -163,84 +163,210 @@ pub fn event_from_record(record: &Record) -> Option<pb::Event> {
     })
 }
 
-/// What the journal says of one container: its last describing event and its removal.
-#[derive(Debug, Default)]
+/// What the journal says of one container: the seqs of its last describing
+/// event and of its removal (0: none), its name, and its newest seq.
+#[derive(Debug, Default, Clone)]
 struct Known {
-    last_known: Option<pb::Event>,
-    remove: Option<pb::Event>,
+    name: String,
+    last_known: u64,
+    remove: u64,
+    newest: u64,
 }
 
-/// Reads the whole journal into what it says of each container (for
-/// `History` by name and prefix, and `ListRemoved`). Blocking.
-fn known_containers(journal: &Journal) -> Result<HashMap<String, Known>, Status> {
-    let mut known: HashMap<String, Known> = HashMap::new();
-    let mut after = 0;
-    loop {
-        let records = match journal.read_from(after, 4096) {
-            Ok(r) => r,
-            Err(JournalError::Expired { oldest_seq, .. }) => {
-                after = oldest_seq.saturating_sub(1);
-                continue;
+/// Most containers a [`KnownIndex`] keeps (about 130 bytes each); past it, it
+/// is dropped and every call reads the whole journal, as without an index.
+pub const MAX_KNOWN: usize = 1 << 18;
+
+/// The containers the journal knows (ID, name, and the seqs of their last
+/// describing event and removal), for `History` by name and prefix and for
+/// `ListRemoved`. Built on first use from the whole journal, then brought up to
+/// date on each call from where it stopped (only the events appended since
+/// are read), pruned of what retention dropped, bounded by [`MAX_KNOWN`]
+/// containers (past it: [`KnownIndex::overflows`] counts it, and calls read
+/// the whole journal instead). The lock is never held while the journal is
+/// read.
+#[derive(Debug)]
+pub struct KnownIndex {
+    state: std::sync::Mutex<KnownState>,
+    max: usize,
+    overflows: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct KnownState {
+    /// Every record up to this seq is in `known`.
+    after: u64,
+    known: HashMap<String, Known>,
+    /// False once the index outgrew its bound.
+    overflowed: bool,
+}
+
+impl Default for KnownIndex {
+    fn default() -> Self {
+        KnownIndex::new(MAX_KNOWN)
+    }
+}
+
+impl KnownIndex {
+    /// An empty index of at most `max` containers.
+    pub fn new(max: usize) -> Self {
+        KnownIndex { state: Default::default(), max, overflows: Default::default() }
+    }
+
+    /// How many times the index outgrew its bound (and was dropped).
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, KnownState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the index up to the journal's tail; `false` if it overflowed.
+    fn catch_up(&self, journal: &Journal) -> Result<bool, Status> {
+        loop {
+            let after = {
+                let st = self.lock();
+                if st.overflowed {
+                    return Ok(false);
+                }
+                st.after
+            };
+            let records = match journal.read_from(after, 4096) {
+                Ok(r) => r,
+                Err(JournalError::Expired { oldest_seq, .. }) => {
+                    let mut st = self.lock();
+                    st.after = st.after.max(oldest_seq.saturating_sub(1));
+                    continue;
+                }
+                Err(e) => return Err(Status::unavailable(format!("journal: {e}"))),
+            };
+            let Some(last) = records.last().map(|r| r.seq) else { break };
+            // Decoded without the lock.
+            let updates: Vec<(u64, String, bool, Option<String>)> = records
+                .into_iter()
+                .filter(|r| !r.container_id.is_empty())
+                .map(|r| {
+                    let remove = r.kind == "container_remove";
+                    let name = (!remove)
+                        .then(|| serde_json::from_slice::<Value>(&r.payload).ok())
+                        .flatten()
+                        .map(|v| str_of(&v["args"], "container_name"));
+                    (r.seq, r.container_id, remove, name)
+                })
+                .collect();
+            let mut st = self.lock();
+            if st.overflowed {
+                return Ok(false);
             }
-            Err(e) => return Err(Status::unavailable(format!("journal: {e}"))),
-        };
-        let Some(last) = records.last() else { break };
-        after = last.seq;
-        for r in records {
-            if r.container_id.is_empty() {
-                continue;
+            let from = st.after;
+            for (seq, id, remove, name) in updates.into_iter().filter(|u| u.0 > from) {
+                let k = st.known.entry(id).or_default();
+                k.newest = seq;
+                if remove {
+                    k.remove = seq;
+                } else {
+                    k.remove = 0; // an ID seen again (not expected): alive again
+                    k.last_known = seq;
+                    k.name = name.unwrap_or_default();
+                }
             }
-            let Some(event) = event_from_record(&r) else { continue };
-            let k = known.entry(r.container_id).or_default();
-            if event.event == "container_remove" {
-                k.remove = Some(event);
-            } else {
-                k.remove = None; // an ID seen again (not expected): alive again
-                k.last_known = Some(event);
+            st.after = st.after.max(last);
+            if st.known.len() > self.max {
+                st.overflowed = true;
+                st.known = HashMap::new();
+                self.overflows.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    max = self.max,
+                    "the journal's index of containers is full; history and ls --all read the whole journal"
+                );
+                return Ok(false);
             }
         }
+        // Forget what retention dropped.
+        let oldest = journal.first_seq();
+        let mut st = self.lock();
+        st.known.retain(|_, k| k.newest >= oldest);
+        Ok(true)
     }
-    Ok(known)
+
+    /// Runs `f` on what the journal knows: this index if it is complete, else a
+    /// full read of the journal.
+    fn with_known<T>(&self, journal: &Journal, f: impl FnOnce(&HashMap<String, Known>) -> T) -> Result<T, Status> {
+        if self.catch_up(journal)? {
+            return Ok(f(&self.lock().known));
+        }
+        let full = KnownIndex::new(usize::MAX);
+        full.catch_up(journal)?;
+        let known = full.lock();
+        Ok(f(&known.known))
+    }
+
+    /// The container ID `key` names in the journal: a full ID, a unique ID prefix or an exact name.
+    pub fn resolve(&self, journal: &Journal, key: &str) -> Result<String, Status> {
+        self.with_known(journal, |known| {
+            if known.contains_key(key) {
+                return Ok(key.to_string());
+            }
+            let mut ids: Vec<&String> = known.keys().filter(|id| id.starts_with(key)).collect();
+            if ids.is_empty() {
+                ids = known.iter().filter(|(_, k)| k.last_known != 0 && k.name == key).map(|(id, _)| id).collect();
+            }
+            match ids.as_slice() {
+                [id] => Ok((*id).clone()),
+                [] => Err(Status::not_found(format!("the journal knows no container {key:?}"))),
+                many => Err(Status::invalid_argument(format!("{key:?} is ambiguous: {} containers match", many.len()))),
+            }
+        })?
+    }
+
+    /// Every event the journal keeps about the container `key` names, oldest first. Blocking.
+    pub fn history(&self, journal: &Journal, key: &str) -> Result<pb::HistoryResponse, Status> {
+        let id = self.resolve(journal, key)?;
+        let records = journal.history(&id).map_err(|e| Status::unavailable(format!("journal: {e}")))?;
+        Ok(pb::HistoryResponse { events: records.iter().filter_map(event_from_record).collect() })
+    }
+
+    /// The containers the journal saw removed, newest removal first. Blocking.
+    pub fn list_removed(&self, journal: &Journal) -> Result<pb::ListRemovedResponse, Status> {
+        let mut seqs: Vec<(u64, u64)> = self.with_known(journal, |known| {
+            known.values().filter(|k| k.remove != 0).map(|k| (k.remove, k.last_known)).collect()
+        })?;
+        seqs.sort_by_key(|&(remove, _)| std::cmp::Reverse(remove));
+        let event_at = |seq: u64| -> Result<Option<pb::Event>, Status> {
+            if seq == 0 {
+                return Ok(None);
+            }
+            match journal.read_from(seq - 1, 1) {
+                Ok(r) => Ok(r.first().filter(|r| r.seq == seq).and_then(event_from_record)),
+                Err(JournalError::Expired { .. }) => Ok(None),
+                Err(e) => Err(Status::unavailable(format!("journal: {e}"))),
+            }
+        };
+        let mut containers = Vec::with_capacity(seqs.len());
+        for (remove, last_known) in seqs {
+            let Some(remove) = event_at(remove)? else { continue };
+            containers.push(pb::RemovedContainer { remove: Some(remove), last_known: event_at(last_known)? });
+        }
+        Ok(pb::ListRemovedResponse { containers })
+    }
 }
 
-/// The container ID `key` names in the journal: a full ID, a unique ID prefix or an exact name.
+/// The container ID `key` names in the journal (a full read; see [`KnownIndex::resolve`]).
 pub fn resolve(journal: &Journal, key: &str) -> Result<String, Status> {
-    let known = known_containers(journal)?;
-    if known.contains_key(key) {
-        return Ok(key.to_string());
-    }
-    let mut ids: Vec<&String> = known.keys().filter(|id| id.starts_with(key)).collect();
-    if ids.is_empty() {
-        ids = known
-            .iter()
-            .filter(|(_, k)| {
-                k.last_known.as_ref().and_then(|e| e.container.as_ref()).is_some_and(|c| c.container_name == key)
-            })
-            .map(|(id, _)| id)
-            .collect();
-    }
-    match ids.as_slice() {
-        [id] => Ok((*id).clone()),
-        [] => Err(Status::not_found(format!("the journal knows no container {key:?}"))),
-        many => Err(Status::invalid_argument(format!("{key:?} is ambiguous: {} containers match", many.len()))),
-    }
+    KnownIndex::new(usize::MAX).resolve(journal, key)
 }
 
-/// Every event the journal keeps about the container `key` names, oldest first. Blocking.
+/// Every event the journal keeps about the container `key` names, oldest first
+/// (a full read; see [`KnownIndex::history`]). Blocking.
 pub fn history(journal: &Journal, key: &str) -> Result<pb::HistoryResponse, Status> {
-    let id = resolve(journal, key)?;
-    let records = journal.history(&id).map_err(|e| Status::unavailable(format!("journal: {e}")))?;
-    Ok(pb::HistoryResponse { events: records.iter().filter_map(event_from_record).collect() })
+    KnownIndex::new(usize::MAX).history(journal, key)
 }
 
-/// The containers the journal saw removed, newest removal first. Blocking.
+/// The containers the journal saw removed, newest removal first (a full read;
+/// see [`KnownIndex::list_removed`]). Blocking.
 pub fn list_removed(journal: &Journal) -> Result<pb::ListRemovedResponse, Status> {
-    let mut containers: Vec<pb::RemovedContainer> = known_containers(journal)?
-        .into_values()
-        .filter_map(|k| Some(pb::RemovedContainer { remove: Some(k.remove?), last_known: k.last_known }))
-        .collect();
-    containers.sort_by_key(|c| std::cmp::Reverse(c.remove.as_ref().map_or(0, |e| e.seq)));
-    Ok(pb::ListRemovedResponse { containers })
+    KnownIndex::new(usize::MAX).list_removed(journal)
 }
 
 #[cfg(test)]
@@ -331,6 +457,16 @@ mod tests {
         let options = ctwatch_journal::Options { clock: clock.clone(), ..Default::default() };
         let journal = Journal::open(dir.path(), options).unwrap();
 
+        // What the RPCs use (kept up to date between calls), one that overflows at once
+        // (so reads the whole journal each call), and the plain full reads.
+        let index = KnownIndex::default();
+        let tiny = KnownIndex::new(1);
+        let other = Container::new("cd".repeat(32), Runtime::Podman);
+        journal_event(&journal, &other, EventKind::ContainerCreate, start - 1);
+        journal.flush().unwrap();
+        assert!(index.list_removed(&journal).unwrap().containers.is_empty());
+        assert_eq!(index.resolve(&journal, "web").unwrap_err().code(), tonic::Code::NotFound);
+
         let mut web = Container::new("ab".repeat(32), Runtime::Docker);
         web.name = "web".into();
         web.image = "local/busybox:1".into();
@@ -347,31 +483,38 @@ mod tests {
         ended.oom_kills = Some(1);
         journal_event(&journal, &ended, EventKind::ContainerRemove, start + 5_000_000_000);
         // Another container, still running, and events long after.
-        let other = Container::new("cd".repeat(32), Runtime::Podman);
-        journal_event(&journal, &other, EventKind::ContainerCreate, start + HOUR_NS);
+        let third = Container::new("ef".repeat(32), Runtime::Podman);
+        journal_event(&journal, &third, EventKind::ContainerCreate, start + HOUR_NS);
 
         // An hour and more later (far past the 5 s grace period); retention runs on this clock.
         clock.0.store(start + HOUR_NS + 60_000_000_000, std::sync::atomic::Ordering::Relaxed);
         journal.enforce_retention().unwrap();
 
-        let removed = list_removed(&journal).unwrap().containers;
-        assert_eq!(removed.len(), 1, "only the removed one: {removed:?}");
-        let remove = removed[0].remove.as_ref().unwrap();
-        assert_eq!(remove.event, "container_remove");
-        assert_eq!(remove.time_unix_nano, start + 5_000_000_000);
-        let how = remove.container.as_ref().unwrap();
-        assert_eq!(how.container_id, web.id);
-        assert_eq!(
-            (how.exit_code, how.exit_signal, how.oom_killed, how.oom_kills),
-            (Some(137), Some(9), Some(true), Some(1))
-        );
-        assert_eq!(how.finished_at_unix_nano, Some(start + 5_000_000_000));
-        let last_known = removed[0].last_known.as_ref().unwrap().container.as_ref().unwrap();
-        assert_eq!((last_known.container_name.as_str(), last_known.init_pid), ("web", Some(4242)));
+        journal.flush().unwrap();
+        let answers = [&index, &tiny].map(|i| i.list_removed(&journal).unwrap());
+        for removed in answers.into_iter().chain([list_removed(&journal).unwrap()]) {
+            let removed = removed.containers;
+            assert_eq!(removed.len(), 1, "only the removed one: {removed:?}");
+            let remove = removed[0].remove.as_ref().unwrap();
+            assert_eq!(remove.event, "container_remove");
+            assert_eq!(remove.time_unix_nano, start + 5_000_000_000);
+            let how = remove.container.as_ref().unwrap();
+            assert_eq!(how.container_id, web.id);
+            assert_eq!(
+                (how.exit_code, how.exit_signal, how.oom_killed, how.oom_kills),
+                (Some(137), Some(9), Some(true), Some(1))
+            );
+            assert_eq!(how.finished_at_unix_nano, Some(start + 5_000_000_000));
+            let last_known = removed[0].last_known.as_ref().unwrap().container.as_ref().unwrap();
+            assert_eq!((last_known.container_name.as_str(), last_known.init_pid), ("web", Some(4242)));
+        }
+        assert_eq!((index.overflows(), tiny.overflows()), (0, 1), "the tiny index overflowed, once");
 
         // history by name, by prefix and by ID: its whole life, in order.
         for key in ["web", &web.id[..12], &web.id] {
-            let events = history(&journal, key).unwrap().events;
+            let events = index.history(&journal, key).unwrap().events;
+            assert_eq!(events, history(&journal, key).unwrap().events);
+            assert_eq!(events, tiny.history(&journal, key).unwrap().events);
             let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
             assert_eq!(kinds, ["container_create", "container_start", "container_remove"], "{key}");
             assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
@@ -383,15 +526,14 @@ mod tests {
         journal.enforce_retention().unwrap();
         journal_event(&journal, &other, EventKind::ContainerRemove, start + 8 * 24 * HOUR_NS);
         journal.flush().unwrap();
-        assert_eq!(history(&journal, "web").unwrap_err().code(), tonic::Code::NotFound);
-        assert!(list_removed(&journal).unwrap().containers.iter().all(|c| c
-            .remove
-            .as_ref()
-            .unwrap()
-            .container
-            .as_ref()
-            .unwrap()
-            .container_id
-            != web.id));
+        for i in [&index, &tiny] {
+            assert_eq!(i.history(&journal, "web").unwrap_err().code(), tonic::Code::NotFound);
+            let removed = i.list_removed(&journal).unwrap().containers;
+            let ids: Vec<&str> = removed
+                .iter()
+                .map(|c| c.remove.as_ref().unwrap().container.as_ref().unwrap().container_id.as_str())
+                .collect();
+            assert_eq!(ids, [other.id.as_str()], "only the one removed since");
+        }
     }
 }

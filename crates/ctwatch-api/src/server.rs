@@ -154,6 +154,8 @@ pub struct ContainersService {
     data_source: DataSource,
     default_buffer: usize,
     max_bytes: usize,
+    /// The journal's containers, for History and ListRemoved.
+    known: std::sync::Arc<crate::replay::KnownIndex>,
 }
 
 impl ContainersService {
@@ -166,7 +168,12 @@ impl ContainersService {
                 data_source.metrics().expect_api_request(method, code_name(*code));
             }
         }
-        ContainersService { data_source, default_buffer, max_bytes: ctwatch_agent::MAX_SUBSCRIBER_BYTES }
+        ContainersService {
+            data_source,
+            default_buffer,
+            max_bytes: ctwatch_agent::MAX_SUBSCRIBER_BYTES,
+            known: std::sync::Arc::default(),
+        }
     }
 
     /// Drops a Watch client once its queued events hold more than `bytes`
@@ -295,9 +302,12 @@ impl Containers for ContainersService {
         let result = match self.data_source.journal().cloned() {
             None => Err(Status::failed_precondition("the agent keeps no journal (--no-journal)")),
             Some(_) if key.is_empty() => Err(Status::invalid_argument("give a container ID, prefix or name")),
-            Some(journal) => tokio::task::spawn_blocking(move || crate::replay::history(&journal, &key))
-                .await
-                .unwrap_or_else(|e| Err(Status::internal(format!("history failed: {e}")))),
+            Some(journal) => {
+                let known = self.known.clone();
+                tokio::task::spawn_blocking(move || known.history(&journal, &key))
+                    .await
+                    .unwrap_or_else(|e| Err(Status::internal(format!("history failed: {e}"))))
+            }
         };
         self.counted("History", result)
     }
@@ -308,9 +318,12 @@ impl Containers for ContainersService {
     ) -> Result<Response<pb::ListRemovedResponse>, Status> {
         let result = match self.data_source.journal().cloned() {
             None => Err(Status::failed_precondition("the agent keeps no journal (--no-journal)")),
-            Some(journal) => tokio::task::spawn_blocking(move || crate::replay::list_removed(&journal))
-                .await
-                .unwrap_or_else(|e| Err(Status::internal(format!("list failed: {e}")))),
+            Some(journal) => {
+                let known = self.known.clone();
+                tokio::task::spawn_blocking(move || known.list_removed(&journal))
+                    .await
+                    .unwrap_or_else(|e| Err(Status::internal(format!("list failed: {e}"))))
+            }
         };
         self.counted("ListRemoved", result)
     }
