@@ -162,6 +162,9 @@ fn start_serve(dir: &Path, source: &str, root: &str, journal: bool) -> (std::pro
     let socket = dir.join("s.sock");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ctwatch"));
     cmd.args(["serve", "--no-pin", "--hook", "off", "--no-enrich", "--source", source, "--cgroup-root", root]);
+    // The watch client prints JSON on a loaded machine: let it fall behind by a whole
+    // run's events rather than be dropped (a dropped client would count as lost events).
+    cmd.args(["--client-buffer", "65536"]);
     cmd.arg("--socket").arg(&socket);
     if journal {
         cmd.arg("--journal").arg(dir.join("journal"));
