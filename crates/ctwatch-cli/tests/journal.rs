@@ -311,8 +311,10 @@ impl Window {
     }
 }
 
-fn told_once(r: &Resumed, id: &str) -> bool {
-    r.count("container_create", id) + r.count("existing_container", id) == 1 && r.count("container_remove", id) == 1
+/// Whether the client was told of `id`'s create (or `existing_container`) and remove, at
+/// least once each (exactly once is asserted after: a repeat fails there, not by a timeout).
+fn told_both(r: &Resumed, id: &str) -> bool {
+    r.count("container_create", id) + r.count("existing_container", id) >= 1 && r.count("container_remove", id) >= 1
 }
 
 /// `ctwatch ls -q --no-trunc` with `args`: the container IDs.
@@ -454,7 +456,7 @@ fn a_client_resuming_across_five_sigkills_during_a_churn_gets_every_container_on
         let mut gone = w.gone_after(DOWN_STEPS);
         gone.extend(docker_ids.iter().cloned());
         wait_told("the creates of the containers removed while the agent is down", &|r: &Resumed| {
-            gone.iter().all(|id| r.count("container_create", id) + r.count("existing_container", id) == 1)
+            gone.iter().all(|id| r.count("container_create", id) + r.count("existing_container", id) >= 1)
         });
         serve.kill();
         // While the agent is down: the oldest in the window go (late removes), new ones
@@ -486,7 +488,7 @@ fn a_client_resuming_across_five_sigkills_during_a_churn_gets_every_container_on
     let made = window.lock().unwrap().made.clone();
     assert_eq!(made.len(), TOTAL);
     wait_told("every container's create and remove", &|r: &Resumed| {
-        made.iter().chain(&docker_ids).all(|id| told_once(r, id))
+        made.iter().chain(&docker_ids).all(|id| told_both(r, id))
     });
     // Anything repeated would come right behind.
     std::thread::sleep(Duration::from_millis(500));
