@@ -519,12 +519,22 @@ fn a_client_resuming_across_five_sigkills_during_a_churn_gets_every_container_on
 
     // The final ls equals the host: what a scan finds before and after is listed,
     // what neither finds is not (other tests' containers come and go meanwhile).
-    let before = ls_ids(&["--standalone", "--no-enrich"]);
-    let listed = ls_ids(&["--socket", socket.to_str().unwrap()]);
-    let after = ls_ids(&["--standalone", "--no-enrich"]);
-    let missing: Vec<&String> = before.intersection(&after).filter(|id| !listed.contains(*id)).collect();
-    let extra: Vec<&String> = listed.iter().filter(|id| !before.contains(*id) && !after.contains(*id)).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "ls vs the host: missing {missing:?}, extra {extra:?}");
+    // (Retried a few times: a container another test makes just before a scan may not
+    // have reached the agent yet.)
+    let mut attempts = 0;
+    let listed = loop {
+        attempts += 1;
+        let before = ls_ids(&["--standalone", "--no-enrich"]);
+        let listed = ls_ids(&["--socket", socket.to_str().unwrap()]);
+        let after = ls_ids(&["--standalone", "--no-enrich"]);
+        let missing: Vec<&String> = before.intersection(&after).filter(|id| !listed.contains(*id)).collect();
+        let extra: Vec<&String> = listed.iter().filter(|id| !before.contains(*id) && !after.contains(*id)).collect();
+        if missing.is_empty() && extra.is_empty() {
+            break listed;
+        }
+        assert!(attempts < 10, "ls vs the host: missing {missing:?}, extra {extra:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
     assert!(made.iter().chain(&docker_ids).all(|id| !listed.contains(id)), "every churned container is gone");
     assert!(serve.stop().success());
     drop(dir);
