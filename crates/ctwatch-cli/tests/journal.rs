@@ -436,6 +436,10 @@ fn a_client_resuming_across_five_sigkills_during_a_churn_gets_every_container_on
         })
     };
 
+    // One container lives through every restart: listed at the end, told once.
+    let kept = hex_id(&unique("journal-restarts-kept"));
+    let mut kept_tree = CgroupTree::new();
+    kept_tree.mkdir_p(&default_hierarchy(), &format!("docker/{kept}"));
     let mut docker_ids = Vec::new();
     let mut docker_alive: Option<String> = None;
     let mut guard = DockerGuard(Vec::new());
@@ -536,6 +540,16 @@ fn a_client_resuming_across_five_sigkills_during_a_churn_gets_every_container_on
         std::thread::sleep(Duration::from_millis(300));
     };
     assert!(made.iter().chain(&docker_ids).all(|id| !listed.contains(id)), "every churned container is gone");
+    assert!(listed.contains(&kept), "the one still running is listed");
+    let r = resumed.lock().unwrap();
+    let told = r.count("container_create", &kept) + r.count("existing_container", &kept);
+    assert_eq!(
+        (told, r.count("container_remove", &kept)),
+        (1, 0),
+        "the one still running was told once, never removed"
+    );
+    drop(r);
+    drop(kept_tree);
     assert!(serve.stop().success());
     drop(dir);
 }
