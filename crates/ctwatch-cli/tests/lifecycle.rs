@@ -345,3 +345,26 @@ fn bare_runc_run_exit_code_from_the_kernel() {
         (remove["args"]["started_at"].as_str().unwrap(), remove["args"]["finished_at"].as_str().unwrap());
     assert!(started < finished, "{remove}");
 }
+
+#[test]
+fn a_container_running_before_ctwatch_ends_with_the_kernels_exit_status_without_enrichment() {
+    require_root();
+    // --no-enrich: no runtime is asked, so the exit status can only be the kernel's
+    // (the init found in the container's cgroup at the scan, its exit seen by eBPF).
+    let name = unique("life-existing-ebpf");
+    let _guard = RemoveOnDrop(name.clone());
+    let id = run(DOCKER, &["run", "-d", "--name", &name, IMAGE, "sh", "-c", "sleep 60"]);
+    let pid: u64 = inspect(&name, "{{.State.Pid}}").parse().unwrap();
+    let pin = PinDir::new("life-existing-pin");
+    let mut watch = Watch::start_with("ebpf", &["--pin-path", pin.arg(), "--no-enrich"]);
+    assert!(watch.logged("eBPF process events loaded"), "{:#?}", watch.log.lock().unwrap());
+    watch.wait_for("existing_container", &id);
+    run(DOCKER, &["kill", "-s", "KILL", &name]);
+    let remove = removed(&mut watch, &name, &id);
+    assert_eq!(remove["args"]["exit_signal"], 9, "{remove}");
+    assert!(remove["args"].get("exit_code").is_none(), "{remove}");
+    assert!(remove["args"]["finished_at"].is_string(), "{remove}");
+    watch.drain_for(Duration::from_millis(200));
+    let kinds: Vec<&str> = watch.about(&id).iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["existing_container", "container_remove"], "no container_start (init {pid})");
+}
