@@ -116,6 +116,9 @@ fn exits_are_reported(mut watch: Watch, expect_start: bool, kernel: bool) {
         assert_eq!(start["args"]["init_pid"], pid, "{start}");
         assert_eq!(start["args"]["argv0"], "sleep", "{start}");
         assert!(start["args"]["started_at"].is_string());
+        if kernel {
+            assert_eq!(start["args"]["started_at"], start["kernel_time"], "the kernel's exec: {start}");
+        }
     }
     run(DOCKER, &["kill", "-s", "KILL", &name]);
     assert_eq!(inspect(&name, "{{.State.ExitCode}}"), "137");
