@@ -117,9 +117,12 @@ impl Agent {
         // The process events read the pinned map: with the eBPF source and the map only.
         let process_source = match (&source, &config.pin, &containers_map) {
             (KernelSource::Ebpf(_), Some(pin), Some(_)) => process::load(&pin.path, &metrics),
-            (KernelSource::Ebpf(_), _, _) => {
-                let why = EbpfUnavailable::Refused("no pinned map of container cgroups (--no-pin)".into());
-                process::unavailable(&metrics, &why);
+            (KernelSource::Ebpf(_), Some(_), None) => {
+                process::unavailable(&metrics, "the map of container cgroups could not be pinned (see above)");
+                None
+            }
+            (KernelSource::Ebpf(_), None, _) => {
+                info!("no eBPF process events with --no-pin (they read the pinned map): starts and exits from /proc, the hook and the runtimes");
                 None
             }
             _ => None,

@@ -4,8 +4,8 @@
 //! [`SourceMessage::Process`] batches.
 //!
 //! Loaded only with the eBPF kernel source and the pinned map of container
-//! cgroups (the programs read it). When they cannot load, the agent says so
-//! once, counts it (`ctwatch_process_events_unavailable_total`) and keeps the
+//! cgroups (the programs read it; with `--no-pin` there are none, said once
+//! at info level). When they cannot load, the agent says so once, counts it (`ctwatch_process_events_unavailable_total`) and keeps the
 //! `/proc`, hook and runtime paths of the lifecycle.
 //!
 //! Overflow policy: like the kernel source, a full inbox blocks this thread;
@@ -22,7 +22,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use ctwatch::sources::{ProcessMessage, SourceMessage};
 use ctwatch_ebpf::process::{exit_signal, exit_status};
-use ctwatch_ebpf::{EbpfUnavailable, ProcessEvent, ProcessEventSource, ProcessEventsConfig};
+use ctwatch_ebpf::{ProcessEvent, ProcessEventSource, ProcessEventsConfig};
 use tracing::{info, warn};
 
 use crate::agent::AgentError;
@@ -41,14 +41,14 @@ pub fn load(pin_dir: &Path, metrics: &Metrics) -> Option<ProcessEventSource> {
             Some(source)
         }
         Err(e) => {
-            unavailable(metrics, &e);
+            unavailable(metrics, &e.to_string());
             None
         }
     }
 }
 
 /// Says once why there are no process events, and counts it.
-pub fn unavailable(metrics: &Metrics, why: &EbpfUnavailable) {
+pub fn unavailable(metrics: &Metrics, why: &str) {
     warn!("no eBPF process events (starts and exits come from /proc, the hook and the runtimes): {why}");
     metrics.process_events_unavailable();
 }
