@@ -1,8 +1,8 @@
 //! The agent: wires sources → transforms → sinks and runs the loop.
 //!
 //! ```text
-//! sources/ (kernel, hook) ──▶ ONE bounded inbox ──▶ transforms/ ──▶ sinks/
-//!                                                  tracker           hub (Watch, watch)
+//! sources/ (kernel, hook,  ──▶ ONE bounded inbox ──▶ transforms/ ──▶ sinks/
+//!   process events)                                tracker           hub (Watch, watch)
 //!                                                  enrichment gate   pinned BPF map
 //!                                                  hook join         metrics
 //!                                                  lifecycle
@@ -41,6 +41,7 @@ use crate::sinks::metrics::MetricsSink;
 use crate::sinks::pinned_map::PinnedMapSink;
 use crate::sinks::{Output, Sink};
 use crate::sources::kernel::{self, KernelSource, Running};
+use crate::sources::process;
 use crate::transforms::gate::{Enricher, EnrichmentGate};
 use crate::transforms::hook_join::HookJoin;
 use crate::transforms::lifecycle::{ExitAsker, ExitReply, ExitSources, Lifecycle, Start, StartSource};
@@ -110,8 +111,22 @@ impl Agent {
         let mirror = mirror_hierarchy(&config.tree);
         let no_pin = config.pin.is_none();
         let source = kernel::choose(&config, if no_pin { None } else { mirror.as_ref().map(|(id, _)| *id) })?;
-        let containers_map = config.pin.as_ref().and_then(|pin| open_containers_map(pin, mirror.map(|(_, r)| r)));
+        let mirror_root = mirror.map(|(_, r)| r);
+        let containers_map = config.pin.as_ref().and_then(|pin| open_containers_map(pin, mirror_root.clone()));
         let metrics = Arc::new(Metrics::new());
+        // The process events read the pinned map: with the eBPF source and the map only.
+        let process_source = match (&source, &config.pin, &containers_map) {
+            (KernelSource::Ebpf(_), Some(pin), Some(_)) => process::load(&pin.path, &metrics),
+            (KernelSource::Ebpf(_), Some(_), None) => {
+                process::unavailable(&metrics, "the map of container cgroups could not be pinned (see above)");
+                None
+            }
+            (KernelSource::Ebpf(_), None, _) => {
+                info!("no eBPF process events with --no-pin (they read the pinned map): starts and exits from /proc, the hook and the runtimes");
+                None
+            }
+            _ => None,
+        };
         let store = SharedStore::new(Store::new(config.grace));
         let host = HostView { hierarchy: config.tree.hierarchy.clone(), proc_root: config.proc_root.clone() };
         let data_source = DataSource::new(store.clone(), host, metrics.clone());
@@ -146,6 +161,8 @@ impl Agent {
             metrics.follow_hook(hook.stats());
         }
         let kernel = kernel::spawn(source, &config.tree, tx.clone())?;
+        let with_process_events = process_source.is_some();
+        let process = process_source.map(|p| process::spawn(p, tx.clone(), metrics.clone())).transpose()?;
 
         // Transforms.
         let (exit_tx, exit_rx) = crossbeam_channel::bounded(ENRICH_QUEUE);
@@ -164,17 +181,22 @@ impl Agent {
         let exits = ExitSources { asker, oom, memory: memory_hierarchy() };
         let deadline = config.enrich.as_ref().map_or(Duration::ZERO, |c| c.deadline);
         let stop = Arc::new(AtomicBool::new(false));
+        let mut lifecycle = Lifecycle::with_exits(config.proc_root.clone(), exits, metrics.clone())
+            .with_cgroup_root(config.tree.hierarchy.mount_point.clone());
+        if with_process_events {
+            lifecycle = lifecycle.with_process_events(mirror_root);
+        }
         let run = Loop {
             tracker: TrackerStage::new(tracker, metrics.clone()),
             gate: EnrichmentGate::new(enrichment, deadline, metrics.clone()),
             join: HookJoin::new(hook_only, metrics.clone()),
             journal,
-            lifecycle: Lifecycle::with_exits(config.proc_root.clone(), exits, metrics.clone())
-                .with_cgroup_root(config.tree.hierarchy.mount_point.clone()),
+            lifecycle,
             sinks,
             metrics,
             hook,
             kernel: Some(kernel),
+            process,
             choice: config.source,
             tree: config.tree.clone(),
             tx,
@@ -227,6 +249,8 @@ struct Loop {
     /// The runtime hook; dropping it unmarks the runtime binaries.
     hook: Option<Hook>,
     kernel: Option<Running>,
+    /// The eBPF process events' thread, when loaded.
+    process: Option<process::Running>,
     choice: SourceChoice,
     tree: WatchedTree,
     /// A sender of the inbox, for a fallback source.
@@ -358,6 +382,9 @@ impl Loop {
         drop(enriched_rx);
         drop(exit_rx);
         drop(self.hook.take());
+        if let Some(process) = self.process.take() {
+            process.stop()?;
+        }
         if let Some(kernel) = self.kernel.take() {
             kernel.stop()?;
         }
@@ -375,6 +402,7 @@ impl Loop {
     fn through_transforms(&mut self, mut events: Vec<ContainerEvent>, outputs: &mut Vec<Owned>) {
         let changes = self.tracker.take_changes();
         if !changes.is_empty() {
+            self.lifecycle.on_membership(&changes);
             outputs.insert(0, Owned::Membership(changes));
         }
         let mut ready = Vec::new();
@@ -395,6 +423,7 @@ impl Loop {
         let out = started;
         let changes = self.tracker.take_changes();
         if !changes.is_empty() {
+            self.lifecycle.on_membership(&changes);
             outputs.push(Owned::Membership(changes));
         }
         if !out.is_empty() {
@@ -413,7 +442,23 @@ impl Loop {
         match message {
             SourceMessage::Events(batch) => self.tracker.apply(&batch, events),
             SourceMessage::Resync(present) => self.tracker.resync(&present, events),
-            SourceMessage::Mirror(batch) => outputs.push(Owned::Mirror(batch)),
+            SourceMessage::Mirror(batch) => {
+                self.lifecycle.on_mirror(&batch);
+                outputs.push(Owned::Mirror(batch));
+            }
+            SourceMessage::Process(batch) => {
+                // Membership changes made by this turn's cgroup events first (an exec may follow a mkdir).
+                let changes = self.tracker.take_changes();
+                if !changes.is_empty() {
+                    self.lifecycle.on_membership(&changes);
+                    outputs.push(Owned::Membership(changes));
+                }
+                let mut started = Vec::new();
+                self.lifecycle.on_process(&mut Cx::new(self.tracker.tracker()), batch, &mut started);
+                if !started.is_empty() {
+                    outputs.push(Owned::Events(started));
+                }
+            }
             SourceMessage::ScanComplete => {
                 // Whatever the scan made goes out before the scan is called complete.
                 let taken = std::mem::take(events);

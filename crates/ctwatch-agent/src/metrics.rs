@@ -100,6 +100,7 @@ pub struct Metrics {
     resyncs: Counter,
     queue_overflows: Family<QueueLabel, Counter>,
     source_fallbacks: Counter,
+    process_events_unavailable: Counter,
     api_requests: Family<RequestLabels, Counter>,
     subscribers: Gauge,
     subscribers_dropped: Counter,
@@ -199,6 +200,12 @@ impl Metrics {
             "Times the kernel source ended and the agent fell back to inotify (--source auto)",
             source_fallbacks.clone(),
         );
+        let process_events_unavailable = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "process_events_unavailable",
+            "Times the eBPF process events could not load with the eBPF source (starts and exits then come from /proc, the hook and the runtimes)",
+            process_events_unavailable.clone(),
+        );
         let api_requests = Family::<RequestLabels, Counter>::default();
         registry.register("api_requests", "API requests, by method and gRPC status code", api_requests.clone());
         let subscribers = Gauge::default();
@@ -271,6 +278,7 @@ impl Metrics {
             resyncs,
             queue_overflows,
             source_fallbacks,
+            process_events_unavailable,
             api_requests,
             subscribers,
             subscribers_dropped,
@@ -360,6 +368,11 @@ impl Metrics {
     /// The kernel source ended and inotify took over.
     pub fn source_fallback(&self) {
         self.source_fallbacks.inc();
+    }
+
+    /// The eBPF process events could not load.
+    pub fn process_events_unavailable(&self) {
+        self.process_events_unavailable.inc();
     }
 
     /// An API request answered with gRPC status `code` (its canonical name: `OK`, `NOT_FOUND`...).

@@ -27,7 +27,10 @@ fn main() {
     }
     assert!(nix::unistd::geteuid().is_root(), "run as root, with the daemons up");
     let n: usize = std::env::var("ENRICH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let ctwatch = Watcher::start(&[]);
+    // The default flags pin the map of container cgroups (and so load the eBPF
+    // process events): here under a private path, removed at the end.
+    let pin_dir = format!("/sys/fs/bpf/ctwatch-bench-{}", std::process::id());
+    let ctwatch = Watcher::start(&["--pin-path", &pin_dir]);
     let hook_off = Watcher::start(&["--hook", "off"]);
     let no_enrich = Watcher::start(&["--hook", "off", "--no-enrich"]);
 
@@ -139,6 +142,9 @@ fn main() {
     }
     let _ = events.kill();
     let _ = events.wait();
+    drop(ctwatch);
+    let _ = std::fs::remove_file(format!("{pin_dir}/ctwatch_containers"));
+    let _ = std::fs::remove_dir(&pin_dir);
 }
 
 /// One create seen: when the kernel made the cgroup (ms), when the event came
@@ -158,10 +164,11 @@ struct Watcher {
 }
 
 impl Watcher {
-    /// `ctwatch watch` with its default flags plus `extra`.
+    /// `ctwatch watch` with its default flags plus `extra` (`--no-pin` unless `extra` names a `--pin-path`).
     fn start(extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ctwatch"))
-            .args(["watch", "--standalone", "--no-existing", "--no-pin"])
+            .args(["watch", "--standalone", "--no-existing"])
+            .args(if extra.contains(&"--pin-path") { &[][..] } else { &["--no-pin"][..] })
             .args(extra)
             .env("CTWATCH_LOG", "warn")
             .stdout(Stdio::piped())
@@ -212,6 +219,7 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

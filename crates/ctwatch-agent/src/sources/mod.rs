@@ -5,6 +5,7 @@
 //! - [`kernel`]: the scan at start, then eBPF or inotify (cgroup mkdir/rmdir);
 //!   its end is a [`SourceMessage::Ended`], so `--source auto` can fall back.
 //! - [`hook`]: the runtime hook (fanotify on the runtimes' binaries).
+//! - [`process`]: the eBPF process events (first exec, exits, OOM kills), with the eBPF source.
 //!
 //! Overflow policy of the inbox: a full inbox blocks the sender. The kernel
 //! sources then stop reading, the kernel's own buffers (the eBPF ring
@@ -14,6 +15,7 @@
 
 pub mod hook;
 pub mod kernel;
+pub mod process;
 
 use crossbeam_channel::{Receiver, Sender};
 use ctwatch::sources::SourceMessage;

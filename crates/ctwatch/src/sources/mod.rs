@@ -47,6 +47,48 @@ pub struct CgroupEvent {
     pub kernel_time: Option<SystemTime>,
 }
 
+/// What the kernel saw a process in a container cgroup do (the eBPF process
+/// events). `cgroup_id` is the task's cgroup in the default (unified)
+/// hierarchy: on a hybrid host, not the tracked hierarchy's ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessMessage {
+    /// The first exec in a container's cgroups (the container's own process starting).
+    Exec {
+        /// The task's cgroup ID (unified hierarchy).
+        cgroup_id: u64,
+        /// The process (its thread group ID, host PID namespace).
+        pid: u32,
+        /// When the kernel ran the exec.
+        time: SystemTime,
+        /// The file executed, as the exec named it.
+        exe: String,
+        /// The new `argv[0]`.
+        argv0: String,
+    },
+    /// A process (thread group leader) in a container cgroup exited.
+    Exit {
+        /// The task's cgroup ID (unified hierarchy).
+        cgroup_id: u64,
+        /// The process.
+        pid: u32,
+        /// When it exited (kernel time).
+        time: SystemTime,
+        /// Its exit status, when it exited normally.
+        exit_code: Option<i32>,
+        /// The signal that killed it, when one did.
+        exit_signal: Option<i32>,
+    },
+    /// The OOM killer chose a task in a container cgroup.
+    OomKill {
+        /// The victim's cgroup ID (unified hierarchy).
+        cgroup_id: u64,
+        /// The victim's process (thread group ID).
+        pid: u32,
+        /// When (kernel time).
+        time: SystemTime,
+    },
+}
+
 /// What a source sends the tracker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceMessage {
@@ -63,6 +105,8 @@ pub enum SourceMessage {
     /// What the runtime hook saw (a container about to be created, its init
     /// starting or exiting).
     Hook(Box<HookMessage>),
+    /// What container processes did, as the kernel saw it (the eBPF process events).
+    Process(Vec<ProcessMessage>),
     /// A kernel source stopped sending: its thread ended while the agent ran
     /// (other senders, such as the hook, may still hold the channel open, so
     /// the end is a message rather than a disconnection).
