@@ -77,6 +77,13 @@ impl OciState {
         if !is_safe_name(id) {
             return None;
         }
+        // containerd's own bundle (Docker's and `ctr`'s containers) is there
+        // before the cgroups: read at once, no wait for runc's state.json.
+        for bundle in self.task_bundles(runtime, id, namespace) {
+            if let Some(metadata) = read_bundle(id, &bundle) {
+                return Some(metadata);
+            }
+        }
         let candidates = self.state_files(runtime, id, namespace);
         let started = Instant::now();
         let give_up = started + wait;
@@ -97,21 +104,24 @@ impl OciState {
         };
         let state: State = read_json(state)?;
         let bundle = state.config.labels.iter().find_map(|l| l.strip_prefix("bundle="))?;
-        let bytes = read_capped(&Path::new(bundle).join("config.json"), MAX_FILE).ok()?;
-        let spec: Spec = serde_json::from_slice(&bytes).ok()?;
-        let mut metadata = Metadata::default();
-        metadata.add_annotations(&spec.annotations);
-        metadata.security = match SecurityProfile::from_config_bytes(&bytes) {
-            Ok(mut profile) => {
-                profile.resolve_joined_namespaces(|kind, path| joins_host_namespace(Path::new("/proc"), kind, path));
-                Some(Arc::new(profile))
-            }
-            Err(e) => {
-                tracing::debug!(%id, error = %e, "the bundle's config.json gives no security profile");
-                None
-            }
+        read_bundle(id, Path::new(bundle))
+    }
+
+    /// containerd's task bundle directories that may hold container `id`
+    /// (namespace `moby` for Docker; the cgroup's namespace, else every
+    /// namespace, for containerd). Root's own directories, not a user's.
+    fn task_bundles(&self, runtime: Runtime, id: &str, namespace: Option<&str>) -> Vec<PathBuf> {
+        let namespaces: Vec<String> = match runtime {
+            Runtime::Docker => vec!["moby".to_string()],
+            Runtime::Containerd | Runtime::Unknown => match namespace.filter(|ns| is_safe_name(ns)) {
+                Some(ns) => vec![ns.to_string()],
+                None => std::fs::read_dir(&self.dirs.bundles)
+                    .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+                    .unwrap_or_default(),
+            },
+            _ => Vec::new(),
         };
-        Some(metadata)
+        namespaces.iter().map(|ns| self.dirs.bundles.join(ns).join(id)).collect()
     }
 
     fn state_files(&self, runtime: Runtime, id: &str, namespace: Option<&str>) -> Vec<PathBuf> {
@@ -143,6 +153,27 @@ impl OciState {
             Runtime::Unknown => [containerd(), runc(), docker()].concat(),
         }
     }
+}
+
+/// What the bundle at `bundle` says of container `id`: its annotations and
+/// the security profile, from one capped read of its `config.json`; `None`
+/// when the file is missing or is not an OCI config.
+fn read_bundle(id: &str, bundle: &Path) -> Option<Metadata> {
+    let bytes = read_capped(&bundle.join("config.json"), MAX_FILE).ok()?;
+    let spec: Spec = serde_json::from_slice(&bytes).ok()?;
+    let mut metadata = Metadata::default();
+    metadata.add_annotations(&spec.annotations);
+    metadata.security = match SecurityProfile::from_config_bytes(&bytes) {
+        Ok(mut profile) => {
+            profile.resolve_joined_namespaces(|kind, path| joins_host_namespace(Path::new("/proc"), kind, path));
+            Some(Arc::new(profile))
+        }
+        Err(e) => {
+            tracing::debug!(%id, error = %e, "the bundle's config.json gives no security profile");
+            None
+        }
+    };
+    Some(metadata)
 }
 
 /// Reads at most [`MAX_FILE`] bytes of JSON; see [`read_json_capped`].

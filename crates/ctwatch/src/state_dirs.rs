@@ -34,6 +34,10 @@ pub struct HostStateDirs {
     pub containerd: PathBuf,
     /// runc's default root (`/run/runc`), used by `runc run`, podman and CRI-O.
     pub runc: PathBuf,
+    /// containerd's task bundles, one subdirectory per namespace
+    /// (`/run/containerd/io.containerd.runtime.v2.task`; Docker's is `moby`).
+    /// containerd writes a bundle's `config.json` before runc makes the cgroups.
+    pub bundles: PathBuf,
 }
 
 impl Default for HostStateDirs {
@@ -42,6 +46,7 @@ impl Default for HostStateDirs {
             docker: PathBuf::from("/run/docker/runtime-runc/moby"),
             containerd: PathBuf::from("/run/containerd/runc"),
             runc: PathBuf::from("/run/runc"),
+            bundles: PathBuf::from("/run/containerd/io.containerd.runtime.v2.task"),
         }
     }
 }
@@ -51,7 +56,12 @@ impl HostStateDirs {
     pub fn under(root: &Path) -> Self {
         let d = HostStateDirs::default();
         let rebase = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
-        HostStateDirs { docker: rebase(&d.docker), containerd: rebase(&d.containerd), runc: rebase(&d.runc) }
+        HostStateDirs {
+            docker: rebase(&d.docker),
+            containerd: rebase(&d.containerd),
+            runc: rebase(&d.runc),
+            bundles: rebase(&d.bundles),
+        }
     }
 
     /// The containerd namespace that holds container `name`, if any.
