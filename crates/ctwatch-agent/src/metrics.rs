@@ -2,6 +2,7 @@
 //! Prometheus text format (0.0.4), whichever the scraper asks for.
 
 mod journal;
+mod nats;
 mod process;
 mod text_format;
 
@@ -124,6 +125,8 @@ pub struct Metrics {
     encode_lock: Mutex<()>,
     /// The journal, whose own stats are read when the metrics are encoded.
     journal: Arc<OnceLock<Arc<ctwatch_journal::Journal>>>,
+    /// The NATS sink, whose own stats are read when the metrics are encoded.
+    nats: Arc<OnceLock<Arc<ctwatch_nats::SinkStats>>>,
 }
 
 impl Default for Metrics {
@@ -144,6 +147,8 @@ impl Metrics {
         root.register_collector(Box::new(process::ProcessCollector));
         let journal = Arc::new(OnceLock::new());
         root.register_collector(Box::new(journal::JournalCollector(journal.clone())));
+        let nats = Arc::new(OnceLock::new());
+        root.register_collector(Box::new(nats::NatsCollector(nats.clone())));
         let registry = root.sub_registry_with_prefix("ctwatch");
         registry.register(
             "build",
@@ -279,6 +284,7 @@ impl Metrics {
             hook_seen: Mutex::new([0; 6]),
             encode_lock: Mutex::new(()),
             journal,
+            nats,
         }
     }
 
@@ -399,6 +405,11 @@ impl Metrics {
     /// Reports the journal's stats from now on (read at each encode).
     pub fn follow_journal(&self, journal: Arc<ctwatch_journal::Journal>) {
         let _ = self.journal.set(journal);
+    }
+
+    /// Reports the NATS sink's stats from now on (read at each encode).
+    pub fn follow_nats(&self, stats: Arc<ctwatch_nats::SinkStats>) {
+        let _ = self.nats.set(stats);
     }
 
     /// Brings the hook counters up to the hook's own.

@@ -194,7 +194,7 @@ impl Cluster {
 
     /// The last value of every key under `filter` (a subject filter of the
     /// bucket's stream), deleted keys left out: (key, value, stored time).
-    async fn read_bucket(&self, filter: &str) -> Result<Vec<(String, bytes::Bytes, SystemTime)>, NatsError> {
+    pub(crate) async fn read_bucket(&self, filter: &str) -> Result<Vec<(String, bytes::Bytes, SystemTime)>, NatsError> {
         let stream_name = format!("KV_{KV_BUCKET}");
         let stream = self.js.get_stream(&stream_name).await.map_err(|_| NatsError::NotSetUp(stream_name))?;
         let prefix = format!("$KV.{KV_BUCKET}.");
