@@ -435,7 +435,8 @@ fn nats_server_sigkilled_mid_churn_every_create_and_remove_once() {
         std::thread::spawn(move || churn(&root, &tag, 2000))
     };
     // Killed once NATS has acked some and while the churn goes on.
-    let acked_at_kill = node.wait_metric("ctwatch_nats_acked_seq", Duration::from_secs(60), "some acked", |v| v >= 300.0);
+    let acked_at_kill =
+        node.wait_metric("ctwatch_nats_acked_seq", Duration::from_secs(60), "some acked", |v| v >= 300.0);
     server.kill();
     let down_at = Instant::now();
     node.wait_metric("ctwatch_nats_connected", Duration::from_secs(30), "the outage seen", |v| v == 0.0);
@@ -533,4 +534,67 @@ fn nats_unreachable_at_start_local_work_goes_on_and_the_backlog_arrives() {
     assert_each_once(&stream, &gone, "the removed containers");
     let listed: BTreeSet<String> = cluster_ls(&url, "30s").into_keys().map(|(_, id)| id).collect();
     assert_eq!(listed, live, "the bucket holds the live containers");
+}
+
+#[test]
+fn at_start_the_bucket_is_reconciled_with_the_live_containers() {
+    require_root();
+    let store = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(store.path()).unwrap();
+    let url = server.url();
+    let mut tree = CgroupTree::new();
+    let root = subtree(&mut tree, "cluster-reconcile");
+    let journals = tempfile::tempdir().unwrap();
+    let first = journals.path().join("first");
+    let mut node = Node::start("reconciled", &root, &url, &["--no-enrich", "--journal", first.to_str().unwrap()]);
+    let tag = unique("reconcile");
+    let ids: Vec<String> = (0..3).map(|i| hex_id(&format!("{tag}-{i}"))).collect();
+    let dirs: Vec<PathBuf> = ids.iter().map(|id| tree.mkdir_p(&root, &format!("docker/{id}"))).collect();
+    node.wait_all_acked(Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster_ls(&url, "30s").len() != 3 {
+        assert!(Instant::now() < deadline, "the 3 containers never reached the bucket");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Stopped; one container goes meanwhile; started again on a new journal,
+    // which knows nothing of it: the bucket is set to what runs.
+    assert!(node.serve.stop().success());
+    tree.rmdir(&dirs[0]);
+    let second = journals.path().join("second");
+    let node = Node::start("reconciled", &root, &url, &["--no-enrich", "--journal", second.to_str().unwrap()]);
+    node.wait_metric("ctwatch_nats_reconciles_total", Duration::from_secs(30), "a reconciliation", |v| v >= 1.0);
+    let listed: BTreeSet<String> = cluster_ls(&url, "30s").into_keys().map(|(_, id)| id).collect();
+    assert_eq!(listed, ids[1..].iter().cloned().collect::<BTreeSet<_>>());
+    assert!(node.metric("ctwatch_nats_kv_deletes_total") >= 1.0);
+}
+
+#[test]
+fn serve_refuses_nats_flags_it_cannot_honour_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let serve = |args: &[&str]| {
+        let out = Command::new(ctwatch_bin())
+            .args(["serve", "--no-pin", "--hook", "off", "--socket"])
+            .arg(&socket)
+            .args(args)
+            .env_remove("CTWATCH_NATS_URL")
+            .env_remove("CTWATCH_NATS_PASSWORD")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for (args, says) in [
+        (&["--nats-url", "nats://127.0.0.1:4222", "--no-journal"][..], "drop --no-journal"),
+        (&["--nats-url", "nats://127.0.0.1:4222", "--nats-creds", "/nonexistent/ctwatch.creds"][..], "--nats-creds"),
+        (&["--nats-url", "nats://127.0.0.1:4222", "--nats-tls-ca", "/nonexistent/ca.pem"][..], "--nats-tls-ca"),
+        (&["--nats-url", "nats://127.0.0.1:4222", "--nats-user", "agent"][..], "password"),
+        (&["--nats-url", "nats://127.0.0.1:4222", "--node-name", &"x".repeat(300)][..], "--node-name"),
+        (&["--nats-url", "nats://bad host:1"][..], "--nats-url"),
+        (&["--nats-creds", "/etc/hostname"][..], "give --nats-url too"),
+    ] {
+        let (code, err) = serve(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says) && err.lines().count() == 1, "{args:?}: {err}");
+    }
+    assert!(!socket.exists(), "nothing was started");
 }

@@ -537,14 +537,22 @@ async fn reconcile(
     for (key, _, _) in present {
         if !want.contains_key(&key) {
             let message = Publish::build().header("KV-Operation", "DEL");
-            acks.push(js.send_publish(format!("{kv_prefix}{key}"), message).await.map_err(|e| NatsError::js("bucket write", e))?);
+            acks.push(
+                js.send_publish(format!("{kv_prefix}{key}"), message)
+                    .await
+                    .map_err(|e| NatsError::js("bucket write", e))?,
+            );
             deleted += 1;
         }
     }
     let put = want.len() as u64;
     for (key, record) in want {
         let message = Publish::build().payload(record);
-        acks.push(js.send_publish(format!("{kv_prefix}{key}"), message).await.map_err(|e| NatsError::js("bucket write", e))?);
+        acks.push(
+            js.send_publish(format!("{kv_prefix}{key}"), message)
+                .await
+                .map_err(|e| NatsError::js("bucket write", e))?,
+        );
     }
     for ack in acks {
         ack.await.map_err(|e| NatsError::js("bucket write ack", e))?;

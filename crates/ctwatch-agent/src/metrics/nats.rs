@@ -27,8 +27,16 @@ impl Collector for NatsCollector {
         let counters = [
             ("ctwatch_nats_published", "Events sent to NATS JetStream (re-sends included)", s.sent()),
             ("ctwatch_nats_acked", "Events NATS JetStream acked (re-sends included)", s.published()),
-            ("ctwatch_nats_duplicates", "Acks saying the server already had the event (a re-send it dropped)", s.duplicates()),
-            ("ctwatch_nats_failures", "NATS sessions that failed (each followed by a backoff and a resume)", s.errors()),
+            (
+                "ctwatch_nats_duplicates",
+                "Acks saying the server already had the event (a re-send it dropped)",
+                s.duplicates(),
+            ),
+            (
+                "ctwatch_nats_failures",
+                "NATS sessions that failed (each followed by a backoff and a resume)",
+                s.errors(),
+            ),
             ("ctwatch_nats_sessions", "NATS sessions started", s.sessions()),
             ("ctwatch_nats_gaps", "Journal events retention dropped before they were sent", s.gaps()),
             ("ctwatch_nats_kv_puts", "Container records put in the key-value bucket", s.kv_puts()),
