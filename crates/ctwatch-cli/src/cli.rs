@@ -88,7 +88,7 @@ pub enum Command {
     Ls(LsArgs),
     /// Run the agent: keep the containers store current and answer the API
     /// (gRPC on a unix socket; see proto/ctwatch/v1/ctwatch.proto).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show one container as JSON: by ID or prefix, cgroup ID, PID or mount namespace.
     #[command(visible_alias = "inspect")]
     Get(GetArgs),

@@ -529,7 +529,8 @@ fn daemonset_mounts_what_the_readme_names_and_probes_the_health_service() {
 
     // The cluster view: NATS settings from the optional ConfigMap, the
     // credentials from the optional Secret as files, the node's name from Kubernetes.
-    let secret = spec["volumes"].as_array().unwrap().iter().find(|v| v.get("secret").is_some()).expect("a Secret volume");
+    let secret =
+        spec["volumes"].as_array().unwrap().iter().find(|v| v.get("secret").is_some()).expect("a Secret volume");
     assert_eq!(secret["secret"]["secretName"], "ctwatch-nats");
     assert_eq!(secret["secret"]["optional"], true, "an agent without NATS must start without the Secret");
     let secret_mount = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == secret["name"]).unwrap();
@@ -538,7 +539,8 @@ fn daemonset_mounts_what_the_readme_names_and_probes_the_health_service() {
     let env_from = c["envFrom"].as_array().expect("envFrom");
     assert_eq!(env_from[0]["configMapRef"]["name"], "ctwatch-nats");
     assert_eq!(env_from[0]["configMapRef"]["optional"], true);
-    let node_name = c["env"].as_array().unwrap().iter().find(|e| e["name"] == "CTWATCH_NODE_NAME").expect("CTWATCH_NODE_NAME");
+    let node_name =
+        c["env"].as_array().unwrap().iter().find(|e| e["name"] == "CTWATCH_NODE_NAME").expect("CTWATCH_NODE_NAME");
     assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
     let manifest = fs::read_to_string(repo().join("deploy/daemonset.yaml")).unwrap();
     assert!(manifest.contains("CTWATCH_NATS_CREDS=/etc/ctwatch/nats/creds"), "the example names the mounted file");
