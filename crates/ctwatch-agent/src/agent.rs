@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::sinks::hub::HubSink;
 use crate::sinks::journal::JournalStage;
 use crate::sinks::metrics::MetricsSink;
+use crate::sinks::nats::NatsStage;
 use crate::sinks::pinned_map::PinnedMapSink;
 use crate::sinks::{Output, Sink};
 use crate::sources::kernel::{self, KernelSource, Running};
@@ -92,6 +93,9 @@ pub enum AgentError {
     /// The runtime hook was required and cannot start.
     #[error("the runtime hook cannot start: {0}")]
     Hook(#[from] HookError),
+    /// The configuration cannot be used.
+    #[error("{0}")]
+    Config(String),
     /// A thread panicked (a bug).
     #[error("the {0} thread panicked")]
     Panicked(&'static str),
@@ -100,6 +104,8 @@ pub enum AgentError {
 /// A running agent. Dropping it without [`Agent::stop`] and [`Agent::join`] leaves it running.
 pub struct Agent {
     data_source: DataSource,
+    /// The NATS sink, stopped after the loop (its cursor written before the journal closes).
+    nats: Option<NatsStage>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<Result<(), AgentError>>>,
 }
@@ -149,7 +155,20 @@ impl Agent {
             metrics.follow_journal(j.clone());
             data_source.set_journal(j.clone());
         }
-        // The NATS sink goes here.
+        // The NATS sink reads the journal on its own thread (never on the event path).
+        let nats = match (config.nats.clone(), &config.journal) {
+            (None, _) => None,
+            (Some(_), None) => return Err(AgentError::Config("the NATS sink needs the journal (its outbox)".into())),
+            (Some(mut nats), Some(journal)) => {
+                if nats.container_count.is_none() {
+                    let store = store.clone();
+                    nats.container_count = Some(Arc::new(move || store.read().live().count() as u64));
+                }
+                let stage = NatsStage::start(nats, journal.clone(), data_source.clone())?;
+                metrics.follow_nats(stage.stats());
+                Some(stage)
+            }
+        };
         sinks.push(Box::new(HubSink::new(data_source.clone())));
 
         // Sources.
@@ -207,7 +226,7 @@ impl Agent {
             .name("tracker".into())
             .spawn(move || run.run(rx, enriched_rx, exit_rx, thread_stop, data_source_for_loop))
             .map_err(|source| AgentError::Io { what: "cannot start the tracker thread", source })?;
-        Ok(Agent { data_source, stop, thread: Some(thread) })
+        Ok(Agent { data_source, nats, stop, thread: Some(thread) })
     }
 
     /// The containers data source this agent keeps current.
@@ -228,11 +247,20 @@ impl Agent {
     /// Waits for the agent to stop: the source ends, subscriptions end, the
     /// pinned map is unpinned (unless kept). Returns why it stopped if it failed.
     pub fn join(mut self) -> Result<(), AgentError> {
-        match self.thread.take().map(|t| t.join()) {
+        let result = match self.thread.take().map(|t| t.join()) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(AgentError::Panicked("tracker")),
             None => Ok(()),
+        };
+        if let Some(mut nats) = self.nats.take() {
+            nats.stop();
         }
+        result
+    }
+
+    /// The NATS sink's counters and gauges, when it runs.
+    pub fn nats_stats(&self) -> Option<Arc<ctwatch_nats::SinkStats>> {
+        self.nats.as_ref().map(NatsStage::stats)
     }
 }
 

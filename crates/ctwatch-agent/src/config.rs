@@ -73,6 +73,9 @@ pub struct AgentConfig {
     /// The journal every event is appended to (and numbered by) before any
     /// other sink sees it, or `None` for none (events go out with `seq` 0).
     pub journal: Option<std::sync::Arc<ctwatch_journal::Journal>>,
+    /// Publish the journal to NATS JetStream (needs `journal`), or `None`.
+    /// Its container count for the heartbeat is filled in by the agent.
+    pub nats: Option<ctwatch_nats::SinkConfig>,
 }
 
 impl AgentConfig {
@@ -90,6 +93,7 @@ impl AgentConfig {
             hook: None,
             hook_required: false,
             journal: None,
+            nats: None,
         }
     }
 

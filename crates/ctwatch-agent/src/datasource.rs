@@ -476,6 +476,13 @@ impl DataSource {
         ContainerRecord::new(c, self.0.namespaces.cached(c))
     }
 
+    /// The record of the live container whose ID is exactly `id` (`None` when
+    /// it is unknown or removed), as [`DataSource::get`] gives it.
+    pub fn live_record(&self, id: &str) -> Option<ContainerRecord> {
+        let c = self.0.store.read().get(id).filter(|c| c.state != ctwatch::ContainerState::Removed).cloned()?;
+        Some(self.record(&c))
+    }
+
     /// The container with this ID, or the only one whose ID starts with it,
     /// or else the only live one with this name (as `docker inspect` accepts).
     pub fn get(&self, id_or_prefix: &str) -> Result<ContainerRecord, DataSourceError> {

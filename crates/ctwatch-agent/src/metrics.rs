@@ -2,6 +2,7 @@
 //! Prometheus text format (0.0.4), whichever the scraper asks for.
 
 mod journal;
+mod nats;
 mod process;
 mod text_format;
 
@@ -127,6 +128,8 @@ pub struct Metrics {
     journal: Arc<OnceLock<Arc<ctwatch_journal::Journal>>>,
     /// Set when the journal could not be opened (the agent runs without one).
     journal_open_failed: Arc<std::sync::atomic::AtomicBool>,
+    /// The NATS sink, whose own stats are read when the metrics are encoded.
+    nats: Arc<OnceLock<Arc<ctwatch_nats::SinkStats>>>,
 }
 
 impl Default for Metrics {
@@ -151,6 +154,8 @@ impl Metrics {
             journal: journal.clone(),
             open_failed: journal_open_failed.clone(),
         }));
+        let nats = Arc::new(OnceLock::new());
+        root.register_collector(Box::new(nats::NatsCollector(nats.clone())));
         let registry = root.sub_registry_with_prefix("ctwatch");
         registry.register(
             "build",
@@ -294,6 +299,7 @@ impl Metrics {
             encode_lock: Mutex::new(()),
             journal,
             journal_open_failed,
+            nats,
         }
     }
 
@@ -425,6 +431,11 @@ impl Metrics {
     /// one (`ctwatch_journal_failing` 1, `ctwatch_journal_open_errors_total` 1).
     pub fn journal_open_failed(&self) {
         self.journal_open_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reports the NATS sink's stats from now on (read at each encode).
+    pub fn follow_nats(&self, stats: Arc<ctwatch_nats::SinkStats>) {
+        let _ = self.nats.set(stats);
     }
 
     /// Brings the hook counters up to the hook's own.

@@ -88,7 +88,7 @@ pub enum Command {
     Ls(LsArgs),
     /// Run the agent: keep the containers store current and answer the API
     /// (gRPC on a unix socket; see proto/ctwatch/v1/ctwatch.proto).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show one container as JSON: by ID or prefix, cgroup ID, PID or mount namespace.
     #[command(visible_alias = "inspect")]
     Get(GetArgs),
@@ -511,6 +511,64 @@ pub struct ServeArgs {
     /// Retention by age: events older than this are dropped (0s: keep whatever their age).
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
     pub journal_max_age: Duration,
+
+    /// Publishing to NATS JetStream (the cluster view).
+    #[command(flatten)]
+    pub nats: ServeNatsArgs,
+}
+
+/// Where `ctwatch serve` publishes its journal for the cluster view (NATS JetStream).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cluster (NATS JetStream)")]
+pub struct ServeNatsArgs {
+    /// Publish every journal event to NATS JetStream (stream CTWATCH_EVENTS) and
+    /// keep the live containers in its key-value bucket ctwatch_containers, for
+    /// `ctwatch cluster`. Repeatable, or comma-separated, for a NATS cluster.
+    /// Needs the journal (it is the outbox: nothing is lost while NATS is down).
+    #[arg(long, value_name = "URL", env = "CTWATCH_NATS_URL", value_delimiter = ',')]
+    pub nats_url: Vec<String>,
+
+    /// A NATS credentials file (`.creds`: user JWT and nkey seed, as `nsc` makes them).
+    #[arg(long, value_name = "FILE", env = "CTWATCH_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// A file holding an nkey seed (`SU...`).
+    #[arg(long, value_name = "FILE", env = "CTWATCH_NATS_NKEY")]
+    pub nats_nkey: Option<PathBuf>,
+
+    /// NATS user name; the password comes from --nats-password-file or the
+    /// CTWATCH_NATS_PASSWORD variable (never the command line: other users see it).
+    #[arg(long, value_name = "USER", env = "CTWATCH_NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// A file holding the NATS password (its first line).
+    #[arg(long, value_name = "FILE", env = "CTWATCH_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
+
+    /// A CA certificate (PEM) to trust for the servers' TLS (implies TLS).
+    #[arg(long, value_name = "FILE", env = "CTWATCH_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// This node's name in subjects, keys and `cluster ls`. Default: the host name.
+    #[arg(long, value_name = "NAME", env = "CTWATCH_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// How often the node's heartbeat is written; `cluster` shows a node as
+    /// stale when its heartbeat is older than its --stale-after.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub nats_heartbeat_interval: Duration,
+
+    /// The stream's retention by age (set when the agent creates or updates the stream).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub nats_stream_max_age: Duration,
+
+    /// The stream's retention by size, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 10 << 30)]
+    pub nats_stream_max_bytes: u64,
+
+    /// Replicas of the stream and the bucket (3 in a NATS cluster of 3 or more).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
 }
 
 /// Where `get` and `pid` find their answer: a running agent, else a scan here.

@@ -25,7 +25,13 @@ fn main() -> ExitCode {
         }
         Err(e) => return usage_error(&e),
     };
-    let filter = match EnvFilter::try_new(&cli.log_level) {
+    // The NATS client's connection chatter only above warn, unless asked for by name.
+    let spec = if cli.log_level.contains("async_nats") {
+        cli.log_level.clone()
+    } else {
+        format!("{},async_nats=warn", cli.log_level)
+    };
+    let filter = match EnvFilter::try_new(&spec) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("ctwatch: invalid --log-level {:?}: {e} (try info or debug)", cli.log_level);

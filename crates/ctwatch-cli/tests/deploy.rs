@@ -527,17 +527,38 @@ fn daemonset_mounts_what_the_readme_names_and_probes_the_health_service() {
         assert!(c[probe]["timeoutSeconds"].as_u64().unwrap() >= 2, "{probe}");
     }
 
+    // The cluster view: NATS settings from the optional ConfigMap, the
+    // credentials from the optional Secret as files, the node's name from Kubernetes.
+    let secret =
+        spec["volumes"].as_array().unwrap().iter().find(|v| v.get("secret").is_some()).expect("a Secret volume");
+    assert_eq!(secret["secret"]["secretName"], "ctwatch-nats");
+    assert_eq!(secret["secret"]["optional"], true, "an agent without NATS must start without the Secret");
+    let secret_mount = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == secret["name"]).unwrap();
+    assert_eq!(secret_mount["mountPath"], "/etc/ctwatch/nats");
+    assert_eq!(secret_mount["readOnly"], true);
+    let env_from = c["envFrom"].as_array().expect("envFrom");
+    assert_eq!(env_from[0]["configMapRef"]["name"], "ctwatch-nats");
+    assert_eq!(env_from[0]["configMapRef"]["optional"], true);
+    let node_name =
+        c["env"].as_array().unwrap().iter().find(|e| e["name"] == "CTWATCH_NODE_NAME").expect("CTWATCH_NODE_NAME");
+    assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    let manifest = fs::read_to_string(repo().join("deploy/daemonset.yaml")).unwrap();
+    assert!(manifest.contains("CTWATCH_NATS_CREDS=/etc/ctwatch/nats/creds"), "the example names the mounted file");
+    assert!(!args.iter().any(|a| a.starts_with("--nats")), "NATS settings come from the ConfigMap, not the args");
+
     // Mounts: name → (host path, mount path, read-only).
     let volumes: Vec<(String, String)> = spec["volumes"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|v| v.get("secret").is_none())
         .map(|v| (v["name"].as_str().unwrap().into(), v["hostPath"]["path"].as_str().expect("hostPath").into()))
         .collect();
     let mounts: Vec<(String, String, String, bool)> = c["volumeMounts"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|m| m["name"] != secret["name"])
         .map(|m| {
             let name = m["name"].as_str().unwrap();
             let host = volumes.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no volume {name}")).1.clone();
@@ -774,10 +795,19 @@ fn pod_as_docker_run(name: &str, image: &str, run_dir: &Path, pin_dir: &Path, ns
     run.extend(["--security-opt=seccomp=unconfined".into(), "--security-opt=apparmor=unconfined".into()]);
     for m in c["volumeMounts"].as_array().unwrap() {
         let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == m["name"]).unwrap();
-        let mut host = vol["hostPath"]["path"].as_str().unwrap().to_string();
+        let Some(host) = vol["hostPath"]["path"].as_str() else {
+            continue; // the optional NATS Secret: none here
+        };
+        let mut host = host.to_string();
         let inside = m["mountPath"].as_str().unwrap();
         if inside == "/run/ctwatch" {
             host = run_dir.display().to_string();
+        }
+        if inside == "/var/lib/ctwatch" {
+            // The journal: the test's own, not the host's.
+            let state = run_dir.join("state");
+            fs::create_dir_all(&state).unwrap();
+            host = state.display().to_string();
         }
         if !Path::new(&host).exists() {
             continue; // DirectoryOrCreate: kubelet would make an empty one

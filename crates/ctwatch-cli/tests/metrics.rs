@@ -255,3 +255,64 @@ fn a_real_prometheus_scrapes_the_agent_and_types_its_metrics() {
     assert_eq!(result[0]["value"][1], "0", "{query}");
     drop(serve);
 }
+
+#[test]
+fn nats_sink_metrics_pass_promtool_and_show_the_backlog() {
+    require_root();
+    prometheus_tool("promtool");
+    // A NATS that is not up: the sink's metrics are there, the backlog grows.
+    let store = tempfile::tempdir().unwrap();
+    let mut nats = ctwatch_nats::testing::NatsServer::not_started(store.path()).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut tree = CgroupTree::new();
+    let root = tree.mkdir_p(&default_hierarchy(), &unique("metrics-nats"));
+    let serve = Serve::start(&[
+        "--no-enrich",
+        "--cgroup-root",
+        root.to_str().unwrap(),
+        "--metrics-addr",
+        &addr,
+        "--nats-url",
+        &nats.url(),
+        "--node-name",
+        "metrics-node",
+    ]);
+    tree.mkdir_p(&root, &format!("docker/{}", hex_id(&unique("metrics-nats"))));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&scrape_as(&addr, &[]).body, "ctwatch_nats_backlog ") != Some(1.0) {
+        assert!(Instant::now() < deadline, "no backlog of 1 in\n{}", scrape_as(&addr, &[]).body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let down = scrape_as(&addr, &[]).body;
+    let (code, printed) = promtool_check(&down);
+    assert_eq!((code, printed.as_str()), (0, ""), "promtool check metrics on\n{down}");
+    let families = typed_families(&down);
+    for (name, kind) in [
+        ("ctwatch_nats_backlog", "gauge"),
+        ("ctwatch_nats_acked_seq", "gauge"),
+        ("ctwatch_nats_connected", "gauge"),
+        ("ctwatch_nats_published_total", "counter"),
+        ("ctwatch_nats_acked_total", "counter"),
+        ("ctwatch_nats_failures_total", "counter"),
+        ("ctwatch_nats_duplicates_total", "counter"),
+    ] {
+        assert!(families.contains(&(name, kind)), "# TYPE {name} {kind} in\n{down}");
+    }
+    assert_eq!(metric(&down, "ctwatch_nats_connected "), Some(0.0));
+    assert_eq!(metric(&down, "ctwatch_nats_acked_total "), Some(0.0));
+    // NATS comes up: the backlog is sent and acked.
+    nats.restart().unwrap();
+    while metric(&scrape_as(&addr, &[]).body, "ctwatch_nats_backlog ") != Some(0.0) {
+        assert!(Instant::now() < deadline + Duration::from_secs(30), "the backlog was never sent");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let up = scrape_as(&addr, &[]).body;
+    assert_eq!(metric(&up, "ctwatch_nats_connected "), Some(1.0), "{up}");
+    assert_eq!(metric(&up, "ctwatch_nats_acked_seq "), metric(&up, "ctwatch_journal_newest_seq "), "{up}");
+    assert!(metric(&up, "ctwatch_nats_acked_total ").unwrap() >= 1.0, "{up}");
+    assert!(metric(&up, "ctwatch_nats_published_total ").unwrap() >= 1.0, "{up}");
+    assert!(metric(&up, "ctwatch_nats_failures_total ").unwrap() >= 1.0, "{up}");
+    let (code, printed) = promtool_check(&up);
+    assert_eq!((code, printed.as_str()), (0, ""), "promtool check metrics on\n{up}");
+    drop(serve);
+}

@@ -20,6 +20,9 @@ use crate::{KV_BUCKET, SEQ_HEADER, STREAM, SUBJECT_PREFIX};
 /// How long a read may wait for the next message before it is deemed stuck.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a bucket read waits for more once messages came, before it ends.
+const IDLE_END: Duration = Duration::from_secs(2);
+
 /// Formats a time as RFC 3339 with milliseconds, in UTC.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
     DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -194,9 +197,15 @@ impl Cluster {
 
     /// The last value of every key under `filter` (a subject filter of the
     /// bucket's stream), deleted keys left out: (key, value, stored time).
-    async fn read_bucket(&self, filter: &str) -> Result<Vec<(String, bytes::Bytes, SystemTime)>, NatsError> {
+    pub(crate) async fn read_bucket(&self, filter: &str) -> Result<Vec<(String, bytes::Bytes, SystemTime)>, NatsError> {
         let stream_name = format!("KV_{KV_BUCKET}");
         let stream = self.js.get_stream(&stream_name).await.map_err(|_| NatsError::NotSetUp(stream_name))?;
+        // The last message stored now: once it (or a later one) is delivered,
+        // every key's last value as of now has been (the consumer delivers in
+        // stream order). `pending` alone cannot end the read: nats-server 2.9
+        // counts superseded messages in it for last-per-subject consumers, and
+        // a key written all the time (a heartbeat) would keep the read going.
+        let last_now = stream.cached_info().state.last_sequence;
         let prefix = format!("$KV.{KV_BUCKET}.");
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
@@ -211,14 +220,21 @@ impl Cluster {
             return Ok(out);
         }
         let mut messages = consumer.messages().await.map_err(|e| NatsError::js("bucket read", e))?;
+        let mut received = false;
         loop {
-            let next = tokio::time::timeout(READ_TIMEOUT, messages.next())
-                .await
-                .map_err(|_| NatsError::js("bucket read", "timed out"))?;
+            // Once messages flow, a pause of IDLE_END also ends the read (a
+            // filtered read may never see `last_now`, and `pending` may not reach 0).
+            let wait = if received { IDLE_END } else { READ_TIMEOUT };
+            let next = match tokio::time::timeout(wait, messages.next()).await {
+                Ok(next) => next,
+                Err(_) if received => break,
+                Err(_) => return Err(NatsError::js("bucket read", "timed out")),
+            };
+            received = true;
             let Some(message) = next else { break };
             let message = message.map_err(|e| NatsError::js("bucket read", e))?;
             let info = message.info().map_err(|e| NatsError::js("bucket read", e))?;
-            let pending = info.pending;
+            let done = info.pending == 0 || info.stream_sequence >= last_now;
             let stored = SystemTime::from(info.published);
             let deleted = message
                 .headers
@@ -230,7 +246,7 @@ impl Cluster {
                     out.push((key.to_string(), message.payload.clone(), stored));
                 }
             }
-            if pending == 0 {
+            if done {
                 break;
             }
         }

@@ -32,6 +32,11 @@ impl NatsOptions {
         NatsOptions { urls: urls.into_iter().map(Into::into).collect(), ..NatsOptions::default() }
     }
 
+    /// Checks the URLs parse (no connection is made).
+    pub fn check_urls(&self) -> Result<(), NatsError> {
+        self.addrs().map(|_| ())
+    }
+
     fn addrs(&self) -> Result<Vec<ServerAddr>, NatsError> {
         if self.urls.is_empty() {
             return Err(NatsError::Options("no NATS URL given (--nats-url nats://HOST:4222)".into()));

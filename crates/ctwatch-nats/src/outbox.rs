@@ -45,6 +45,15 @@ pub trait Outbox: Send + Sync + 'static {
     fn journal_id(&self) -> String;
     /// The last seq appended, updated on every append (to wait for new records).
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// The node's live containers now, as (container ID, data-source record
+    /// JSON), for the sink to reconcile the bucket with: their records are
+    /// put and every other key of this node is deleted. `None` while that is
+    /// not known yet (the agent's scan at start is not done: the sink asks
+    /// again at each heartbeat) or when the outbox does not know it (then no
+    /// reconciliation). The default is `None`.
+    fn live(&self) -> Result<Option<Vec<(String, Bytes)>>, OutboxError> {
+        Ok(None)
+    }
 }
 
 /// An in-memory outbox for tests and benches: nothing survives the process,
@@ -54,6 +63,7 @@ pub struct MemoryOutbox {
     capacity: usize,
     inner: Mutex<MemoryInner>,
     last: watch::Sender<u64>,
+    live: Mutex<Option<Vec<(String, Bytes)>>>,
 }
 
 struct MemoryInner {
@@ -71,6 +81,7 @@ impl MemoryOutbox {
             capacity: capacity.max(1),
             inner: Mutex::new(MemoryInner { records: VecDeque::new(), next_seq: 1, acked: 0, dropped: 0 }),
             last: watch::channel(0).0,
+            live: Mutex::new(None),
         }
     }
 
@@ -95,6 +106,11 @@ impl MemoryOutbox {
         };
         self.last.send_replace(seq);
         seq
+    }
+
+    /// Sets what [`Outbox::live`] answers (`None`: no reconciliation).
+    pub fn set_live(&self, live: Option<Vec<(String, Bytes)>>) {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
     }
 
     /// Records dropped because the outbox was full.
@@ -127,6 +143,10 @@ impl Outbox for MemoryOutbox {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.last.subscribe()
+    }
+
+    fn live(&self) -> Result<Option<Vec<(String, Bytes)>>, OutboxError> {
+        Ok(self.live.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
 

@@ -134,6 +134,7 @@ pub struct Heartbeat {
 /// The sink's counters and gauges, for metrics. All are read with relaxed loads.
 #[derive(Debug, Default)]
 pub struct SinkStats {
+    sent: AtomicU64,
     published: AtomicU64,
     duplicates: AtomicU64,
     kv_puts: AtomicU64,
@@ -143,6 +144,7 @@ pub struct SinkStats {
     gaps: AtomicU64,
     skipped: AtomicU64,
     heartbeats: AtomicU64,
+    reconciles: AtomicU64,
     acked: AtomicU64,
     last_seq: AtomicU64,
     connected: AtomicBool,
@@ -151,6 +153,10 @@ pub struct SinkStats {
 }
 
 impl SinkStats {
+    /// Events sent to JetStream (re-sends included), acked or not.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
     /// Events acked by JetStream (re-sends included).
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
@@ -186,6 +192,10 @@ impl SinkStats {
     /// Heartbeats written.
     pub fn heartbeats(&self) -> u64 {
         self.heartbeats.load(Ordering::Relaxed)
+    }
+    /// Reconciliations of the bucket with the node's live containers (one per session at most).
+    pub fn reconciles(&self) -> u64 {
+        self.reconciles.load(Ordering::Relaxed)
     }
     /// The last seq NATS acked.
     pub fn acked(&self) -> u64 {
@@ -395,6 +405,10 @@ async fn session(
     let mut next = acked;
     tracing::info!(node = config.node, acked, "NATS sink connected; publishing from seq {}", acked + 1);
 
+    // The bucket's keys of this node set to its live containers (when the
+    // outbox knows them; else at a later heartbeat).
+    let mut reconciled = reconcile(&js, node, &kv_prefix, outbox, stats).await?;
+
     let mut appended = outbox.subscribe();
     let mut pending: VecDeque<OutboxRecord> = VecDeque::new();
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -467,6 +481,12 @@ async fn session(
                     break Err(NatsError::js("heartbeat", e));
                 }
                 stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                if !reconciled {
+                    match reconcile(&js, node, &kv_prefix, outbox, stats).await {
+                        Ok(done) => reconciled = done,
+                        Err(e) => break Err(e),
+                    }
+                }
             }
             _ = persist.tick(), if acked > persisted => {
                 let seq = acked;
@@ -482,6 +502,66 @@ async fn session(
     }
     drop(client);
     result
+}
+
+/// Sets this node's keys in the bucket to the outbox's live containers: puts
+/// their records and deletes every other key of the node (containers removed
+/// while no agent published). False when the outbox does not know them yet.
+///
+/// Events published before it are applied before it (one connection keeps
+/// the order); the outbox's later events are applied after it, so the
+/// bucket converges to the node's state whatever the backlog holds.
+async fn reconcile(
+    js: &jetstream::Context,
+    node: &str,
+    kv_prefix: &str,
+    outbox: &Arc<dyn Outbox>,
+    stats: &SinkStats,
+) -> Result<bool, NatsError> {
+    let Some(live) = blocking(outbox, |o| o.live()).await? else { return Ok(false) };
+    let mut want = std::collections::HashMap::new();
+    for (id, record) in live {
+        match container_key(node, &id) {
+            Ok(key) => {
+                want.insert(key, record);
+            }
+            Err(_) => {
+                stats.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let reader = crate::cluster::Cluster::new(js.clone(), Duration::MAX);
+    let present = reader.read_bucket(&format!("{node}.*")).await?;
+    let mut acks = Vec::new();
+    let mut deleted = 0u64;
+    for (key, _, _) in present {
+        if !want.contains_key(&key) {
+            let message = Publish::build().header("KV-Operation", "DEL");
+            acks.push(
+                js.send_publish(format!("{kv_prefix}{key}"), message)
+                    .await
+                    .map_err(|e| NatsError::js("bucket write", e))?,
+            );
+            deleted += 1;
+        }
+    }
+    let put = want.len() as u64;
+    for (key, record) in want {
+        let message = Publish::build().payload(record);
+        acks.push(
+            js.send_publish(format!("{kv_prefix}{key}"), message)
+                .await
+                .map_err(|e| NatsError::js("bucket write", e))?,
+        );
+    }
+    for ack in acks {
+        ack.await.map_err(|e| NatsError::js("bucket write ack", e))?;
+    }
+    stats.kv_puts.fetch_add(put, Ordering::Relaxed);
+    stats.kv_deletes.fetch_add(deleted, Ordering::Relaxed);
+    stats.reconciles.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(node, live = put, deleted, "NATS sink: the bucket reconciled with the live containers");
+    Ok(true)
 }
 
 /// Waits for the oldest in-flight record's acks (event, then bucket).
@@ -515,6 +595,7 @@ async fn publish(
         .message_id(format!("{msg_id_prefix}.{}", record.seq))
         .header(SEQ_HEADER, record.seq.to_string().as_str());
     let ack = js.send_publish(subject, message).await.map_err(|e| NatsError::js("publish", e))?.into_future();
+    stats.sent.fetch_add(1, Ordering::Relaxed);
     let mut kv = None;
     if !record.container_id.is_empty() {
         match container_key(node, &record.container_id) {

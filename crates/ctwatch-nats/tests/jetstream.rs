@@ -301,3 +301,40 @@ async fn cluster_watch_replays_from_a_stream_sequence_and_filters() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bucket_is_reconciled_with_the_outboxs_live_containers_once_it_knows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(dir.path()).unwrap();
+    // A first run of the node left 3 containers in the bucket.
+    let old = Arc::new(MemoryOutbox::new("journal-old", 100));
+    for i in 0..3 {
+        create(&old, "n1", i);
+    }
+    let sink = NatsSink::spawn(config("n1", &server.url()), old).unwrap();
+    wait_acked(&sink, 3, Duration::from_secs(30)).await;
+    sink.shutdown().await;
+    // A new journal knows nothing of them; what runs now is 1 and 7.
+    let outbox = Arc::new(MemoryOutbox::new("journal-new", 100));
+    let last = create(&outbox, "n1", 7);
+    let sink = NatsSink::spawn(config("n1", &server.url()), outbox.clone()).unwrap();
+    wait_acked(&sink, last, Duration::from_secs(30)).await;
+    let cluster = Cluster::connect(&NatsOptions::new([server.url()]), Duration::from_secs(30)).await.unwrap();
+    let ids = |cs: Vec<ctwatch_nats::ClusterContainer>| cs.iter().map(|c| c.id().to_string()).collect::<BTreeSet<_>>();
+    let before = ids(cluster.ls(&ClusterFilter::default()).await.unwrap());
+    assert_eq!(before.len(), 4, "no reconciliation while the outbox does not know what runs");
+    assert_eq!(sink.stats().reconciles(), 0);
+    // Now it knows (the agent's scan is done): at the next heartbeat, the bucket is set to it.
+    let record =
+        |i: usize| Bytes::from(json!({"container_id": id(i), "container_name": format!("n1-c{i}")}).to_string());
+    outbox.set_live(Some(vec![(id(1), record(1)), (id(7), record(7))]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink.stats().reconciles() == 0 {
+        assert!(Instant::now() < deadline, "never reconciled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = ids(cluster.ls(&ClusterFilter::default()).await.unwrap());
+    assert_eq!(after, BTreeSet::from([id(1), id(7)]));
+    assert_eq!(sink.stats().kv_deletes(), 2);
+    sink.shutdown().await;
+}

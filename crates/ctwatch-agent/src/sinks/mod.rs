@@ -9,6 +9,9 @@
 //!   membership changes on its own thread (a full queue is counted and
 //!   repaired by rebuilding the map from the store).
 //! - [`metrics`]: the pipeline's counters (counting never blocks, no queue).
+//! - [`nats`]: every journaled event into NATS JetStream, read from the
+//!   journal after its acked cursor on a thread of its own (never on the
+//!   event path: its backlog is the journal, bounded by its retention).
 //!
 //! A new sink (the journal, NATS) is a module here implementing [`Sink`],
 //! added to the list in `crate::agent`.
@@ -16,6 +19,7 @@
 pub mod hub;
 pub mod journal;
 pub mod metrics;
+pub mod nats;
 pub mod pinned_map;
 
 use ctwatch::sources::CgroupEvent;

@@ -8,7 +8,7 @@ use ctwatch_api::server::{self, ContainersService, StandardServices, UnixSocket}
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, ServeNatsArgs};
 use crate::host;
 
 /// How long health stays NOT_SERVING while the scan at start is not done.
@@ -19,13 +19,30 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs `ctwatch serve` until SIGINT/SIGTERM or a source failure.
 pub fn run(args: &ServeArgs) -> Result<()> {
+    let nats = nats_config(&args.nats)?;
+    if nats.is_some() && args.no_journal {
+        bail!("--nats-url needs the journal (it is the outbox: nothing is lost while NATS is down): drop --no-journal");
+    }
     host::require_root()?;
     let gid = args.socket_group.as_deref().map(group_id).transpose()?;
     // The socket first: a second serve stops here, before touching the kernel.
     let mut socket = UnixSocket::bind(&args.socket, 0o660, gid)?;
-    let (journal, journal_failed) = open_journal(args);
+    let mut journal_failed = false;
+    let journal = match open_journal(args) {
+        Ok(j) => j,
+        Err(e) if nats.is_some() => bail!("--nats-url needs the journal, which cannot be opened: {e}"),
+        Err(e) => {
+            warn!("no journal: {e}; events go out live without seq (no replay, history or ls --all)");
+            journal_failed = true;
+            None
+        }
+    };
     let mut config = host::agent_config(&args.pipeline)?;
     config.journal = journal.clone();
+    if let Some(nats) = &nats {
+        info!(node = nats.node, urls = nats.nats.urls.join(","), "publishing the journal to NATS JetStream");
+    }
+    config.nats = nats;
     let agent = host::start_agent(config)?;
     let data_source = agent.data_source();
     if journal_failed {
@@ -117,12 +134,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Opens the journal (unless `--no-journal`). A journal that cannot be opened
-/// is one log line (and a metric): the agent serves live events without seq.
-/// Also says whether opening failed.
-fn open_journal(args: &ServeArgs) -> (Option<std::sync::Arc<ctwatch_journal::Journal>>, bool) {
+/// Opens the journal (unless `--no-journal`: then `None`). A journal that
+/// cannot be opened is an error the caller reports (one log line and a
+/// metric; the agent then serves live events without seq).
+fn open_journal(args: &ServeArgs) -> Result<Option<std::sync::Arc<ctwatch_journal::Journal>>, String> {
     if args.no_journal {
-        return (None, false);
+        return Ok(None);
     }
     let options = ctwatch_journal::Options {
         max_bytes: args.journal_max_bytes,
@@ -130,12 +147,81 @@ fn open_journal(args: &ServeArgs) -> (Option<std::sync::Arc<ctwatch_journal::Jou
         ..ctwatch_journal::Options::default()
     };
     match ctwatch_journal::Journal::open(&args.journal, options) {
-        Ok(j) => (Some(std::sync::Arc::new(j)), false),
-        Err(e) => {
-            warn!("no journal: {e}; events go out live without seq (no replay, history or ls --all)");
-            (None, true)
+        Ok(j) => Ok(Some(std::sync::Arc::new(j))),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The NATS sink's configuration from the flags (`None` without `--nats-url`).
+/// Files named are checked now, so a typo is an error at start rather than a
+/// sink that retries for ever.
+fn nats_config(args: &ServeNatsArgs) -> Result<Option<ctwatch_nats::SinkConfig>> {
+    let urls: Vec<String> = args.nats_url.iter().map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+    if urls.is_empty() {
+        let given = [
+            ("--nats-creds", args.nats_creds.is_some()),
+            ("--nats-nkey", args.nats_nkey.is_some()),
+            ("--nats-user", args.nats_user.is_some()),
+            ("--nats-password-file", args.nats_password_file.is_some()),
+            ("--nats-tls-ca", args.nats_tls_ca.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            bail!("{flag} is for the NATS sink: give --nats-url too");
+        }
+        return Ok(None);
+    }
+    for (flag, path) in [
+        ("--nats-creds", &args.nats_creds),
+        ("--nats-nkey", &args.nats_nkey),
+        ("--nats-password-file", &args.nats_password_file),
+        ("--nats-tls-ca", &args.nats_tls_ca),
+    ] {
+        if let Some(path) = path {
+            std::fs::File::open(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
         }
     }
+    let password = match &args.nats_password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--nats-password-file {}: cannot read it", path.display()))?;
+            Some(text.lines().next().unwrap_or_default().to_string())
+        }
+        None => std::env::var("CTWATCH_NATS_PASSWORD").ok().filter(|p| !p.is_empty()),
+    };
+    if password.is_some() != args.nats_user.is_some() {
+        bail!("--nats-user and a password (--nats-password-file or CTWATCH_NATS_PASSWORD) go together");
+    }
+    let node = match &args.node_name {
+        Some(n) => n.clone(),
+        None => host_name().context("cannot read the host name: give --node-name")?,
+    };
+    if node.is_empty() {
+        bail!("--node-name: empty");
+    }
+    ctwatch_nats::names::node_token(&node).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+    let options = ctwatch_nats::NatsOptions {
+        urls,
+        creds_file: args.nats_creds.clone(),
+        nkey_file: args.nats_nkey.clone(),
+        user: args.nats_user.clone(),
+        password,
+        tls_ca: args.nats_tls_ca.clone(),
+        name: Some(format!("ctwatch serve on {node}")),
+    };
+    options.check_urls().map_err(|e| anyhow::anyhow!("--nats-url: {e}"))?;
+    let mut config = ctwatch_nats::SinkConfig::new(node, options);
+    config.heartbeat_interval = args.nats_heartbeat_interval.max(Duration::from_millis(100));
+    config.limits.max_age = args.nats_stream_max_age;
+    config.limits.max_bytes = args.nats_stream_max_bytes.min(i64::MAX as u64) as i64;
+    config.limits.replicas = usize::from(args.nats_replicas);
+    config.agent_version = env!("CARGO_PKG_VERSION").to_string();
+    Ok(Some(config))
+}
+
+/// The host name, as the kernel has it.
+fn host_name() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(name.trim().to_string())
 }
 
 /// A group name or number as a GID.
