@@ -14,6 +14,8 @@
 //! `ev % raw` is events/s against the raw mkdir+rmdir rate (each makes one
 //! event), the rate the kernel alone reaches.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -34,7 +36,7 @@ fn main() {
         .split(',')
         .map(str::to_string)
         .collect();
-    let hierarchy = default_hierarchy();
+    let hierarchy = common::default_hierarchy();
     println!("churn bench: {n} container cgroups (mkdir + rmdir each) in {}", hierarchy.display());
 
     let parent = hierarchy.join(format!("ctwatch-churn-{}", std::process::id()));
@@ -292,18 +294,4 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v[((p / 100.0) * (v.len() - 1) as f64).round() as usize]
-}
-
-fn default_hierarchy() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-    let find = |pred: &dyn Fn(&[&str]) -> bool| {
-        mounts
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 3 && pred(f))
-            .map(|f| PathBuf::from(f[1]))
-    };
-    find(&|f| f[2] == "cgroup" && f[3].split(',').any(|o| o == "cpuset"))
-        .or_else(|| find(&|f| f[2] == "cgroup2"))
-        .expect("a cgroup hierarchy")
 }

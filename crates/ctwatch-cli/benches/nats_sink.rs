@@ -10,10 +10,12 @@
 //! Environment: `SINK_N` (containers per round, default 5000: 10k events),
 //! `SINK_ROUNDS` (default 3).
 
+mod common;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,7 +29,7 @@ fn main() {
     assert!(nix::unistd::geteuid().is_root(), "the sink bench makes real cgroups: run it as root");
     let n: usize = std::env::var("SINK_N").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
     let rounds: usize = std::env::var("SINK_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let hierarchy = default_hierarchy();
+    let hierarchy = common::default_hierarchy();
     let parent = hierarchy.join(format!("ctwatch-sink-bench-{}", std::process::id()));
     fs::create_dir_all(parent.join("docker")).unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -173,18 +175,4 @@ fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-fn default_hierarchy() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-    let find = |pred: &dyn Fn(&[&str]) -> bool| {
-        mounts
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() > 3 && pred(f))
-            .map(|f| PathBuf::from(f[1]))
-    };
-    find(&|f| f[2] == "cgroup" && f[3].split(',').any(|o| o == "cpuset"))
-        .or_else(|| find(&|f| f[2] == "cgroup2"))
-        .expect("a cgroup hierarchy")
 }

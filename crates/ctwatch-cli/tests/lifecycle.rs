@@ -191,13 +191,6 @@ fn runc_create_then_start_without_the_hook_starts_at_the_start() {
     let mut watch = Watch::start_with("inotify", &["--no-existing"]);
     let id = unique("life-runc-cs");
     let bundle = runc_bundle(&id, &["sleep", "60"]);
-    struct Delete(String, std::path::PathBuf);
-    impl Drop for Delete {
-        fn drop(&mut self) {
-            let _ = Command::new("runc").args(["delete", "-f", &self.0]).stderr(Stdio::null()).status();
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
     let _delete = Delete(id.clone(), bundle.clone());
     let status = Command::new("runc")
         .args(["create", "--bundle", bundle.to_str().unwrap(), &id])
@@ -310,13 +303,6 @@ fn bare_runc_run_exit_code_from_the_kernel() {
     let mut watch = watch_ebpf(&pin, &[]);
     let id = unique("life-runc-exit");
     let bundle = runc_bundle(&id, &["sh", "-c", "sleep 1; exit 3"]);
-    struct Delete(String, PathBuf);
-    impl Drop for Delete {
-        fn drop(&mut self) {
-            let _ = Command::new("runc").args(["delete", "-f", &self.0]).stderr(Stdio::null()).status();
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
     let _delete = Delete(id.clone(), bundle.clone());
     let status = Command::new("runc")
         .args(["run", "-d", "--bundle", bundle.to_str().unwrap(), &id])
@@ -370,4 +356,14 @@ fn a_container_running_before_ctwatch_ends_with_the_kernels_exit_status_without_
     watch.drain_for(Duration::from_millis(200));
     let kinds: Vec<&str> = watch.about(&id).iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["existing_container", "container_remove"], "no container_start (init {pid})");
+}
+
+/// A bare runc container and its bundle, deleted when dropped.
+struct Delete(String, PathBuf);
+
+impl Drop for Delete {
+    fn drop(&mut self) {
+        let _ = Command::new("runc").args(["delete", "-f", &self.0]).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
 }
