@@ -265,6 +265,7 @@ fn cases(tag: &str) -> (Vec<Case>, Vec<String>) {
 
 #[test]
 fn every_layout_is_seen_created_and_removed_exactly_once() {
+    let _one_at_a_time = one_at_a_time();
     for source in SOURCES {
         every_layout_with(source);
     }
@@ -287,12 +288,15 @@ fn every_layout_with(source: &str) {
     for rel in &negatives {
         tree.mkdir_p(&parent, rel);
     }
-    watch.wait_until(Duration::from_secs(30), "every create", |seen| {
-        positives.iter().all(|c| has_event(seen, "container_create", &c.id))
+    let missing = |seen: &[Value], kind: &str| -> Vec<String> {
+        positives.iter().filter(|c| !has_event(seen, kind, &c.id)).map(|c| format!("{} ({})", c.rel, c.id)).collect()
+    };
+    watch.wait_for_all(Duration::from_secs(60), &format!("every create under {source}"), |seen| {
+        missing(seen, "container_create")
     });
     tree.remove_all();
-    watch.wait_until(Duration::from_secs(30), "every remove", |seen| {
-        positives.iter().all(|c| has_event(seen, "container_remove", &c.id))
+    watch.wait_for_all(Duration::from_secs(60), &format!("every remove under {source}"), |seen| {
+        missing(seen, "container_remove")
     });
     watch.drain_for(Duration::from_millis(500));
 
@@ -326,6 +330,7 @@ fn every_layout_with(source: &str) {
 
 #[test]
 fn cgroup_ids_are_the_directories_inode_numbers() {
+    let _one_at_a_time = one_at_a_time();
     for source in SOURCES {
         cgroup_ids_with(source);
     }
@@ -363,6 +368,7 @@ fn cgroup_ids_with(source: &str) {
 
 #[test]
 fn hybrid_hosts_report_each_container_once_across_hierarchies() {
+    let _one_at_a_time = one_at_a_time();
     for source in SOURCES {
         hybrid_with(source);
     }
@@ -390,6 +396,7 @@ fn hybrid_with(source: &str) {
 
 #[test]
 fn existing_containers_are_reported_at_start_and_listed() {
+    let _one_at_a_time = one_at_a_time();
     require_root();
     let hierarchy = default_hierarchy();
     let parent_name = unique("existing");
@@ -426,6 +433,7 @@ fn existing_containers_are_reported_at_start_and_listed() {
 
 #[test]
 fn a_tree_made_at_once_is_seen_whole() {
+    let _one_at_a_time = one_at_a_time();
     for source in SOURCES {
         tree_at_once_with(source);
     }
@@ -444,9 +452,10 @@ fn tree_at_once_with(source: &str) {
     for (i, id) in ids.iter().enumerate() {
         tree.mkdir_p(&parent, &format!("a{i}/b/c/docker/{id}/x/y"));
     }
-    watch.wait_until(Duration::from_secs(30), "50 creates", |seen| seen.len() >= ids.len());
+    watch.wait_until(Duration::from_secs(60), &format!("50 creates under {source}"), |seen| seen.len() >= ids.len());
     tree.remove_all();
-    watch.wait_until(Duration::from_secs(30), "50 removes", |seen| seen.len() >= 2 * ids.len());
+    watch
+        .wait_until(Duration::from_secs(60), &format!("50 removes under {source}"), |seen| seen.len() >= 2 * ids.len());
     watch.drain_for(Duration::from_millis(300));
     let counts = counts(&watch.seen);
     for id in &ids {
@@ -458,6 +467,7 @@ fn tree_at_once_with(source: &str) {
 
 #[test]
 fn table_format_prints_aligned_columns() {
+    let _one_at_a_time = one_at_a_time();
     require_root();
     let hierarchy = default_hierarchy();
     let parent_name = unique("table");
@@ -523,6 +533,7 @@ fn deep_container(tree: &mut CgroupTree, hierarchy: &std::path::Path, parent: &s
 
 #[test]
 fn paths_that_are_not_utf8_or_120_levels_deep_are_seen_once_each_way() {
+    let _one_at_a_time = one_at_a_time();
     for source in SOURCES {
         odd_paths_with(source);
     }
@@ -561,12 +572,12 @@ fn odd_paths_with(source: &str) {
         args.extend(["--ring-buffer-size", "4096"]);
     }
     let mut watch = Watch::start_with(source, &args);
-    watch.wait_until(Duration::from_secs(10), "the existing ones", |seen| {
+    watch.wait_until(Duration::from_secs(30), &format!("the existing ones under {source}"), |seen| {
         has_event(seen, "existing_container", &old_bad) && has_event(seen, "existing_container", &old_deep)
     });
     not_utf8_container(&mut tree, &parent, "new", &new_bad);
     deep_container(&mut tree, &hierarchy, &parent, "n", &new_deep);
-    watch.wait_until(Duration::from_secs(10), "the new ones", |seen| {
+    watch.wait_until(Duration::from_secs(30), &format!("the new ones under {source}"), |seen| {
         has_event(seen, "container_create", &new_bad) && has_event(seen, "container_create", &new_deep)
     });
     if source == "ebpf" {
@@ -587,7 +598,7 @@ fn odd_paths_with(source: &str) {
         assert!(!has_event(&watch.seen, "container_remove", cid), "{source}: {cid} removed while it exists");
     }
     tree.remove_all();
-    watch.wait_until(Duration::from_secs(20), "every remove", |seen| {
+    watch.wait_until(Duration::from_secs(30), &format!("every remove under {source}"), |seen| {
         [&old_bad, &old_deep, &new_bad, &new_deep].iter().all(|cid| has_event(seen, "container_remove", cid))
     });
     watch.drain_for(Duration::from_millis(500));
@@ -605,4 +616,12 @@ fn odd_paths_with(source: &str) {
     }
     // 120 levels of short names are far from PATH_MAX: nothing was skipped.
     assert!(!watch.logged("PATH_MAX"), "{source}: {:#?}", watch.log.lock().unwrap());
+}
+
+/// The tests of this file run one at a time: each makes hundreds of cgroups
+/// and runs two agents, and together on a 2-core machine they starve each
+/// other's watchers past the waits above.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -250,6 +250,24 @@ impl Watch {
         }
     }
 
+    /// Waits until `missing` (what is still awaited, described) is empty, or
+    /// panics after `timeout` naming what never came.
+    pub fn wait_for_all(&mut self, timeout: Duration, what: &str, missing: impl Fn(&[Value]) -> Vec<String>) {
+        let deadline = Instant::now() + timeout;
+        while !missing(&self.seen).is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(v) => self.seen.push(v),
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(e) => panic!(
+                    "timed out waiting for {what} ({e:?}) after {} events; never seen: {:#?}",
+                    self.seen.len(),
+                    missing(&self.seen)
+                ),
+            }
+        }
+    }
+
     /// Waits (a minute at most) for an `event` about container `id`.
     pub fn wait_for(&mut self, event: &str, id: &str) {
         self.wait_until(Duration::from_secs(60), &format!("{event} of {id}"), |seen| has_event(seen, event, id));
