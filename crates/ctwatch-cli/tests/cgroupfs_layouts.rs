@@ -349,7 +349,7 @@ fn cgroup_ids_with(source: &str) {
     let before = now_ns();
     let dir = tree.mkdir_p(&parent, &format!("docker/{id}"));
     let after = now_ns();
-    watch.wait_until(Duration::from_secs(10), "create", |seen| !seen.is_empty());
+    watch.wait_until(Duration::from_secs(60), &format!("the create under {source}"), |seen| !seen.is_empty());
     let meta = std::fs::metadata(&dir).unwrap();
     assert_eq!(watch.seen[0]["cgroup_id"].as_u64(), Some(meta.ino()));
     let ctime = watch.seen[0]["args"]["ctime"].as_u64().unwrap();
