@@ -171,3 +171,26 @@ fn odd_paths_are_followed_found_by_id_and_kept_by_a_resync() {
     assert_eq!(events.len(), 8);
     assert!(cgroupfs::path_of_cgroup_id(&h.mount_point, ids[1]).is_err(), "a removed cgroup is not found");
 }
+
+/// A subdirectory made between the walk's read of a directory and its visit
+/// (where the inotify source adds its watch) is still listed: the race that
+/// lost the `b` of a `mkdir -p a/b` made right after the watch began.
+#[test]
+fn a_subdirectory_made_while_a_directory_is_visited_is_walked() {
+    assert!(nix::unistd::geteuid().is_root(), "run as root (scripts/test.sh)");
+    let hierarchies = cgroupfs::mounted_hierarchies().unwrap();
+    let h = cgroupfs::default_hierarchy(&hierarchies).unwrap().clone();
+    let parent = h.mount_point.join(format!("ctwatch-walk-race-{}", std::process::id()));
+    fs::create_dir(&parent).unwrap();
+    let child = parent.join("made-during-visit");
+    let _cleanup = Cleanup(vec![parent.clone(), child.clone()]);
+    let mut visited = Vec::new();
+    ctwatch::sources::scan::walk(&h.mount_point, &parent, |dir| {
+        if dir.abs == parent {
+            // The parent had no subdirectory when it was read; one appears now.
+            fs::create_dir(&child).unwrap();
+        }
+        visited.push(dir.abs.to_path_buf());
+    });
+    assert_eq!(visited, vec![parent.clone(), child.clone()]);
+}

@@ -33,7 +33,11 @@ pub fn walk(mount_point: &Path, start: &Path, mut visit: impl FnMut(&VisitedDir<
             continue;
         };
         visit(&VisitedDir { abs: &dir, rel: &rel, info });
-        if info.subdirs == 0 {
+        // No subdirectory when it was read, and none since `visit` (which may
+        // add a watch): a subdirectory made between the two reads is listed
+        // here, one made after is the watch's to report. Reading it once only
+        // lost a `mkdir -p a/b` whose `b` came between the read and the watch.
+        if info.subdirs == 0 && cgroupfs::cgroup_dir_info(&dir).map_or(true, |now| now.subdirs == 0) {
             continue;
         }
         let Ok(entries) = fs::read_dir(&dir) else {
