@@ -591,7 +591,8 @@ fn get_ls_list_and_watchs_current_state_show_the_hooks_findings() {
     };
     let start = Instant::now();
     let mut got = get();
-    while got["hook"]["init_pid"] != pid && start.elapsed() < Duration::from_secs(10) {
+    // The start (exe, argv0, started_at) comes after the hook's findings: wait for both, so ls and get agree.
+    while (got["hook"]["init_pid"] != pid || got["started_at"].is_null()) && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
         got = get();
     }
