@@ -111,7 +111,7 @@ fn a_client_resuming_from_its_last_seq_misses_nothing_and_sees_nothing_twice() {
     let mut r = Resumed::default();
     let mut reconnects = 0;
     while !churner.is_finished() {
-        r.read(&rt, &serve, Duration::from_millis(150), |_| false);
+        r.read(&rt, &serve, Duration::from_millis(10), |_| false);
         reconnects += 1;
     }
     let ids = churner.join().unwrap();
