@@ -241,7 +241,7 @@ fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
     let _ = rx.recv_timeout(Duration::from_secs(10)).expect("ctwatch did not start");
     fs::remove_dir(&probe).unwrap();
     let _ = rx.recv_timeout(Duration::from_secs(10));
-    let cpu_before = process_cpu(pid);
+    let cpu_before = common::process_cpu(pid);
 
     let mut mkdir_at = vec![SystemTime::UNIX_EPOCH; ids.len()];
     let start = Instant::now();
@@ -264,7 +264,7 @@ fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
             Err(_) => break,
         }
     }
-    let cpu = process_cpu(pid).saturating_sub(cpu_before);
+    let cpu = common::process_cpu(pid).saturating_sub(cpu_before);
     let _ = child.kill();
     let _ = child.wait();
     if let Some(mut serve) = serve {
@@ -274,17 +274,6 @@ fn with_watcher(parent: &Path, ids: &[String], source: &str) -> Run {
     let disk_bytes = (mode == "journal").then(|| dir_bytes(&tmp.join("journal")));
     let _ = fs::remove_dir_all(&tmp);
     Run { churn: churn_time, until_last_event: last - start, events, cpu, latencies_us, disk_bytes }
-}
-
-/// User + system CPU time of a process (all threads), from /proc/<pid>/stat.
-fn process_cpu(pid: u32) -> Duration {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<u64> = after_comm.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    // Fields after the comm: state is not numeric, so utime/stime are at 11/12 here.
-    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
 fn percentile(values: &[f64], p: f64) -> f64 {

@@ -114,8 +114,8 @@ fn run(parent: &Path, work: &Path, n: usize, round: usize, nats: Option<&NatsSer
     fs::create_dir(&probe).unwrap();
     fs::remove_dir(&probe).unwrap();
     wait(Duration::from_secs(60), "the probe's events", || settled(&metrics, 2, nats.is_some()));
-    let cpu_before = process_cpu(pid);
-    let nats_before = nats.and_then(NatsServer::pid).map(process_cpu);
+    let cpu_before = common::process_cpu(pid);
+    let nats_before = nats.and_then(NatsServer::pid).map(common::process_cpu);
     let start = Instant::now();
     for i in 0..n {
         let d = parent.join("docker").join(format!("{:064x}", ((round as u64) << 32) + 0x5eed_0000_0000 + i as u64));
@@ -127,9 +127,9 @@ fn run(parent: &Path, work: &Path, n: usize, round: usize, nats: Option<&NatsSer
     let wall = start.elapsed();
     let events = 2.0 * n as f64;
     let per_10k = |d: Duration| d.as_secs_f64() * 1000.0 / (events / 10_000.0);
-    let agent_ms_per_10k = per_10k(process_cpu(pid).saturating_sub(cpu_before));
+    let agent_ms_per_10k = per_10k(common::process_cpu(pid).saturating_sub(cpu_before));
     let nats_ms_per_10k =
-        nats.and_then(NatsServer::pid).zip(nats_before).map(|(p, b)| per_10k(process_cpu(p).saturating_sub(b)));
+        nats.and_then(NatsServer::pid).zip(nats_before).map(|(p, b)| per_10k(common::process_cpu(p).saturating_sub(b)));
     drop(agent);
     let _ = fs::remove_dir_all(&dir);
     Result { agent_ms_per_10k, nats_ms_per_10k, wall }
@@ -159,16 +159,6 @@ fn scrape(addr: &str) -> Option<String> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
-}
-
-/// User + system CPU time of a process (all threads), from /proc/<pid>/stat.
-fn process_cpu(pid: u32) -> Duration {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<u64> = after_comm.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
 fn median(v: &[f64]) -> f64 {
